@@ -1,0 +1,240 @@
+//! The application: `prepare` takes the instance lock and opens the database;
+//! `Prepared::run` starts the worker pool, the scheduler and the HTTP server until
+//! the shutdown future resolves. Tests start the app through [`serve`].
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, hostname, machine_host_id};
+use crate::db::{Db, DbError, now_ms};
+use crate::instance::{self, Boot, InstanceError, InstanceLock};
+use crate::queue::{CronSpec, Handler, Queue, QueueError, Registry, Scheduler, Worker, store};
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub queue: Queue,
+    pub boot: Arc<Boot>,
+    pub host: Arc<str>,
+    /// True while the app is ready for traffic (false while starting or draining).
+    pub ready: Arc<AtomicBool>,
+    pub started_at: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("creating data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("starting the job queue: {0}")]
+    Queue(#[from] QueueError),
+    #[error("HTTP server: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// Extra job kinds and periodic jobs to run besides the built-in ones.
+#[derive(Default)]
+pub struct ServeOptions {
+    pub handlers: Vec<Arc<dyn Handler>>,
+    pub crons: Vec<CronSpec>,
+}
+
+/// A data dir that this process now owns.
+pub struct Prepared {
+    config: Arc<Config>,
+    db: Db,
+    host: String,
+    host_id: String,
+    _lock: InstanceLock,
+}
+
+/// Creates the data dir, takes the instance lock and opens (migrating) the database.
+/// Fails at once, naming the holder, if another `zlh serve` owns the data dir.
+pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let host = hostname();
+    let lock = instance::acquire(&config.data_dir, &host)?;
+    let db = Db::open_in(&config.data_dir)?;
+    let host_id = config.host_id.clone().unwrap_or_else(machine_host_id);
+    Ok(Prepared {
+        config: Arc::new(config),
+        db,
+        host,
+        host_id,
+        _lock: lock,
+    })
+}
+
+/// Prepares and runs the app on `listener` until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    prepare(config)?
+        .run(listener, shutdown, ServeOptions::default())
+        .await
+}
+
+impl Prepared {
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        options: ServeOptions,
+    ) -> Result<(), ServeError> {
+        let config = self.config.clone();
+        let mut registry = Registry::new();
+        for h in crate::jobs::builtin_handlers(&config)
+            .into_iter()
+            .chain(options.handlers)
+        {
+            registry.register_arc(h);
+        }
+        let replay_safe: Vec<String> = registry
+            .replay_safe_kinds()
+            .into_iter()
+            .map(String::from)
+            .collect();
+
+        let (host, host_id) = (self.host.clone(), self.host_id.clone());
+        let (boot, rescued, held) = self
+            .db
+            .write(move |tx| {
+                let boot = instance::register(tx, &host, &host_id).map_err(DbError::from)?;
+                // Everything still `running` belongs to a process that is gone.
+                let rescued = store::rescue(tx, &format!("{}:", boot.boot_epoch), now_ms())?;
+                let mut held = 0;
+                if let Some(prev) = &boot.previous_host_id {
+                    let reason = format!(
+                        "database was last served by host identity '{prev}', now '{host_id}': \
+                         check the world with `zlh doctor`, then release or cancel"
+                    );
+                    let kinds: Vec<&str> = replay_safe.iter().map(String::as_str).collect();
+                    held = store::hold_waiting(tx, &reason, &kinds)?;
+                    crate::db::meta_set(tx, "jobs_held_reason", &reason).map_err(DbError::from)?;
+                }
+                Ok::<_, QueueError>((boot, rescued, held))
+            })
+            .await?;
+        if rescued > 0 {
+            tracing::warn!(rescued, "rescued jobs left running by the previous process");
+        }
+        if held > 0 {
+            tracing::warn!(
+                held,
+                previous_host = ?boot.previous_host_id,
+                "host identity changed: side-effecting jobs are held until released (`zlh jobs release`)"
+            );
+        }
+
+        let stop = CancellationToken::new();
+        let worker = Worker::new(
+            self.db.clone(),
+            registry,
+            boot.boot_epoch,
+            config.worker_config(),
+        );
+        let handle = worker.handle();
+        let worker_task = tokio::spawn(worker.run(stop.child_token()));
+        let crons: Vec<CronSpec> = crate::jobs::builtin_crons()
+            .into_iter()
+            .chain(options.crons)
+            .collect();
+        let scheduler = Scheduler::new(self.db.clone(), crons, Some(handle.clone()));
+        let scheduler_task = tokio::spawn(scheduler.run(stop.child_token()));
+        let heartbeat_task = tokio::spawn(instance_heartbeat(
+            self.db.clone(),
+            boot.boot_epoch,
+            stop.child_token(),
+        ));
+
+        let state = AppState {
+            config: config.clone(),
+            db: self.db.clone(),
+            queue: Queue::new(self.db.clone(), Some(handle)),
+            boot: Arc::new(boot.clone()),
+            host: Arc::from(self.host.as_str()),
+            ready: Arc::new(AtomicBool::new(false)),
+            started_at: now_ms(),
+        };
+        let ready = state.ready.clone();
+        let app = crate::http::router(state);
+        let addr = listener.local_addr().map_err(ServeError::Http)?;
+        tracing::info!(
+            %addr,
+            data_dir = %crate::config::display_path(&config.data_dir),
+            boot_epoch = boot.boot_epoch,
+            "zlh serving"
+        );
+        ready.store(true, Ordering::SeqCst);
+
+        let drain = stop.clone();
+        let ready_flag = ready.clone();
+        let http = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining HTTP and running jobs");
+            ready_flag.store(false, Ordering::SeqCst);
+            drain.cancel();
+        });
+        let http_result = http.await.map_err(ServeError::Http);
+        stop.cancel();
+
+        match worker_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "job worker stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "job worker task failed"),
+        }
+        let _ = scheduler_task.await;
+        let _ = heartbeat_task.await;
+        let epoch = boot.boot_epoch;
+        if let Err(e) = self
+            .db
+            .write(move |tx| instance::mark_stopped(tx, epoch).map_err(DbError::from))
+            .await
+        {
+            tracing::error!(error = %e, "recording shutdown in the instance row");
+        }
+        tracing::info!("zlh stopped");
+        http_result
+    }
+}
+
+async fn instance_heartbeat(db: Db, boot_epoch: i64, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(e) = db
+                    .write(move |tx| instance::heartbeat(tx, boot_epoch).map_err(DbError::from))
+                    .await
+                {
+                    tracing::error!(error = %e, "instance heartbeat failed");
+                }
+            }
+        }
+    }
+}

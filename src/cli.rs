@@ -1,0 +1,475 @@
+//! The command line: `zlh serve | migrate | backup | jobs | config | bench`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, LogFormat, Sources};
+use crate::db::{Db, now_ms};
+use crate::queue::{self, JobFilter, JobState};
+use crate::util::format_ts;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "zlh",
+    version,
+    about = "Game-server control plane: one binary, one SQLite file"
+)]
+pub struct Cli {
+    /// Config file (default: ./zlh.toml when it exists).
+    #[arg(long, global = true, env = "ZLH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory [env: ZLH_DATA_DIR] [default: ./zlh-data].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane: API, job queue, scheduler.
+    Serve(ServeArgs),
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+    /// Write a consistent copy of the database to FILE (safe while serving).
+    Backup {
+        file: PathBuf,
+        /// Overwrite FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Inspect and steer the job queue.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// Listen address [env: ZLH_LISTEN] [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Host identity [env: ZLH_HOST_ID] [default: the machine id].
+    #[arg(long, value_name = "ID")]
+    pub host_id: Option<String>,
+    /// Jobs run at once [env: ZLH_QUEUE_WORKERS] [default: 16].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, newest first.
+    List {
+        #[arg(long)]
+        state: Option<JobState>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job with its errors.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a failed, cancelled or waiting job again now.
+    Retry { id: i64 },
+    /// Cancel a job (a running one stops at its next check), or every held job.
+    Cancel {
+        #[arg(required_unless_present = "held", conflicts_with = "held")]
+        id: Option<i64>,
+        /// Cancel every held job.
+        #[arg(long)]
+        held: bool,
+    },
+    /// Release held jobs so they run.
+    Release {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Release every held job.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print the effective settings.
+    Check(ServeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Enqueue and drain no-op jobs; print jobs/s (durable, synchronous=FULL).
+    Queue {
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+        /// Print one JSON line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Scratch directory (default: the system temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// A command failure: printed as `error: …` with exit code 1.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Serve(#[from] crate::app::ServeError),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error(transparent)]
+    Queue(#[from] queue::QueueError),
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
+    #[error(transparent)]
+    Bench(#[from] crate::bench::BenchError),
+    #[error("no database in {0}: nothing has been served from this data dir (check --data-dir)")]
+    NoDatabase(String),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli, serve: Option<&ServeArgs>) -> Result<Config, ConfigError> {
+    let mut sources = Sources::from_process(cli.config.clone());
+    if let Some(d) = &cli.data_dir {
+        sources = sources.flag("data_dir", d.display(), "--data-dir");
+    }
+    if let Some(a) = serve {
+        if let Some(l) = a.listen {
+            sources = sources.flag("listen", l, "--listen");
+        }
+        if let Some(h) = &a.host_id {
+            sources = sources.flag("host_id", h, "--host-id");
+        }
+        if let Some(w) = a.workers {
+            sources = sources.flag("queue.workers", w, "--workers");
+        }
+    }
+    Config::load(&sources)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ZLH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+}
+
+/// Opens the database of an existing data dir (never creates one).
+fn open_existing(config: &Config) -> Result<Db, CliError> {
+    let path = config.db_path();
+    if !path.exists() {
+        return Err(CliError::NoDatabase(crate::config::display_path(
+            &config.data_dir,
+        )));
+    }
+    Ok(Db::open(&path)?)
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    match &cli.command {
+        Command::Serve(args) => {
+            let config = load_config(&cli, Some(args))?;
+            init_logging(config.log_format);
+            serve(config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let config = load_config(&cli, None)?;
+            std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+                crate::app::ServeError::DataDir {
+                    path: config.data_dir.clone(),
+                    source,
+                }
+            })?;
+            let db = Db::open_in(&config.data_dir)?;
+            println!(
+                "database {} is at schema version {}",
+                db.path().display(),
+                crate::db::latest_schema_version()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup { file, force } => {
+            let config = load_config(&cli, None)?;
+            let info = crate::backup::backup_to(&config.db_path(), file, *force)?;
+            println!(
+                "backup written to {} ({} bytes, integrity ok)",
+                info.path.display(),
+                info.bytes
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs { command } => {
+            let config = load_config(&cli, None)?;
+            let db = open_existing(&config)?;
+            jobs(&db, command)
+        }
+        Command::Config {
+            command: ConfigCommand::Check(args),
+        } => {
+            let config = load_config(&cli, Some(args))?;
+            println!("# configuration is valid; effective settings:");
+            print!("{}", config.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Queue {
+                    jobs,
+                    concurrency,
+                    json,
+                    dir,
+                },
+        } => {
+            let args = crate::bench::QueueBenchArgs {
+                jobs: *jobs,
+                concurrency: *concurrency,
+                dir: dir.clone(),
+            };
+            let report = runtime()?.block_on(crate::bench::queue(args))?;
+            if *json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            } else {
+                println!(
+                    "zlh queue, {} no-op jobs, concurrency {}, synchronous=FULL:\n  enqueue one by one: {:>10.0} jobs/s\n  enqueue batched:    {:>10.0} jobs/s\n  processing:         {:>10.0} jobs/s",
+                    report.jobs,
+                    report.concurrency,
+                    report.enqueue_one_by_one_jobs_per_s,
+                    report.enqueue_batched_jobs_per_s,
+                    report.process_jobs_per_s
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn serve(config: Config) -> Result<(), CliError> {
+    // The lock comes first: a second `zlh serve` must name the holder, not trip over
+    // the listen address the first one already has.
+    let prepared = crate::app::prepare(config.clone())?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| CliError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        prepared
+            .run(listener, shutdown_signal(), Default::default())
+            .await?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn jobs(db: &Db, command: &JobsCommand) -> Result<ExitCode, CliError> {
+    let mut conn = db.conn()?;
+    match command {
+        JobsCommand::List {
+            state,
+            kind,
+            limit,
+            json,
+        } => {
+            let list = queue::list(
+                &conn,
+                &JobFilter {
+                    state: *state,
+                    kind: kind.clone(),
+                    limit: *limit,
+                    ..Default::default()
+                },
+            )?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else if list.is_empty() {
+                println!("no jobs");
+            } else {
+                println!(
+                    "{:>8}  {:<10} {:<24} {:>7}  {:<20} {:<24} last error",
+                    "ID", "STATE", "KIND", "ATTEMPT", "RUN AT", "LANE"
+                );
+                for j in list {
+                    println!(
+                        "{:>8}  {:<10} {:<24} {:>3}/{:<3}  {:<20} {:<24} {}",
+                        j.id,
+                        j.state.as_str(),
+                        j.kind,
+                        j.attempt,
+                        j.max_attempts,
+                        format_ts(j.run_at),
+                        j.lane.as_deref().unwrap_or("-"),
+                        j.errors.last().map(|e| e.error.as_str()).unwrap_or("")
+                    );
+                }
+            }
+        }
+        JobsCommand::Show { id, json } => {
+            let job = queue::get(&conn, *id)?.ok_or(queue::QueueError::NotFound(*id))?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&job).unwrap_or_default());
+            } else {
+                println!("job {} ({})", job.id, job.kind);
+                println!("  state:        {}", job.state);
+                if let Some(r) = &job.held_reason {
+                    println!("  held because: {r}");
+                }
+                println!("  attempt:      {} of {}", job.attempt, job.max_attempts);
+                println!("  run at:       {}", format_ts(job.run_at));
+                println!("  created:      {}", format_ts(job.created_at));
+                if let Some(l) = &job.lane {
+                    println!("  lane:         {l}");
+                }
+                if let Some(k) = &job.unique_key {
+                    println!("  unique key:   {k}");
+                }
+                if let Some(l) = &job.lock_by {
+                    println!("  worker:       {l}");
+                }
+                if let Some(f) = job.finished_at {
+                    println!("  finished:     {}", format_ts(f));
+                }
+                println!("  payload:      {}", job.payload);
+                if let Some(c) = &job.checkpoint {
+                    println!("  checkpoint:   {c}");
+                }
+                for e in &job.errors {
+                    println!(
+                        "  error (attempt {} at {}): {}",
+                        e.attempt,
+                        format_ts(e.at),
+                        e.error
+                    );
+                }
+            }
+        }
+        JobsCommand::Retry { id } => {
+            crate::db::write_tx(&mut conn, |tx| queue::retry(tx, *id, now_ms()))?;
+            println!("job {id} will run again now");
+        }
+        JobsCommand::Cancel { id, held } => {
+            if *held {
+                let n = crate::db::write_tx(&mut conn, |tx| queue::cancel_held(tx, now_ms()))?;
+                println!("cancelled {n} held job(s)");
+            } else if let Some(id) = id {
+                let effect = crate::db::write_tx(&mut conn, |tx| queue::cancel(tx, *id, now_ms()))?;
+                match effect {
+                    queue::CancelEffect::Cancelled => println!("job {id} cancelled"),
+                    queue::CancelEffect::Requested => println!(
+                        "job {id} is running: cancel requested; it stops at its next check and ends cancelled"
+                    ),
+                }
+            }
+        }
+        JobsCommand::Release { id, all } => {
+            let target = if *all { None } else { *id };
+            let n = crate::db::write_tx(&mut conn, |tx| {
+                let n = queue::release(tx, target, now_ms())?;
+                let left: i64 = tx
+                    .query_row("SELECT count(*) FROM jobs WHERE state = 'held'", [], |r| {
+                        r.get(0)
+                    })
+                    .map_err(queue::QueueError::from)?;
+                if left == 0 {
+                    crate::db::meta_delete(tx, "jobs_held_reason")
+                        .map_err(queue::QueueError::from)?;
+                }
+                Ok::<_, queue::QueueError>(n)
+            })?;
+            println!("released {n} held job(s)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses a job state for clap.
+impl clap::builder::ValueParserFactory for JobState {
+    type Parser = clap::builder::ValueParser;
+    fn value_parser() -> Self::Parser {
+        clap::builder::ValueParser::new(|s: &str| s.parse::<JobState>())
+    }
+}

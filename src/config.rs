@@ -1,0 +1,467 @@
+//! Configuration: embedded defaults < `zlh.toml` < `ZLH_*` environment < flags.
+//!
+//! Every setting has a dotted key (`queue.workers`) that is also its TOML path; its
+//! environment name is `ZLH_` + the key upper-cased with dots as underscores
+//! (`ZLH_QUEUE_WORKERS`). Unknown keys and bad values are errors that name the key
+//! and where it came from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default config file, read from the working directory when present.
+pub const DEFAULT_CONFIG_FILE: &str = "zlh.toml";
+
+/// `ZLH_*` variables that are not settings of `zlh serve` but are read elsewhere.
+const OTHER_ENV: &[&str] = &[
+    "ZLH_CONFIG",
+    "ZLH_LOG",
+    "ZLH_AGENT_TOKEN",
+    "ZLH_AGENT_TOKEN_FILE",
+];
+
+/// Settings that may be absent (and so do not show up in the serialized defaults).
+const OPTIONAL_KEYS: &[&str] = &["host_id"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the database, lock file, backups and artifacts live.
+    pub data_dir: PathBuf,
+    /// Address of the HTTP API, admin UI and metrics.
+    pub listen: SocketAddr,
+    /// Identity of this host; a database last served by another identity holds its
+    /// side-effecting jobs until an operator releases them. Default: the machine id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    pub queue: QueueConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Jobs run at once.
+    pub workers: u32,
+    /// Seconds a claimed job is leased for (renewed while it runs).
+    pub lease_secs: u64,
+    /// How often to look for due jobs when nothing else wakes the worker, in ms.
+    pub poll_ms: u64,
+    /// First retry delay in ms; doubles per attempt up to `retry_cap_ms`.
+    pub retry_base_ms: u64,
+    pub retry_cap_ms: u64,
+    /// On shutdown, seconds running jobs get to finish before they are handed back.
+    pub shutdown_grace_secs: u64,
+    /// Completed and cancelled jobs are deleted after this many hours.
+    pub keep_completed_hours: u64,
+    /// Discarded jobs are deleted after this many days.
+    pub keep_discarded_days: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./zlh-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            host_id: None,
+            log_format: LogFormat::Text,
+            queue: QueueConfig::default(),
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            workers: 16,
+            lease_secs: 60,
+            poll_ms: 500,
+            retry_base_ms: 2_000,
+            retry_cap_ms: 600_000,
+            shutdown_grace_secs: 10,
+            keep_completed_hours: 24 * 7,
+            keep_discarded_days: 30,
+        }
+    }
+}
+
+/// A configuration problem, naming the key and where its value came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("unknown setting {var} in the environment (known: {known})")]
+    UnknownEnv { var: String, known: String },
+    #[error("invalid setting `{key}` (from {origin}): {message}")]
+    Invalid {
+        key: String,
+        origin: String,
+        message: String,
+    },
+}
+
+/// Where the settings come from, besides the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// A config file named explicitly (`--config` / `ZLH_CONFIG`): must exist.
+    pub file: Option<PathBuf>,
+    /// Look for `zlh.toml` in this directory when no file is named.
+    pub default_file_dir: Option<PathBuf>,
+    /// `ZLH_*` environment variables.
+    pub env: Vec<(String, String)>,
+    /// Flags: (key, value, flag name).
+    pub flags: Vec<(String, String, String)>,
+}
+
+impl Sources {
+    /// File from `--config`/`ZLH_CONFIG` or `./zlh.toml`, and the process environment.
+    pub fn from_process(file: Option<PathBuf>) -> Sources {
+        Sources {
+            file,
+            default_file_dir: Some(PathBuf::from(".")),
+            env: std::env::vars()
+                .filter(|(k, _)| k.starts_with("ZLH_"))
+                .collect(),
+            flags: Vec::new(),
+        }
+    }
+
+    pub fn flag(mut self, key: &str, value: impl ToString, flag: &str) -> Self {
+        self.flags
+            .push((key.to_string(), value.to_string(), flag.to_string()));
+        self
+    }
+}
+
+/// All setting keys with their environment variable names.
+pub fn settings() -> Vec<(String, String)> {
+    let mut keys = Vec::new();
+    if let Ok(toml::Value::Table(t)) = toml::Value::try_from(Config::default()) {
+        collect_keys("", &t, &mut keys);
+    }
+    keys.extend(OPTIONAL_KEYS.iter().map(|k| k.to_string()));
+    keys.sort();
+    keys.into_iter()
+        .map(|k| {
+            let env = env_name(&k);
+            (k, env)
+        })
+        .collect()
+}
+
+fn collect_keys(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => collect_keys(&key, t, out),
+            _ => out.push(key),
+        }
+    }
+}
+
+fn env_name(key: &str) -> String {
+    format!("ZLH_{}", key.replace('.', "_").to_uppercase())
+}
+
+/// The default value at `key`, to learn the type a string from env/flags must have.
+fn default_at(key: &str) -> Option<toml::Value> {
+    let mut v = toml::Value::try_from(Config::default()).ok()?;
+    for part in key.split('.') {
+        v = v.as_table()?.get(part)?.clone();
+    }
+    Some(v)
+}
+
+/// Turns a string from the environment or a flag into a TOML value of the key's type.
+fn typed_value(key: &str, raw: &str, origin: &str) -> Result<toml::Value, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        key: key.to_string(),
+        origin: origin.to_string(),
+        message,
+    };
+    match default_at(key) {
+        Some(toml::Value::Integer(_)) => raw
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| invalid(format!("'{raw}' is not a whole number"))),
+        Some(toml::Value::Boolean(_)) => match raw.trim() {
+            "true" | "1" | "yes" => Ok(toml::Value::Boolean(true)),
+            "false" | "0" | "no" => Ok(toml::Value::Boolean(false)),
+            _ => Err(invalid(format!("'{raw}' is not true or false"))),
+        },
+        _ => Ok(toml::Value::String(raw.to_string())),
+    }
+}
+
+fn set_path(root: &mut toml::Table, key: &str, value: toml::Value) {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().unwrap_or(key);
+    let mut table = root;
+    for p in parts {
+        let entry = table
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        match entry {
+            toml::Value::Table(t) => table = t,
+            _ => return,
+        }
+    }
+    table.insert(last.to_string(), value);
+}
+
+impl Config {
+    /// Resolves the configuration from its sources and validates it.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let known = settings();
+        let mut origins: Vec<(String, String)> = Vec::new();
+
+        // 1. The file.
+        let file = match (&sources.file, &sources.default_file_dir) {
+            (Some(f), _) => Some(f.clone()),
+            (None, Some(dir)) => {
+                let p = dir.join(DEFAULT_CONFIG_FILE);
+                p.exists().then_some(p)
+            }
+            (None, None) => None,
+        };
+        let mut root = toml::Table::new();
+        if let Some(path) = &file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            root = text.parse::<toml::Table>().map_err(|e| ConfigError::File {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            // Reject unknown keys here, where we can say which file has them.
+            let mut file_keys = Vec::new();
+            collect_keys("", &root, &mut file_keys);
+            for k in file_keys {
+                if !known.iter().any(|(key, _)| *key == k) {
+                    return Err(ConfigError::File {
+                        path: path.clone(),
+                        message: format!(
+                            "unknown setting `{k}` (known: {})",
+                            known
+                                .iter()
+                                .map(|(k, _)| k.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    });
+                }
+                origins.push((k, format!("config file {}", path.display())));
+            }
+        }
+
+        // 2. The environment.
+        let mut env = sources.env.clone();
+        env.sort();
+        for (var, raw) in &env {
+            if OTHER_ENV.contains(&var.as_str()) {
+                continue;
+            }
+            let Some((key, _)) = known.iter().find(|(_, e)| e == var) else {
+                return Err(ConfigError::UnknownEnv {
+                    var: var.clone(),
+                    known: known
+                        .iter()
+                        .map(|(_, e)| e.as_str())
+                        .chain(OTHER_ENV.iter().copied())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            };
+            let origin = format!("environment variable {var}");
+            set_path(&mut root, key, typed_value(key, raw, &origin)?);
+            origins.push((key.clone(), origin));
+        }
+
+        // 3. Flags.
+        for (key, raw, flag) in &sources.flags {
+            let origin = format!("flag {flag}");
+            set_path(&mut root, key, typed_value(key, raw, &origin)?);
+            origins.push((key.clone(), origin));
+        }
+
+        let origin_of = |key: &str| {
+            origins
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, o)| o.clone())
+                .unwrap_or_else(|| "defaults".to_string())
+        };
+
+        let config: Config =
+            toml::Value::Table(root)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    // serde names the offending field; find which key it is to say where it came from.
+                    let message = e.message().to_string();
+                    let key = known
+                        .iter()
+                        .map(|(k, _)| k.as_str())
+                        .find(|k| {
+                            let leaf = k.rsplit('.').next().unwrap_or(k);
+                            message.contains(&format!("`{leaf}`"))
+                                || message.contains(&format!("{k}"))
+                        })
+                        .unwrap_or("?")
+                        .to_string();
+                    ConfigError::Invalid {
+                        origin: origin_of(&key),
+                        key,
+                        message,
+                    }
+                })?;
+        config.validate(&origin_of)?;
+        Ok(config)
+    }
+
+    fn validate(&self, origin_of: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let check = |ok: bool, key: &str, message: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    key: key.to_string(),
+                    origin: origin_of(key),
+                    message: message.to_string(),
+                })
+            }
+        };
+        check(
+            !self.data_dir.as_os_str().is_empty(),
+            "data_dir",
+            "must not be empty",
+        )?;
+        if let Some(h) = &self.host_id {
+            check(
+                !h.trim().is_empty() && h.len() <= 200,
+                "host_id",
+                "must be 1 to 200 characters",
+            )?;
+        }
+        let q = &self.queue;
+        check(
+            (1..=1000).contains(&q.workers),
+            "queue.workers",
+            "must be between 1 and 1000",
+        )?;
+        check(
+            (5..=86_400).contains(&q.lease_secs),
+            "queue.lease_secs",
+            "must be between 5 and 86400",
+        )?;
+        check(
+            (10..=60_000).contains(&q.poll_ms),
+            "queue.poll_ms",
+            "must be between 10 and 60000",
+        )?;
+        check(
+            q.retry_base_ms >= 1,
+            "queue.retry_base_ms",
+            "must be at least 1",
+        )?;
+        check(
+            q.retry_cap_ms >= q.retry_base_ms,
+            "queue.retry_cap_ms",
+            "must be at least queue.retry_base_ms",
+        )?;
+        check(
+            q.shutdown_grace_secs <= 3600,
+            "queue.shutdown_grace_secs",
+            "must be at most 3600",
+        )?;
+        check(
+            q.keep_completed_hours >= 1,
+            "queue.keep_completed_hours",
+            "must be at least 1",
+        )?;
+        check(
+            q.keep_discarded_days >= 1,
+            "queue.keep_discarded_days",
+            "must be at least 1",
+        )?;
+        Ok(())
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join(crate::db::DB_FILE)
+    }
+
+    /// The worker pool settings derived from `[queue]`.
+    pub fn worker_config(&self) -> crate::queue::WorkerConfig {
+        let q = &self.queue;
+        crate::queue::WorkerConfig {
+            name: "w0".into(),
+            concurrency: q.workers as usize,
+            lease: Duration::from_secs(q.lease_secs),
+            poll_interval: Duration::from_millis(q.poll_ms),
+            retry_base: Duration::from_millis(q.retry_base_ms),
+            retry_cap: Duration::from_millis(q.retry_cap_ms),
+            shutdown_grace: Duration::from_secs(q.shutdown_grace_secs),
+        }
+    }
+
+    /// The effective configuration as TOML (for `zlh config check`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// This machine's identity: `/etc/machine-id`, else the hostname.
+pub fn machine_host_id() -> String {
+    for p in ["/etc/machine-id", "/var/lib/dbus/machine-id"] {
+        if let Ok(s) = std::fs::read_to_string(p) {
+            let s = s.trim();
+            if !s.is_empty() {
+                return s.to_string();
+            }
+        }
+    }
+    hostname()
+}
+
+/// The kernel's hostname.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_string())
+}
+
+/// Resolves `path` against the current directory for messages.
+pub fn display_path(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}

@@ -1,0 +1,69 @@
+//! The API error type: one enum, mapped to a status code and the JSON shape
+//! `{"error": {"code", "message", "field"}}`. Server errors are logged once here.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::db::DbError;
+use crate::queue::QueueError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{message}")]
+    BadRequest {
+        field: Option<String>,
+        message: String,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<QueueError> for AppError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::NotFound(id) => AppError::NotFound(format!("job {id} not found")),
+            e @ QueueError::InvalidState { .. } => AppError::Conflict(e.to_string()),
+            QueueError::Db(e) => AppError::Db(e),
+            e => AppError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl AppError {
+    fn status_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            AppError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            AppError::Db(_) | AppError::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_code();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let field = match &self {
+            AppError::BadRequest { field, .. } => field.clone(),
+            _ => None,
+        };
+        let body = json!({"error": {"code": code, "message": self.to_string(), "field": field}});
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,32 @@
+//! HTTP: every feature router is merged here.
+
+mod ops;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+
+use crate::app::AppState;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(ops::router())
+        .with_state(state)
+        .layer(middleware::from_fn(log_request))
+}
+
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    tracing::debug!(
+        %method,
+        %path,
+        status = resp.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp
+}

@@ -1,0 +1,187 @@
+//! Operations endpoints: `/healthz`, `/readyz`, `/metrics`, and the home page.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::app::AppState;
+use crate::error::AppError;
+use crate::queue::JobState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(home))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// 200 while the process lives.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// 200 when the app serves and its database answers; 503 while starting or draining.
+async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
+    if !st.ready.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
+    let db_ok = st
+        .db
+        .call(|c| {
+            c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map_err(crate::db::DbError::from)
+        })
+        .await
+        .is_ok();
+    if db_ok {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n")
+    }
+}
+
+/// Prometheus text exposition.
+async fn metrics(State(st): State<AppState>) -> Result<impl IntoResponse, AppError> {
+    let stats = st.queue.stats().await?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP zlh_up 1 while zlh serve runs.\n# TYPE zlh_up gauge\nzlh_up 1"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP zlh_boot_epoch Boot number of this executor.\n# TYPE zlh_boot_epoch gauge\nzlh_boot_epoch {}",
+        st.boot.boot_epoch
+    );
+    let _ = writeln!(
+        out,
+        "# HELP zlh_jobs Jobs by state and kind.\n# TYPE zlh_jobs gauge"
+    );
+    // Every state appears, even at zero, so alerts on e.g. `held` have a series.
+    let mut seen_states = std::collections::HashSet::new();
+    for (state, kind, n) in &stats.counts {
+        seen_states.insert(*state);
+        let _ = writeln!(
+            out,
+            "zlh_jobs{{state=\"{state}\",kind=\"{}\"}} {n}",
+            escape_label(kind)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP zlh_jobs_by_state Jobs by state.\n# TYPE zlh_jobs_by_state gauge"
+    );
+    for state in JobState::ALL {
+        let n: i64 = stats
+            .counts
+            .iter()
+            .filter(|(s, _, _)| *s == state)
+            .map(|(_, _, n)| n)
+            .sum();
+        let _ = writeln!(out, "zlh_jobs_by_state{{state=\"{state}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP zlh_jobs_oldest_available_seconds Age of the oldest job waiting to run.\n# TYPE zlh_jobs_oldest_available_seconds gauge\nzlh_jobs_oldest_available_seconds {}",
+        stats.oldest_available_ms.unwrap_or(0) as f64 / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "# HELP zlh_jobs_rescued_total Running jobs handed back after their worker died or lost its lease.\n# TYPE zlh_jobs_rescued_total counter\nzlh_jobs_rescued_total {}",
+        stats.rescued_total
+    );
+    if let Some(w) = st.queue.worker() {
+        let s = w.stats();
+        let _ = writeln!(
+            out,
+            "# HELP zlh_worker_jobs_total Job runs finished by this process, by outcome.\n# TYPE zlh_worker_jobs_total counter"
+        );
+        for (outcome, n) in [
+            ("completed", s.completed.load(Ordering::Relaxed)),
+            ("failed", s.failed.load(Ordering::Relaxed)),
+            ("lease_lost", s.lease_lost.load(Ordering::Relaxed)),
+        ] {
+            let _ = writeln!(out, "zlh_worker_jobs_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP zlh_worker_running Jobs running in this process.\n# TYPE zlh_worker_running gauge\nzlh_worker_running {}",
+            w.running_count()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP zlh_job_duration_seconds Time spent running jobs, by kind.\n# TYPE zlh_job_duration_seconds summary"
+        );
+        if let Ok(durs) = s.durations.lock() {
+            let mut kinds: Vec<_> = durs.iter().collect();
+            kinds.sort_by(|a, b| a.0.cmp(b.0));
+            for (kind, (count, sum)) in kinds {
+                let k = escape_label(kind);
+                let _ = writeln!(out, "zlh_job_duration_seconds_sum{{kind=\"{k}\"}} {sum}");
+                let _ = writeln!(
+                    out,
+                    "zlh_job_duration_seconds_count{{kind=\"{k}\"}} {count}"
+                );
+            }
+        }
+    }
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    ))
+}
+
+fn escape_label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "index.html")]
+struct HomePage {
+    version: &'static str,
+    host: String,
+    boot_epoch: i64,
+    started: String,
+    counts: Vec<(String, i64)>,
+    held_reason: Option<String>,
+}
+
+async fn home(State(st): State<AppState>) -> Result<HomePage, AppError> {
+    let (counts, held_reason) = st
+        .db
+        .call(|c| {
+            let counts = crate::queue::count_by_state(c)?;
+            let held = crate::db::meta_get(c, "jobs_held_reason")?;
+            Ok::<_, crate::queue::QueueError>((counts, held))
+        })
+        .await?;
+    let held_count = counts
+        .iter()
+        .find(|(s, _)| *s == JobState::Held)
+        .map(|(_, n)| *n)
+        .unwrap_or(0);
+    Ok(HomePage {
+        version: env!("CARGO_PKG_VERSION"),
+        host: st.host.to_string(),
+        boot_epoch: st.boot.boot_epoch,
+        started: crate::util::format_ts(st.started_at),
+        counts: counts
+            .into_iter()
+            .map(|(s, n)| (s.to_string(), n))
+            .collect(),
+        held_reason: held_reason.filter(|_| held_count > 0),
+    })
+}

@@ -1,0 +1,15 @@
+//! zlh: the control plane of a game-server hosting platform in one binary with one
+//! SQLite file. See DESIGN.md (shared) and README.md.
+
+pub mod app;
+pub mod backup;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod instance;
+pub mod jobs;
+pub mod queue;
+pub mod util;

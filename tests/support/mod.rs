@@ -1,0 +1,176 @@
+//! Shared test helpers: temp data dirs, the real `zlh` binary as a child process,
+//! and polling with deadlines (never fixed sleeps as synchronisation).
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_zlh");
+
+/// Polls `f` every few ms until it returns `Some`, or panics after `deadline`.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Async form of [`wait_for`].
+pub async fn wait_for_async<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding a probe port on 127.0.0.1")
+}
+
+/// A `zlh` command with a clean environment (no stray ZLH_* from the caller).
+pub fn zlh(cwd: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(cwd);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ZLH_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("ZLH_LOG", "info,zlh=debug");
+    cmd
+}
+
+/// A `zlh serve` child process, killed when dropped.
+pub struct Served {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Served {
+    /// Starts `zlh serve` on a free port with `data_dir` and waits for `/readyz`.
+    pub fn start(cwd: &Path, data_dir: &Path, extra: &[&str]) -> Served {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log = cwd.join(format!("serve-{port}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = zlh(cwd)
+            .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawning zlh serve");
+        let mut served = Served {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            log,
+        };
+        served.wait_ready();
+        served
+    }
+
+    fn wait_ready(&mut self) {
+        let url = format!("http://{}/readyz", self.addr);
+        let log = self.log.clone();
+        let child = &mut self.child;
+        wait_for("zlh serve to become ready", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "zlh serve exited early ({status}):\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            http_get(&url).filter(|(code, _)| *code == 200).map(|_| ())
+        });
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `sig` and waits for the exit status.
+    pub fn signal_and_wait(&mut self, sig: i32) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+        let child = &mut self.child;
+        wait_for("zlh serve to exit", Duration::from_secs(30), || {
+            child.try_wait().ok().flatten()
+        })
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking GET on loopback: (status, body), or None when nothing answers.
+pub fn http_get(url: &str) -> Option<(u16, String)> {
+    let client = reqwest_blocking_client();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    rt.block_on(async {
+        let resp = client.get(url).send().await.ok()?;
+        let status = resp.status().as_u16();
+        let body = resp.text().await.ok()?;
+        Some((status, body))
+    })
+}
+
+fn reqwest_blocking_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .expect("building an HTTP client")
+}
+
+/// Opens a read-write connection to the test database (WAL: fine beside a server).
+pub fn open_db(data_dir: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(data_dir.join("zlh.db")).expect("opening zlh.db");
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn
+}
