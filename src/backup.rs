@@ -69,11 +69,27 @@ pub fn backup_to(src: &Path, dest: &Path, overwrite: bool) -> Result<BackupInfo,
         let mut to = Connection::open(&tmp).map_err(sqlite)?;
         {
             let backup = rusqlite::backup::Backup::new(&from, &mut to).map_err(sqlite)?;
-            // All pages in one step: one read transaction, so the copy is a single
+            // All pages in one step (-1): one read transaction, so the copy is a single
             // consistent snapshot even while the server keeps writing.
-            backup
-                .run_to_completion(-1, Duration::from_millis(10), None)
-                .map_err(sqlite)?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let mut pause = Duration::from_millis(5);
+            loop {
+                match backup.step(-1).map_err(sqlite)? {
+                    rusqlite::backup::StepResult::Done => break,
+                    rusqlite::backup::StepResult::More => continue,
+                    // Busy/locked: a writer holds the database for a moment; back off.
+                    _ if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                    }
+                    _ => {
+                        return Err(sqlite(rusqlite::Error::SqliteFailure(
+                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                            Some("database stayed busy for 60 s".into()),
+                        )));
+                    }
+                }
+            }
         }
         // A standalone file: no -wal beside it is needed to read it.
         to.execute_batch("PRAGMA journal_mode = DELETE;")

@@ -318,28 +318,33 @@ impl Config {
                 .unwrap_or_else(|| "defaults".to_string())
         };
 
-        let config: Config =
-            toml::Value::Table(root)
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    // serde names the offending field; find which key it is to say where it came from.
-                    let message = e.message().to_string();
-                    let key = known
-                        .iter()
-                        .map(|(k, _)| k.as_str())
-                        .find(|k| {
-                            let leaf = k.rsplit('.').next().unwrap_or(k);
-                            message.contains(&format!("`{leaf}`"))
-                                || message.contains(&format!("{k}"))
-                        })
-                        .unwrap_or("?")
-                        .to_string();
-                    ConfigError::Invalid {
-                        origin: origin_of(&key),
-                        key,
-                        message,
+        let config: Config = match toml::Value::Table(root.clone()).try_into() {
+            Ok(c) => c,
+            Err(e) => {
+                // serde's message does not always name the key: find the one value that
+                // does not deserialize on its own, to say which key and where it came from.
+                let e: toml::de::Error = e;
+                let mut leaves = Vec::new();
+                collect_keys("", &root, &mut leaves);
+                let culprit = leaves.into_iter().find_map(|key| {
+                    let mut v = toml::Value::Table(root.clone());
+                    for part in key.split('.') {
+                        v = v.as_table()?.get(part)?.clone();
                     }
-                })?;
+                    let mut one = toml::Table::new();
+                    set_path(&mut one, &key, v);
+                    let err = toml::Value::Table(one).try_into::<Config>().err()?;
+                    Some((key, err.message().to_string()))
+                });
+                let (key, message) =
+                    culprit.unwrap_or_else(|| ("?".into(), e.message().to_string()));
+                return Err(ConfigError::Invalid {
+                    origin: origin_of(&key),
+                    key,
+                    message,
+                });
+            }
+        };
         config.validate(&origin_of)?;
         Ok(config)
     }
