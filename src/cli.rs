@@ -51,6 +51,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Run the agent inside a game container (installs, supervises and probes one game).
+    Agent(AgentArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -69,6 +71,47 @@ pub struct ServeArgs {
     /// Jobs run at once [env: ZLH_QUEUE_WORKERS] [default: 16].
     #[arg(long, value_name = "N")]
     pub workers: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Listen address.
+    #[arg(long, default_value = "0.0.0.0:18888", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Agent directory (payload, cache, the server directory, logs).
+    #[arg(long, default_value = "/opt/zlh-agent", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Bootstrap bearer token (until a /config installs the server's own).
+    #[arg(
+        long,
+        env = "ZLH_AGENT_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// Read the bootstrap token from this file instead.
+    #[arg(
+        long,
+        env = "ZLH_AGENT_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
+    /// Delays before restarting after consecutive crashes, then `error`.
+    #[arg(long, default_value = "30s,60s,120s", value_delimiter = ',', value_parser = crate::util::parse_duration)]
+    pub crash_backoff: Vec<std::time::Duration>,
+    /// Uptime after which the consecutive-crash count resets.
+    #[arg(long, default_value = "30s", value_parser = crate::util::parse_duration)]
+    pub stable_uptime: std::time::Duration,
+    /// Time the stop command gets before SIGTERM.
+    #[arg(long, default_value = "30s", value_parser = crate::util::parse_duration)]
+    pub stop_timeout: std::time::Duration,
+    /// Time SIGTERM gets before SIGKILL.
+    #[arg(long, default_value = "10s", value_parser = crate::util::parse_duration)]
+    pub term_timeout: std::time::Duration,
+    /// Readiness probe interval.
+    #[arg(long, default_value = "1s", value_parser = crate::util::parse_duration)]
+    pub probe_interval: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +201,14 @@ pub enum CliError {
     },
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Agent(#[from] crate::agent::server::AgentError),
+    #[error("reading the agent token file {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -267,6 +318,11 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             print!("{}", config.to_toml());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Agent(args) => {
+            init_logging(LogFormat::Text);
+            agent(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench {
             command:
                 BenchCommand::Queue {
@@ -314,6 +370,43 @@ fn serve(config: Config) -> Result<(), CliError> {
         prepared
             .run(listener, shutdown_signal(), Default::default())
             .await?;
+        Ok(())
+    })
+}
+
+fn agent(args: &AgentArgs) -> Result<(), CliError> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.trim().to_string()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|source| CliError::TokenFile {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    }
+    .filter(|t| !t.is_empty());
+    let opts = crate::agent::server::AgentOptions {
+        dir: args.dir.clone(),
+        bootstrap_token: token,
+        crash_backoff: args.crash_backoff.clone(),
+        stable_uptime: args.stable_uptime,
+        stop_timeout: args.stop_timeout,
+        term_timeout: args.term_timeout,
+        probe_interval: args.probe_interval,
+    };
+    let listen = args.listen;
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| CliError::Bind {
+                addr: listen,
+                source,
+            })?;
+        crate::agent::server::run(opts, listener, shutdown_signal()).await?;
         Ok(())
     })
 }

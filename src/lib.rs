@@ -1,6 +1,7 @@
 //! zlh: the control plane of a game-server hosting platform in one binary with one
 //! SQLite file. See DESIGN.md (shared) and README.md.
 
+pub mod agent;
 pub mod app;
 pub mod backup;
 pub mod bench;

@@ -45,6 +45,8 @@ where
     }
 }
 
+pub mod fileserver;
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

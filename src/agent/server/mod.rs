@@ -1,0 +1,491 @@
+//! `zlh agent`: the agent inside each game container (DESIGN §7). An HTTP API on
+//! :18888 in front of one manager task that owns the game's life cycle.
+
+mod console;
+pub mod install;
+mod manager;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    AgentState, AgentStatus, AgentVersion, ConfigAccepted, ConfigPayload, ConsoleCommand,
+    LastCrash, constant_time_eq,
+};
+use console::Console;
+use manager::{Manager, Op};
+
+/// How `zlh agent` runs.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Agent directory: payload, state, cache, the server directory, logs.
+    pub dir: PathBuf,
+    /// Token accepted until a `/config` installs this server's own token.
+    pub bootstrap_token: Option<String>,
+    /// Delays before restarting after consecutive crashes; past the last one → `error`.
+    pub crash_backoff: Vec<Duration>,
+    /// A run this long resets the consecutive-crash count.
+    pub stable_uptime: Duration,
+    /// How long the stop command gets before SIGTERM.
+    pub stop_timeout: Duration,
+    /// How long SIGTERM gets before SIGKILL.
+    pub term_timeout: Duration,
+    /// Readiness probe interval.
+    pub probe_interval: Duration,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            dir: PathBuf::from("/opt/zlh-agent"),
+            bootstrap_token: None,
+            crash_backoff: vec![
+                Duration::from_secs(30),
+                Duration::from_secs(60),
+                Duration::from_secs(120),
+            ],
+            stable_uptime: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(30),
+            term_timeout: Duration::from_secs(10),
+            probe_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(
+        "no agent token: set ZLH_AGENT_TOKEN or --token-file (or keep the token file a previous /config installed in {0})"
+    )]
+    NoToken(PathBuf),
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("agent HTTP server: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// The status the HTTP side reads and the manager writes.
+#[derive(Debug, Clone)]
+pub(crate) struct Status {
+    pub state: AgentState,
+    pub process_running: bool,
+    pub ready: bool,
+    pub ready_source: Option<String>,
+    pub ready_error: Option<String>,
+    pub last_ready_at: Option<String>,
+    pub install_step: Option<String>,
+    pub install_id: Option<String>,
+    pub install_count: u64,
+    pub crash_count: u64,
+    pub last_crash: Option<LastCrash>,
+    pub error: Option<String>,
+    /// Which game run the readiness prober may update.
+    pub run_id: u64,
+}
+
+pub(crate) struct Shared {
+    pub opts: AgentOptions,
+    token: RwLock<Option<String>>,
+    pub status: Mutex<Status>,
+    pub console: Console,
+    pub ops: mpsc::UnboundedSender<Op>,
+}
+
+impl Shared {
+    pub fn update(&self, f: impl FnOnce(&mut Status)) {
+        if let Ok(mut s) = self.status.lock() {
+            f(&mut s);
+        }
+    }
+
+    pub fn snapshot(&self) -> Option<Status> {
+        self.status.lock().ok().map(|s| s.clone())
+    }
+
+    fn token_matches(&self, presented: &str) -> bool {
+        match self.token.read() {
+            Ok(t) => t
+                .as_deref()
+                .is_some_and(|t| constant_time_eq(t.as_bytes(), presented.as_bytes())),
+            Err(_) => false,
+        }
+    }
+}
+
+pub(crate) const PAYLOAD_FILE: &str = "payload.json";
+pub(crate) const TOKEN_FILE: &str = "token";
+
+/// Runs the agent on `listener` until `shutdown` resolves, then stops the game
+/// gracefully (its desired state is kept, so the next start restores it).
+pub async fn run(
+    opts: AgentOptions,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&opts.dir).map_err(|source| AgentError::Io {
+        action: "creating agent dir",
+        path: opts.dir.clone(),
+        source,
+    })?;
+    // A token installed by an earlier /config wins over the bootstrap token.
+    let token_path = opts.dir.join(TOKEN_FILE);
+    let token = match std::fs::read_to_string(&token_path) {
+        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        _ => opts.bootstrap_token.clone(),
+    };
+    if token.is_none() {
+        return Err(AgentError::NoToken(opts.dir.clone()));
+    }
+    let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        console: Console::new(opts.dir.join("logs").join("console.log")),
+        opts: opts.clone(),
+        token: RwLock::new(token),
+        status: Mutex::new(Status {
+            state: AgentState::Idle,
+            process_running: false,
+            ready: false,
+            ready_source: None,
+            ready_error: None,
+            last_ready_at: None,
+            install_step: None,
+            install_id: None,
+            install_count: 0,
+            crash_count: 0,
+            last_crash: None,
+            error: None,
+            run_id: 0,
+        }),
+        ops: ops_tx,
+    });
+    let manager = Manager::restore(shared.clone());
+    let manager_task = tokio::spawn(manager.run(ops_rx));
+
+    let app = router(shared.clone());
+    let addr = listener.local_addr().map_err(AgentError::Http)?;
+    tracing::info!(%addr, dir = %opts.dir.display(), "zlh agent listening");
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(AgentError::Http);
+    let (tx, rx) = oneshot::channel();
+    if shared.ops.send(Op::Shutdown(tx)).is_ok() {
+        let _ = rx.await;
+    }
+    let _ = manager_task.await;
+    result
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    let protected = Router::new()
+        .route("/ready", get(ready))
+        .route("/status", get(status))
+        .route("/config", post(config))
+        .route("/start", post(start))
+        .route("/stop", post(stop))
+        .route("/restart", post(restart))
+        .route("/console/command", post(console_command))
+        .route("/console/stream", get(console_stream))
+        .route("/version", get(version))
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .merge(protected)
+        .with_state(shared)
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message.into()}})),
+    )
+        .into_response()
+}
+
+async fn require_token(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if presented.is_empty() || !shared.token_matches(presented) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token",
+        );
+    }
+    next.run(req).await
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+async fn version() -> Json<AgentVersion> {
+    Json(AgentVersion {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+}
+
+fn to_wire(s: Status) -> AgentStatus {
+    AgentStatus {
+        state: s.state,
+        process_running: s.process_running,
+        ready: s.ready,
+        ready_source: s.ready_source,
+        ready_error: s.ready_error,
+        last_ready_at: s.last_ready_at,
+        install_step: s.install_step,
+        install_id: s.install_id,
+        install_count: s.install_count,
+        crash_count: s.crash_count,
+        last_crash: s.last_crash,
+        error: s.error,
+        timestamp: crate::util::format_ts(crate::db::now_ms()),
+    }
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.snapshot() {
+        Some(s) => Json(to_wire(s)).into_response(),
+        None => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "status unavailable",
+        ),
+    }
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+    let s = shared.snapshot();
+    let ready = s.as_ref().is_some_and(|s| s.ready);
+    let body = Json(json!({
+        "ready": ready,
+        "readyError": s.and_then(|s| s.ready_error),
+    }));
+    if ready {
+        (StatusCode::OK, body).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+async fn config(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let payload: ConfigPayload = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("invalid /config payload: {e}"),
+            );
+        }
+    };
+    if let Err(e) = install::validate(&payload) {
+        return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
+    }
+    // The same install again is not a reinstall: answer with where it is.
+    if let Some(s) = shared.snapshot()
+        && s.install_id.as_deref() == Some(payload.install_id.as_str())
+        && s.state != AgentState::Error
+    {
+        return (
+            StatusCode::ACCEPTED,
+            Json(ConfigAccepted {
+                ok: true,
+                state: s.state,
+            }),
+        )
+            .into_response();
+    }
+    // Persist before answering: a 202 means the agent will carry it out, even
+    // across its own restart.
+    let dir = shared.opts.dir.clone();
+    let text = match serde_json::to_vec_pretty(&payload) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    };
+    if let Err(e) = write_private(&dir.join(PAYLOAD_FILE), &text).await {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
+    }
+    if let Some(new_token) = payload.agent_token.clone().filter(|t| !t.is_empty()) {
+        if let Err(e) = write_private(&dir.join(TOKEN_FILE), new_token.as_bytes()).await {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
+        }
+        if let Ok(mut t) = shared.token.write() {
+            *t = Some(new_token);
+        }
+    }
+    shared.update(|s| {
+        s.state = AgentState::Installing;
+        s.install_id = Some(payload.install_id.clone());
+        s.install_step = Some("queued".into());
+        s.error = None;
+    });
+    if shared.ops.send(Op::Configure(Box::new(payload))).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "agent is shutting down",
+        );
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(ConfigAccepted {
+            ok: true,
+            state: AgentState::Installing,
+        }),
+    )
+        .into_response()
+}
+
+/// Writes a file only the agent's user can read (it may hold secrets), atomically.
+async fn write_private(path: &Path, bytes: &[u8]) -> Result<(), install::InstallError> {
+    install::write_atomic(path, bytes).await?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).await;
+    }
+    Ok(())
+}
+
+async fn ask<T>(shared: &Shared, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    shared.ops.send(op(tx)).ok()?;
+    rx.await.ok()
+}
+
+fn accepted(shared: &Shared) -> Response {
+    let state = shared
+        .snapshot()
+        .map(|s| s.state)
+        .unwrap_or(AgentState::Idle);
+    (
+        StatusCode::ACCEPTED,
+        Json(ConfigAccepted { ok: true, state }),
+    )
+        .into_response()
+}
+
+async fn start(State(shared): State<Arc<Shared>>) -> Response {
+    match ask(&shared, Op::Start).await {
+        Some(Ok(())) => accepted(&shared),
+        Some(Err(e)) => error(StatusCode::CONFLICT, "conflict", e),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "agent is shutting down",
+        ),
+    }
+}
+
+async fn stop(State(shared): State<Arc<Shared>>) -> Response {
+    match ask(&shared, Op::Stop).await {
+        Some(()) => StatusCode::NO_CONTENT.into_response(),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "agent is shutting down",
+        ),
+    }
+}
+
+async fn restart(State(shared): State<Arc<Shared>>) -> Response {
+    match ask(&shared, Op::Restart).await {
+        Some(Ok(())) => accepted(&shared),
+        Some(Err(e)) => error(StatusCode::CONFLICT, "conflict", e),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "agent is shutting down",
+        ),
+    }
+}
+
+async fn console_command(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let cmd: ConsoleCommand = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("expected {{\"command\": \"...\"}}: {e}"),
+            );
+        }
+    };
+    if cmd.command.contains('\n') || cmd.command.trim().is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "command must be one non-empty line",
+        );
+    }
+    match ask(&shared, |tx| Op::Command(cmd.command, tx)).await {
+        Some(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Some(Err(e)) => error(StatusCode::CONFLICT, "conflict", e),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "agent is shutting down",
+        ),
+    }
+}
+
+async fn console_stream(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| stream_console(shared, socket))
+}
+
+async fn stream_console(shared: Arc<Shared>, mut socket: WebSocket) {
+    let (recent, mut live) = shared.console.subscribe(200);
+    for line in recent {
+        if socket.send(Message::Text(line.into())).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        tokio::select! {
+            line = live.recv() => match line {
+                Ok(line) => {
+                    if socket.send(Message::Text(line.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let note = format!("[zlh-agent] {n} console lines skipped (slow reader)");
+                    if socket.send(Message::Text(note.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            },
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                _ => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,564 @@
+//! `zlh agent` through its real HTTP contract: a real agent process, a stand-in
+//! Minecraft server (tests/support/standin_game.py) served as the "server jar" by a
+//! stand-in artifact server, real status pings.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use support::fileserver::{self, Files, sha256_hex};
+use support::{free_port, wait_for_async, zlh};
+use zlh::agent::client::{AgentClient, AgentClientError};
+use zlh::agent::{AgentState, AgentStatus};
+
+const TOKEN: &str = "test-bootstrap-token-0123456789";
+const STANDIN: &str = include_str!("support/standin_game.py");
+const JAR: &str = "minecraft/vanilla/1.21.4/server.jar";
+
+struct Agent {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    files: Files,
+    artifacts: String,
+    game_port: u16,
+    client: AgentClient,
+    _tmp: tempfile::TempDir,
+}
+
+impl Agent {
+    /// A fresh agent dir, artifact server (holding the stand-in as the server jar) and agent.
+    fn start() -> Agent {
+        let tmp = tempfile::tempdir().unwrap();
+        let (artifacts, files) = fileserver::start();
+        files.put(JAR, STANDIN);
+        let port = free_port();
+        let mut agent = Agent {
+            child: None,
+            port,
+            dir: tmp.path().join("agent"),
+            files,
+            artifacts,
+            game_port: free_port(),
+            client: AgentClient::new(format!("http://127.0.0.1:{port}"), TOKEN, "test agent"),
+            _tmp: tmp,
+        };
+        agent.spawn();
+        agent
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self._tmp.path().join("agent.log"))
+            .unwrap();
+        let child = zlh(self._tmp.path())
+            .args([
+                "agent",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--crash-backoff",
+                "100ms,200ms,300ms",
+                "--stable-uptime",
+                "20s",
+                "--stop-timeout",
+                "3s",
+                "--term-timeout",
+                "2s",
+                "--probe-interval",
+                "100ms",
+                "--dir",
+            ])
+            .arg(&self.dir)
+            .env("ZLH_AGENT_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    async fn wait_up(&self) {
+        let c = self.client.clone();
+        wait_for_async(
+            "the agent to answer /health",
+            Duration::from_secs(20),
+            || {
+                let c = c.clone();
+                async move { c.health().await.ok() }
+            },
+        )
+        .await;
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGKILL);
+            }
+            let _ = c.wait();
+        }
+    }
+
+    /// A payload for the stand-in on this agent's game port.
+    fn payload(&self, install_id: &str) -> Value {
+        json!({
+            "vmid": 5001,
+            "container_type": "game",
+            "game": "minecraft",
+            "variant": "vanilla",
+            "version": "1.21.4",
+            "ports": [self.game_port],
+            "artifact_path": JAR,
+            "artifact_sha256": sha256_hex(STANDIN.as_bytes()),
+            "memory_mb": 1024,
+            "install_id": install_id,
+            "eula": true,
+            "properties": {"server-port": self.game_port.to_string(), "motd": "zlh test"},
+            "start_command": "python3 {jar}",
+            "readiness": {"type": "minecraft_ping", "port": self.game_port},
+            "services": {"ARTIFACT_SERVER": self.artifacts},
+            "env": {"STANDIN_LOAD_MS": "700"},
+        })
+    }
+
+    async fn configure(&self, payload: &Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/config", self.port))
+            .bearer_auth(TOKEN)
+            .json(payload)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn wait_status(&self, what: &str, pred: impl Fn(&AgentStatus) -> bool) -> AgentStatus {
+        let c = self.client.clone();
+        wait_for_async(what, Duration::from_secs(30), || {
+            let c = c.clone();
+            let pred = &pred;
+            async move { c.status().await.ok().filter(|s| pred(s)) }
+        })
+        .await
+    }
+
+    fn server_dir(&self) -> PathBuf {
+        self.dir.join("server")
+    }
+
+    fn starts(&self) -> usize {
+        std::fs::read_to_string(self.server_dir().join("world/standin-starts.log"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn console_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("logs/console.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        // The game dies with its agent (parent-death signal); make sure anyway.
+        if let Some(pid) = std::fs::read_to_string(self.dir.join("game.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+fn is_running_ready(s: &AgentStatus) -> bool {
+    s.state == AgentState::Running && s.ready
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_start_ready_then_stop_through_stdin() {
+    let agent = Agent::start();
+    agent.wait_up().await;
+    let resp = agent.configure(&agent.payload("install-1")).await;
+    assert_eq!(resp.status(), 202);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body, json!({"ok": true, "state": "installing"}));
+
+    let s = agent
+        .wait_status("running and ready", is_running_ready)
+        .await;
+    assert!(s.process_running);
+    assert_eq!(s.ready_source.as_deref(), Some("minecraft_ping"));
+    assert!(s.last_ready_at.is_some());
+    assert_eq!(s.install_id.as_deref(), Some("install-1"));
+    assert_eq!(s.install_count, 1);
+    // Ready came from a real status answer, which the stand-in gives only once loaded.
+    assert!(
+        agent.console_log().contains("Done ("),
+        "{}",
+        agent.console_log()
+    );
+    let status = zlh::agent::slp::status(
+        format!("127.0.0.1:{}", agent.game_port).parse().unwrap(),
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status["description"]["text"], "zlh test");
+    // Seeded before the first start.
+    let props = std::fs::read_to_string(agent.server_dir().join("server.properties")).unwrap();
+    assert!(props.contains(&format!("server-port={}", agent.game_port)));
+    assert!(
+        std::fs::read_to_string(agent.server_dir().join("eula.txt"))
+            .unwrap()
+            .contains("eula=true")
+    );
+
+    agent.client.stop().await.unwrap();
+    let s = agent.client.status().await.unwrap();
+    assert_eq!(s.state, AgentState::Stopped);
+    assert!(!s.process_running && !s.ready);
+    let log = agent.console_log();
+    assert!(
+        log.contains("> stop") || log.contains("Stopping the server"),
+        "{log}"
+    );
+    assert!(
+        log.contains("exit code Some(0)"),
+        "stopped by its stop command: {log}"
+    );
+    assert!(!log.contains("SIGTERM"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_install_id_twice_installs_once_and_a_new_one_keeps_the_world() {
+    let agent = Agent::start();
+    agent.wait_up().await;
+    let p = agent.payload("install-1");
+    assert_eq!(agent.configure(&p).await.status(), 202);
+    agent.wait_status("running", is_running_ready).await;
+    let again = agent.configure(&p).await;
+    assert_eq!(again.status(), 202);
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(
+        body["state"], "running",
+        "the current state, not a reinstall"
+    );
+    let s = agent.client.status().await.unwrap();
+    assert_eq!(s.install_count, 1);
+    assert_eq!(agent.starts(), 1);
+    assert_eq!(agent.files.downloads(JAR), 1);
+
+    // Mark the world, then reinstall with a new id: new install, same world.
+    let marker = agent.server_dir().join("world/level.dat");
+    std::fs::write(&marker, b"precious world").unwrap();
+    assert_eq!(
+        agent.configure(&agent.payload("install-2")).await.status(),
+        202
+    );
+    agent
+        .wait_status("reinstalled and running", |s| {
+            is_running_ready(s) && s.install_count == 2
+        })
+        .await;
+    assert_eq!(std::fs::read(&marker).unwrap(), b"precious world");
+    assert_eq!(agent.starts(), 2);
+    assert_eq!(agent.files.downloads(JAR), 1, "cached by hash");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_game_is_restarted_with_backoff_then_the_agent_gives_up() {
+    let agent = Agent::start();
+    agent.wait_up().await;
+    let mut p = agent.payload("install-1");
+    p["env"]["STANDIN_CRASH_AFTER_MS"] = json!("50");
+    p["env"]["STANDIN_LOAD_MS"] = json!("100");
+    agent.configure(&p).await;
+    let s = agent
+        .wait_status("the agent to give up", |s| s.state == AgentState::Error)
+        .await;
+    // 3 restarts allowed by the backoff list: 4 runs, 4 crashes.
+    assert_eq!(s.crash_count, 4);
+    assert_eq!(agent.starts(), 4);
+    let crash = s.last_crash.unwrap();
+    assert_eq!(crash.exit_code, Some(1));
+    assert!(
+        crash.log_tail.iter().any(|l| l.contains("Exception")),
+        "{:?}",
+        crash.log_tail
+    );
+    assert!(s.error.unwrap().contains("crashed 4 times in a row"));
+    assert!(!s.process_running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_artifact_fails_with_a_sha256_error_and_nothing_starts() {
+    let agent = Agent::start();
+    agent.wait_up().await;
+    agent
+        .files
+        .put(JAR, "print('not the server you are looking for')");
+    agent.configure(&agent.payload("install-1")).await;
+    let s = agent
+        .wait_status("install to fail", |s| s.state == AgentState::Error)
+        .await;
+    let err = s.error.unwrap();
+    assert!(
+        err.contains("sha256 mismatch for minecraft/vanilla/1.21.4/server.jar"),
+        "{err}"
+    );
+    assert!(!s.process_running);
+    assert!(
+        !agent.server_dir().join("server.jar").exists(),
+        "nothing installed"
+    );
+    assert_eq!(agent.starts(), 0);
+    assert!(
+        !agent
+            .dir
+            .join("cache")
+            .join(sha256_hex(STANDIN.as_bytes()))
+            .exists()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_eula_acceptance_the_install_stops_with_a_clear_error() {
+    let agent = Agent::start();
+    agent.wait_up().await;
+    let mut p = agent.payload("install-1");
+    p["eula"] = json!(false);
+    agent.configure(&p).await;
+    let s = agent
+        .wait_status("install to fail", |s| s.state == AgentState::Error)
+        .await;
+    assert!(s.error.unwrap().contains("EULA"));
+    assert!(!agent.server_dir().join("eula.txt").exists());
+    assert_eq!(agent.starts(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_brings_the_game_back_without_reinstalling() {
+    let mut agent = Agent::start();
+    agent.wait_up().await;
+    agent.configure(&agent.payload("install-1")).await;
+    agent.wait_status("running", is_running_ready).await;
+    agent.kill9();
+    // The game does not outlive its agent.
+    let game_port = agent.game_port;
+    wait_for_async(
+        "the orphaned game to die",
+        Duration::from_secs(10),
+        || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", game_port))
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+    agent.spawn();
+    agent.wait_up().await;
+    let s = agent.wait_status("running again", is_running_ready).await;
+    assert_eq!(s.install_count, 1, "no reinstall");
+    assert_eq!(agent.starts(), 2);
+    assert_eq!(agent.files.downloads(JAR), 1);
+
+    // A stopped game stays stopped across an agent restart.
+    agent.client.stop().await.unwrap();
+    agent.kill9();
+    agent.spawn();
+    agent.wait_up().await;
+    let s = agent
+        .wait_status("stopped after restart", |s| s.state == AgentState::Stopped)
+        .await;
+    assert!(!s.process_running);
+    assert_eq!(agent.starts(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_but_health_needs_the_token_and_does_nothing_without_it() {
+    let agent = Agent::start();
+    agent.wait_up().await;
+    let base = format!("http://127.0.0.1:{}", agent.port);
+    let http = reqwest::Client::new();
+    let routes = [
+        ("GET", "/ready"),
+        ("GET", "/status"),
+        ("POST", "/config"),
+        ("POST", "/start"),
+        ("POST", "/stop"),
+        ("POST", "/restart"),
+        ("POST", "/console/command"),
+        ("GET", "/console/stream"),
+        ("GET", "/version"),
+    ];
+    for (method, path) in routes {
+        for token in [None, Some("wrong-token"), Some("")] {
+            let mut req = http.request(method.parse().unwrap(), format!("{base}{path}"));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            if path == "/config" {
+                req = req.json(&agent.payload("sneaky"));
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 401, "{method} {path} with token {token:?}");
+        }
+    }
+    assert_eq!(
+        http.get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(
+        !agent.dir.join("payload.json").exists(),
+        "nothing was configured"
+    );
+    let s = agent.client.status().await.unwrap();
+    assert_eq!(s.state, AgentState::Idle);
+    // The client names the agent when its token is refused.
+    let bad = AgentClient::new(
+        format!("http://127.0.0.1:{}", agent.port),
+        "nope",
+        "agent of server 9",
+    );
+    let err = bad.status().await.unwrap_err();
+    assert!(matches!(err, AgentClientError::Unauthorized { .. }));
+    assert!(err.to_string().contains("agent of server 9"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fabric_mods_and_proxy_config_are_seeded_before_the_first_start() {
+    let agent = Agent::start();
+    agent.wait_up().await;
+    let api = agent
+        .files
+        .put("mods/fabric/fabric-api-0.119.2.jar", "fabric api bytes");
+    let proxy = agent
+        .files
+        .put("mods/fabric/FabricProxy-Lite-2.9.0.jar", "proxy lite bytes");
+    let toml = "hackOnlineMode = true\nhackEarlySend = false\nhackMessageChain = true\ndisconnectMessage = \"This server requires you to connect through the proxy.\"\nsecret = \"s3cr3t-forwarding\"";
+    let mut p = agent.payload("install-1");
+    p["variant"] = json!("fabric");
+    p["forwarding_secret"] = json!("s3cr3t-forwarding");
+    p["mods"] = json!([
+        {"path": "mods/fabric/fabric-api-0.119.2.jar", "sha256": api, "destination": "mods/fabric-api.jar"},
+        {"path": "mods/fabric/FabricProxy-Lite-2.9.0.jar", "sha256": proxy, "destination": "mods/FabricProxy-Lite.jar"},
+    ]);
+    p["files"] = json!([{"destination": "config/FabricProxy-Lite.toml", "content": toml}]);
+    // The stand-in refuses to start unless these exist with exactly this content.
+    p["env"]["STANDIN_REQUIRE_CONTENT"] = json!(format!(
+        "mods/fabric-api.jar={api},mods/FabricProxy-Lite.jar={proxy},config/FabricProxy-Lite.toml={}",
+        sha256_hex(toml.as_bytes())
+    ));
+    agent.configure(&p).await;
+    let s = agent.wait_status("running", is_running_ready).await;
+    assert_eq!(
+        s.crash_count, 0,
+        "the stand-in found every seeded file on its first start"
+    );
+    let written = std::fs::read(agent.server_dir().join("config/FabricProxy-Lite.toml")).unwrap();
+    assert_eq!(written, toml.as_bytes(), "no trailing newline surprises");
+    // The secret is not echoed back by the agent.
+    let status = serde_json::to_string(&s).unwrap();
+    assert!(!status.contains("s3cr3t"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_commands_reach_stdin_and_the_stream_replays_then_follows() {
+    let agent = Agent::start();
+    agent.wait_up().await;
+    agent.configure(&agent.payload("install-1")).await;
+    agent.wait_status("running", is_running_ready).await;
+
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        agent.client.console_stream_url(),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("Authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut seen = Vec::new();
+    // Recent lines first: the start-up log is replayed.
+    while !seen.iter().any(|l: &String| l.contains("Done (")) {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push(msg.into_text().unwrap().to_string());
+    }
+    agent
+        .client
+        .console_command("say hello from zlh")
+        .await
+        .unwrap();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("the reply to stream in")
+            .unwrap()
+            .unwrap();
+        if msg.into_text().unwrap().contains("[Server] hello from zlh") {
+            break;
+        }
+    }
+    // Bad input is refused without touching the game.
+    let err = agent
+        .client
+        .console_command("say a\nstop")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("one non-empty line"), "{err}");
+    assert!(agent.client.status().await.unwrap().process_running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_game_that_ignores_stop_is_terminated_by_signal() {
+    let agent = Agent::start();
+    agent.wait_up().await;
+    let mut p = agent.payload("install-1");
+    p["env"]["STANDIN_IGNORE_STOP"] = json!("1");
+    agent.configure(&p).await;
+    agent.wait_status("running", is_running_ready).await;
+    agent.client.stop().await.unwrap();
+    let log = agent.console_log();
+    assert!(log.contains("sending SIGTERM"), "{log}");
+    assert!(log.contains("Stopping server (SIGTERM)"), "{log}");
+    let s = agent.client.status().await.unwrap();
+    assert_eq!(s.state, AgentState::Stopped);
+    assert_eq!(s.crash_count, 0, "a stop is not a crash");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_payloads_are_refused_with_400_and_change_nothing() {
+    let agent = Agent::start();
+    agent.wait_up().await;
+    let mut traversal = agent.payload("install-1");
+    traversal["files"] = json!([{"destination": "../../etc/evil", "content": "x"}]);
+    let mut no_sha = agent.payload("install-1");
+    no_sha.as_object_mut().unwrap().remove("artifact_sha256");
+    for (body, needle) in [
+        (json!({"game": "minecraft"}), "install_id"),
+        (traversal, "relative path"),
+        (no_sha, "sha256 is required"),
+    ] {
+        let resp = agent.configure(&body).await;
+        assert_eq!(resp.status(), 400);
+        let err: Value = resp.json().await.unwrap();
+        let msg = err["error"]["message"].as_str().unwrap().to_string();
+        assert!(msg.contains(needle), "{msg}");
+    }
+    assert!(!agent.dir.join("payload.json").exists());
+    assert!(!Path::new(&agent.dir).join("server").exists());
+}
