@@ -13,4 +13,5 @@ pub mod http;
 pub mod instance;
 pub mod jobs;
 pub mod queue;
+pub mod runtime;
 pub mod util;
