@@ -562,3 +562,94 @@ async fn bad_payloads_are_refused_with_400_and_change_nothing() {
     assert!(!agent.dir.join("payload.json").exists());
     assert!(!Path::new(&agent.dir).join("server").exists());
 }
+
+/// Where `scripts/test-deps.sh` put flying-squid and mcstatus.
+fn test_deps() -> PathBuf {
+    let dir = std::env::var("ZLH_TEST_DEPS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-deps"));
+    assert!(
+        dir.join("node_modules/flying-squid/package.json").exists()
+            && dir.join("venv/bin/python").exists(),
+        "flying-squid and mcstatus are missing in {}: run scripts/test-deps.sh (./scripts/test does)",
+        dir.display()
+    );
+    dir
+}
+
+/// The end-to-end check with a Minecraft server this project did not write:
+/// flying-squid 1.12 (Minecraft 1.21.4 in Node.js), seeded and run by the agent,
+/// confirmed by an independent client (mcstatus).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_minecraft_server_flying_squid_is_seeded_run_and_probed() {
+    let deps = test_deps();
+    let agent = Agent::start();
+    agent.wait_up().await;
+    let port = agent.game_port;
+    let settings = json!({
+        "host": "127.0.0.1", "port": port, "version": "1.21.4", "online-mode": false,
+        "max-players": 7, "motd": "zlh e2e flying-squid", "logging": false,
+        "worldFolder": "world", "generation": {"name": "superflat", "options": {}},
+        "plugins": {}, "everybody-op": false, "view-distance": 2
+    })
+    .to_string();
+    let start = r#"exec node -e 'const fs=require("fs");const s={...require("flying-squid/config/default-settings.json"),...JSON.parse(fs.readFileSync("config/settings.json","utf8"))};const v=require("flying-squid").createMCServer(s);v._server.on("error",e=>{console.error("FATAL "+e.message);process.exit(1)})'"#;
+    let payload = json!({
+        "game": "minecraft", "variant": "flying-squid", "version": "1.21.4",
+        "ports": [port], "install_id": "fs-1", "eula": true,
+        "files": [{"destination": "config/settings.json", "content": settings}],
+        "start_command": start,
+        "readiness": {"type": "minecraft_ping", "port": port},
+        "env": {
+            "NODE_PATH": deps.join("node_modules").to_string_lossy(),
+            "FORCE_COLOR": "0"
+        },
+    });
+    assert_eq!(agent.configure(&payload).await.status(), 202);
+    let early = agent.client.status().await.unwrap();
+    assert!(
+        !early.ready,
+        "not ready before the game answers a status ping"
+    );
+    let s = agent
+        .wait_status("flying-squid to be ready", is_running_ready)
+        .await;
+    assert_eq!(s.ready_source.as_deref(), Some("minecraft_ping"));
+
+    // Our probe and an independent client see the same server.
+    let ours = zlh::agent::slp::status(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ours["version"]["name"], "1.21.4");
+    let out = std::process::Command::new(deps.join("venv/bin/python"))
+        .args([
+            "-c",
+            "import json,sys; from mcstatus import JavaServer; \
+             s = JavaServer.lookup(sys.argv[1]).status(); \
+             print(json.dumps({'version': s.version.name, 'protocol': s.version.protocol, \
+             'motd': s.motd.to_plain(), 'max': s.players.max}))",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mcstatus: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(theirs["version"], "1.21.4");
+    assert_eq!(theirs["protocol"], ours["version"]["protocol"]);
+    assert_eq!(theirs["motd"], "zlh e2e flying-squid");
+    assert_eq!(theirs["max"], 7);
+
+    agent.client.stop().await.unwrap();
+    assert_eq!(
+        agent.client.status().await.unwrap().state,
+        AgentState::Stopped
+    );
+    assert!(agent.console_log().contains("exit code Some(0)"));
+}
