@@ -470,3 +470,31 @@ pub fn display_path(path: &Path) -> String {
         .display()
         .to_string()
 }
+
+/// Control plane by IP (invariant 7): `url` must be http(s) with an IP host, unless
+/// hostnames are explicitly allowed.
+pub fn check_ip_url(url: &str, allow_hostnames: bool) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("'{url}' must start with http:// or https://"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(format!("'{url}' has no host"));
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(authority)
+    };
+    if host.parse::<std::net::IpAddr>().is_ok() || allow_hostnames {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{url}' names host '{host}': internal endpoints must be IP URLs (set allow_hostnames to opt out)"
+        ))
+    }
+}

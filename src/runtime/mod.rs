@@ -140,3 +140,22 @@ pub trait Runtime: Send + Sync + 'static {
     /// Every container tagged `zlh` on this node (for `zlh doctor`).
     fn list(&self) -> impl Future<Output = Result<Vec<ContainerInfo>, RuntimeError>> + Send;
 }
+
+/// Checks the settings of a Proxmox node: required keys present, the API by IP.
+/// Returns (field, message) for the first problem.
+pub fn proxmox_settings_check(settings: &serde_json::Value) -> Result<(), (String, String)> {
+    for key in [
+        "api_url",
+        "token_id",
+        "token_secret",
+        "node",
+        "template_vmid",
+    ] {
+        if settings.get(key).is_none_or(|v| v.is_null()) {
+            return Err((key.into(), "is required for a proxmox node".into()));
+        }
+    }
+    let url = settings["api_url"].as_str().unwrap_or_default();
+    let allow = settings["allow_hostnames"].as_bool().unwrap_or(false);
+    crate::config::check_ip_url(url, allow).map_err(|m| ("api_url".to_string(), m))
+}

@@ -1,0 +1,76 @@
+//! The domain: users and tokens, nodes, templates, servers (DESIGN §5).
+
+pub mod nodes;
+pub mod servers;
+pub mod templates;
+pub mod users;
+
+/// A domain rule broken by a request: names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+}
+
+impl From<rusqlite::Error> for DomainError {
+    fn from(e: rusqlite::Error) -> Self {
+        DomainError::Db(e.into())
+    }
+}
+
+pub fn invalid(field: &str, message: impl Into<String>) -> DomainError {
+    DomainError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// True for an RFC 1123 DNS label in lower case: 1–63 of `a-z0-9-`, no leading or
+/// trailing hyphen.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A random secret as 64 hex digits (256 bits from the OS).
+pub fn random_secret() -> Result<String, DomainError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| {
+        DomainError::Db(crate::db::DbError::Join(format!(
+            "the OS random source failed: {e}"
+        )))
+    })?;
+    Ok(crate::agent::server::install::hex(&bytes))
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::{Digest, Sha256};
+    crate::agent::server::install::hex(&Sha256::digest(s.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        for ok in ["a", "mc-1", "survival", "0day"] {
+            assert!(is_dns_label(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "Mc", "a_b", "a.b", &"x".repeat(64)] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,808 @@
+//! Servers: the status machine with an event per transition, transactional and
+//! constraint-backed VMID and port allocation, idempotent creation, archiving.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::nodes::{self, Node};
+use super::templates::{self, Template};
+use super::users::User;
+use super::{DomainError, invalid, is_dns_label, random_secret};
+use crate::db::now_ms;
+use crate::queue::{self, NewJob};
+
+/// Job kinds acting on servers; all run in the lane `server:<id>`.
+pub const JOB_PROVISION: &str = "server.provision";
+pub const JOB_START: &str = "server.start";
+pub const JOB_STOP: &str = "server.stop";
+pub const JOB_RESTART: &str = "server.restart";
+pub const JOB_DELETE: &str = "server.delete";
+
+/// How long a server may stay in a transitional status before it counts as stuck.
+pub const PROVISION_DEADLINE_MS: i64 = 30 * 60 * 1000;
+pub const ACTION_DEADLINE_MS: i64 = 10 * 60 * 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerStatus {
+    Pending,
+    Provisioning,
+    Installing,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Deleting,
+    Deleted,
+    Failed,
+    Crashed,
+}
+
+impl ServerStatus {
+    pub const ALL: [ServerStatus; 11] = [
+        ServerStatus::Pending,
+        ServerStatus::Provisioning,
+        ServerStatus::Installing,
+        ServerStatus::Starting,
+        ServerStatus::Running,
+        ServerStatus::Stopping,
+        ServerStatus::Stopped,
+        ServerStatus::Deleting,
+        ServerStatus::Deleted,
+        ServerStatus::Failed,
+        ServerStatus::Crashed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerStatus::Pending => "pending",
+            ServerStatus::Provisioning => "provisioning",
+            ServerStatus::Installing => "installing",
+            ServerStatus::Starting => "starting",
+            ServerStatus::Running => "running",
+            ServerStatus::Stopping => "stopping",
+            ServerStatus::Stopped => "stopped",
+            ServerStatus::Deleting => "deleting",
+            ServerStatus::Deleted => "deleted",
+            ServerStatus::Failed => "failed",
+            ServerStatus::Crashed => "crashed",
+        }
+    }
+
+    /// A status that must end by its deadline.
+    pub fn is_transitional(self) -> bool {
+        matches!(
+            self,
+            ServerStatus::Pending
+                | ServerStatus::Provisioning
+                | ServerStatus::Installing
+                | ServerStatus::Starting
+                | ServerStatus::Stopping
+                | ServerStatus::Deleting
+        )
+    }
+}
+
+impl std::fmt::Display for ServerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl rusqlite::types::FromSql for ServerStatus {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let s = v.as_str()?;
+        ServerStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| rusqlite::types::FromSqlError::Other(format!("status '{s}'").into()))
+    }
+}
+
+/// A server row. `agent_token` and the raw payload never leave through the API: use
+/// [`Server::public`].
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub id: i64,
+    pub name: String,
+    pub owner_id: i64,
+    pub template_id: i64,
+    pub version: String,
+    pub node_id: i64,
+    pub vmid: i64,
+    pub ip: Option<String>,
+    pub game_port: i64,
+    pub agent_port: i64,
+    pub memory_mb: i64,
+    pub cores: i64,
+    pub eula_accepted: bool,
+    pub agent_token: String,
+    pub install_id: String,
+    pub payload: Option<Value>,
+    pub desired_state: String,
+    pub status: ServerStatus,
+    pub status_reason: Option<String>,
+    pub failed_step: Option<String>,
+    pub status_deadline: Option<i64>,
+    pub checkpoints: Value,
+    pub agent_state: Option<String>,
+    pub agent_seen_at: Option<i64>,
+    pub ready: bool,
+    pub crash_count: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub deleted_at: Option<i64>,
+}
+
+const COLUMNS: &str = "id, name, owner_id, template_id, version, node_id, vmid, ip, game_port, agent_port, \
+     memory_mb, cores, eula_accepted, agent_token, install_id, payload, desired_state, status, \
+     status_reason, failed_step, status_deadline, checkpoints, agent_state, agent_seen_at, ready, \
+     crash_count, created_at, updated_at, deleted_at";
+
+fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Server> {
+    let payload: Option<String> = r.get(15)?;
+    let checkpoints: String = r.get(21)?;
+    Ok(Server {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        owner_id: r.get(2)?,
+        template_id: r.get(3)?,
+        version: r.get(4)?,
+        node_id: r.get(5)?,
+        vmid: r.get(6)?,
+        ip: r.get(7)?,
+        game_port: r.get(8)?,
+        agent_port: r.get(9)?,
+        memory_mb: r.get(10)?,
+        cores: r.get(11)?,
+        eula_accepted: r.get(12)?,
+        agent_token: r.get(13)?,
+        install_id: r.get(14)?,
+        payload: payload.and_then(|p| serde_json::from_str(&p).ok()),
+        desired_state: r.get(16)?,
+        status: r.get(17)?,
+        status_reason: r.get(18)?,
+        failed_step: r.get(19)?,
+        status_deadline: r.get(20)?,
+        checkpoints: serde_json::from_str(&checkpoints).unwrap_or_else(|_| json!({})),
+        agent_state: r.get(22)?,
+        agent_seen_at: r.get(23)?,
+        ready: r.get(24)?,
+        crash_count: r.get(25)?,
+        created_at: r.get(26)?,
+        updated_at: r.get(27)?,
+        deleted_at: r.get(28)?,
+    })
+}
+
+impl Server {
+    /// The server as API and UI show it: no agent token; payload secrets blanked.
+    pub fn public(&self, template_slug: Option<&str>, node_name: Option<&str>) -> Value {
+        let payload = self.payload.as_ref().map(|p| {
+            let mut p = p.clone();
+            for k in ["forwarding_secret", "agent_token"] {
+                if p.get(k).is_some_and(|v| !v.is_null()) {
+                    p[k] = json!("********");
+                }
+            }
+            if let Some(files) = p.get_mut("files").and_then(|f| f.as_array_mut()) {
+                for f in files {
+                    f["content"] = json!("(seeded file; content not shown)");
+                }
+            }
+            p
+        });
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "owner_id": self.owner_id,
+            "template_id": self.template_id,
+            "template": template_slug,
+            "version": self.version,
+            "node_id": self.node_id,
+            "node": node_name,
+            "vmid": self.vmid,
+            "ip": self.ip,
+            "game_port": self.game_port,
+            "memory_mb": self.memory_mb,
+            "cores": self.cores,
+            "eula_accepted": self.eula_accepted,
+            "install_id": self.install_id,
+            "desired_state": self.desired_state,
+            "status": self.status,
+            "status_reason": self.status_reason,
+            "failed_step": self.failed_step,
+            "status_deadline": self.status_deadline,
+            "checkpoints": self.checkpoints,
+            "agent_state": self.agent_state,
+            "agent_seen_at": self.agent_seen_at,
+            "ready": self.ready,
+            "crash_count": self.crash_count,
+            "connect": self.ip.as_ref().map(|ip| format!("{ip}:{}", self.game_port)),
+            "payload": payload,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "deleted_at": self.deleted_at,
+        })
+    }
+}
+
+pub fn get(conn: &Connection, id: i64) -> Result<Option<Server>, DomainError> {
+    let mut s = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM servers WHERE id = ?1"))?;
+    Ok(s.query_row([id], from_row).optional()?)
+}
+
+/// A server the user may see: their own, or any for an admin. Others are "not found".
+pub fn get_visible(conn: &Connection, user: &User, id: i64) -> Result<Server, DomainError> {
+    match get(conn, id)? {
+        Some(s) if user.is_admin || s.owner_id == user.id => Ok(s),
+        _ => Err(DomainError::NotFound(format!("server {id}"))),
+    }
+}
+
+/// Live servers visible to `user`, by id, `limit` after `after_id`; optional status filter.
+pub fn list_visible(
+    conn: &Connection,
+    user: &User,
+    after_id: i64,
+    limit: i64,
+    status: Option<ServerStatus>,
+    search: Option<&str>,
+) -> Result<Vec<Server>, DomainError> {
+    let mut s = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM servers
+         WHERE deleted_at IS NULL AND id > ?1 AND (?2 OR owner_id = ?3)
+           AND (?4 IS NULL OR status = ?4) AND (?5 IS NULL OR instr(name, ?5) > 0)
+         ORDER BY id LIMIT ?6"
+    ))?;
+    let rows = s.query_map(
+        params![
+            after_id,
+            user.is_admin,
+            user.id,
+            status.map(ServerStatus::as_str),
+            search,
+            limit
+        ],
+        from_row,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// An event on a server's timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub id: i64,
+    pub server_id: i64,
+    pub at: i64,
+    pub from_status: Option<String>,
+    pub to_status: Option<String>,
+    pub job_id: Option<i64>,
+    pub actor: String,
+    pub message: String,
+}
+
+pub fn add_event(
+    conn: &Connection,
+    server_id: i64,
+    from: Option<ServerStatus>,
+    to: Option<ServerStatus>,
+    job_id: Option<i64>,
+    actor: &str,
+    message: &str,
+) -> Result<(), DomainError> {
+    conn.prepare_cached(
+        "INSERT INTO server_events (server_id, at, from_status, to_status, job_id, actor, message)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        server_id,
+        now_ms(),
+        from.map(ServerStatus::as_str),
+        to.map(ServerStatus::as_str),
+        job_id,
+        actor,
+        message
+    ])?;
+    Ok(())
+}
+
+pub fn events(conn: &Connection, server_id: i64, limit: i64) -> Result<Vec<Event>, DomainError> {
+    let mut s = conn.prepare_cached(
+        "SELECT id, server_id, at, from_status, to_status, job_id, actor, message
+         FROM server_events WHERE server_id = ?1 ORDER BY id DESC LIMIT ?2",
+    )?;
+    let rows = s.query_map(params![server_id, limit], |r| {
+        Ok(Event {
+            id: r.get(0)?,
+            server_id: r.get(1)?,
+            at: r.get(2)?,
+            from_status: r.get(3)?,
+            to_status: r.get(4)?,
+            job_id: r.get(5)?,
+            actor: r.get(6)?,
+            message: r.get(7)?,
+        })
+    })?;
+    let mut out: Vec<Event> = rows.collect::<Result<_, _>>()?;
+    out.reverse();
+    Ok(out)
+}
+
+/// Moves a server to `to` with an event (from, to, job, actor, message). A
+/// transitional status gets a deadline; others clear it.
+pub fn transition(
+    conn: &Connection,
+    server_id: i64,
+    to: ServerStatus,
+    reason: Option<&str>,
+    job_id: Option<i64>,
+    actor: &str,
+) -> Result<ServerStatus, DomainError> {
+    let from: ServerStatus = conn
+        .query_row(
+            "SELECT status FROM servers WHERE id = ?1",
+            [server_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .ok_or_else(|| DomainError::NotFound(format!("server {server_id}")))?;
+    let deadline = to.is_transitional().then(|| {
+        now_ms()
+            + if to == ServerStatus::Pending || to == ServerStatus::Provisioning {
+                PROVISION_DEADLINE_MS
+            } else {
+                ACTION_DEADLINE_MS
+            }
+    });
+    conn.execute(
+        "UPDATE servers SET status = ?2, status_reason = ?3, status_deadline = ?4, updated_at = ?5,
+           failed_step = CASE WHEN ?2 = 'failed' THEN failed_step ELSE NULL END
+         WHERE id = ?1",
+        params![server_id, to.as_str(), reason, deadline, now_ms()],
+    )?;
+    if from != to || reason.is_some() {
+        let message = reason.unwrap_or(to.as_str());
+        add_event(
+            conn,
+            server_id,
+            Some(from),
+            Some(to),
+            job_id,
+            actor,
+            message,
+        )?;
+    }
+    Ok(from)
+}
+
+/// Marks a server `failed` at `step` with `reason`.
+pub fn fail(
+    conn: &Connection,
+    server_id: i64,
+    step: &str,
+    reason: &str,
+    job_id: Option<i64>,
+) -> Result<(), DomainError> {
+    transition(
+        conn,
+        server_id,
+        ServerStatus::Failed,
+        Some(&format!("{step}: {reason}")),
+        job_id,
+        "system",
+    )?;
+    conn.execute(
+        "UPDATE servers SET failed_step = ?2 WHERE id = ?1",
+        params![server_id, step],
+    )?;
+    Ok(())
+}
+
+/// Records a provisioning step as done (inside the job's fenced transaction).
+pub fn checkpoint(
+    conn: &Connection,
+    server_id: i64,
+    step: &str,
+    detail: Value,
+) -> Result<(), DomainError> {
+    conn.execute(
+        "UPDATE servers SET checkpoints = json_set(checkpoints, '$.' || ?2, json(?3)), updated_at = ?4
+         WHERE id = ?1",
+        params![server_id, step, detail.to_string(), now_ms()],
+    )?;
+    Ok(())
+}
+
+/// A create request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateServer {
+    pub name: String,
+    /// Template slug.
+    pub template: String,
+    pub version: String,
+    #[serde(default)]
+    pub memory_mb: Option<u32>,
+    #[serde(default)]
+    pub cores: Option<u32>,
+    /// Node name; placed on the node with the most free memory when absent.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// The operator's explicit acceptance of the game's EULA.
+    #[serde(default)]
+    pub eula: bool,
+}
+
+/// What a create did.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub server: Server,
+    pub job_id: i64,
+    /// False when an earlier request with the same idempotency key made it.
+    pub created: bool,
+}
+
+fn valid_version(v: &str) -> bool {
+    (1..=40).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
+}
+
+/// Creates a server and its provisioning job in the caller's transaction. With an
+/// idempotency key, a repeat of the same request returns the same server and job;
+/// the same key with another body is a conflict.
+pub fn create(
+    tx: &Connection,
+    user: &User,
+    req: &CreateServer,
+    idempotency: Option<(&str, &str)>,
+) -> Result<Created, DomainError> {
+    let now = now_ms();
+    if let Some((key, hash)) = idempotency {
+        let found: Option<(String, i64, i64)> = tx
+            .query_row(
+                "SELECT request_hash, server_id, job_id FROM idempotency_keys WHERE user_id = ?1 AND key = ?2",
+                params![user.id, key],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        if let Some((h, server_id, job_id)) = found {
+            if h != hash {
+                return Err(DomainError::Conflict(format!(
+                    "Idempotency-Key '{key}' was already used with a different request"
+                )));
+            }
+            let server = get(tx, server_id)?
+                .ok_or_else(|| DomainError::NotFound(format!("server {server_id}")))?;
+            return Ok(Created {
+                server,
+                job_id,
+                created: false,
+            });
+        }
+    }
+
+    if !is_dns_label(&req.name) {
+        return Err(invalid(
+            "name",
+            "must be a DNS label: 1-63 of a-z, 0-9 and '-', not starting or ending with '-'",
+        ));
+    }
+    let template: Template = templates::get_by_slug(tx, &req.template)?
+        .ok_or_else(|| invalid("template", format!("no template '{}'", req.template)))?;
+    if !valid_version(&req.version) {
+        return Err(invalid(
+            "version",
+            "1-40 of letters, digits, '.', '_', '-', '+'",
+        ));
+    }
+    if template.spec.eula_required && !req.eula {
+        return Err(invalid(
+            "eula",
+            "this game's EULA must be accepted explicitly (https://aka.ms/MinecraftEULA)",
+        ));
+    }
+    let memory = req.memory_mb.unwrap_or(template.spec.default_memory_mb);
+    if !(256..=262_144).contains(&memory) {
+        return Err(invalid("memory_mb", "between 256 and 262144"));
+    }
+    let cores = req.cores.unwrap_or(template.spec.default_cores);
+    if !(1..=64).contains(&cores) {
+        return Err(invalid("cores", "between 1 and 64"));
+    }
+    let taken: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM servers WHERE name = ?1 AND deleted_at IS NULL)",
+        [&req.name],
+        |r| r.get(0),
+    )?;
+    if taken {
+        return Err(DomainError::Conflict(format!(
+            "name: a server named '{}' exists",
+            req.name
+        )));
+    }
+    let node = nodes::place(tx, req.node.as_deref(), memory as i64)?;
+    let vmid = allocate_vmid(tx, &node)?;
+    let (game_port, agent_port) = if node.kind == "local" {
+        let ports = free_ports(tx, &node, 2)?;
+        (ports[0], ports[1])
+    } else {
+        (
+            template.spec.game_port as i64,
+            crate::agent::DEFAULT_PORT as i64,
+        )
+    };
+    let token = random_secret()?;
+    let install_id = random_secret()?[..16].to_string();
+    tx.execute(
+        "INSERT INTO servers (name, owner_id, template_id, version, node_id, vmid, game_port, agent_port,
+           memory_mb, cores, eula_accepted, agent_token, install_id, status, status_deadline,
+           created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', ?14, ?15, ?15)",
+        params![
+            req.name,
+            user.id,
+            template.id,
+            req.version,
+            node.id,
+            vmid,
+            game_port,
+            agent_port,
+            memory,
+            cores,
+            req.eula,
+            token,
+            install_id,
+            now + PROVISION_DEADLINE_MS,
+            now
+        ],
+    )?;
+    let server_id = tx.last_insert_rowid();
+    if node.kind == "local" {
+        for (port, purpose) in [(game_port, "game"), (agent_port, "agent")] {
+            tx.execute(
+                "INSERT INTO port_allocations (node_id, port, server_id, purpose) VALUES (?1, ?2, ?3, ?4)",
+                params![node.id, port, server_id, purpose],
+            )?;
+        }
+    }
+    add_event(
+        tx,
+        server_id,
+        None,
+        Some(ServerStatus::Pending),
+        None,
+        &format!("user:{}", user.username),
+        &format!(
+            "created from template {} {} on node {} (VMID {vmid})",
+            template.slug, req.version, node.name
+        ),
+    )?;
+    let job = enqueue_action(
+        tx,
+        server_id,
+        JOB_PROVISION,
+        json!({"server_id": server_id}),
+    )?;
+    if let Some((key, hash)) = idempotency {
+        tx.execute(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash, server_id, job_id, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![user.id, key, hash, server_id, job, now],
+        )?;
+    }
+    let server = get(tx, server_id)?.ok_or_else(|| DomainError::NotFound("new server".into()))?;
+    Ok(Created {
+        server,
+        job_id: job,
+        created: true,
+    })
+}
+
+/// The lowest VMID in the node's range not used by a live server.
+pub fn allocate_vmid(conn: &Connection, node: &Node) -> Result<i64, DomainError> {
+    allocate_vmid_excluding(conn, node, &[])
+}
+
+/// Like [`allocate_vmid`], skipping `skip` (VMIDs found taken on the node itself).
+pub fn allocate_vmid_excluding(
+    conn: &Connection,
+    node: &Node,
+    skip: &[i64],
+) -> Result<i64, DomainError> {
+    let mut s = conn.prepare_cached(
+        "SELECT vmid FROM servers WHERE node_id = ?1 AND deleted_at IS NULL AND vmid BETWEEN ?2 AND ?3 ORDER BY vmid",
+    )?;
+    let used: std::collections::BTreeSet<i64> = s
+        .query_map(params![node.id, node.vmid_min, node.vmid_max], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    (node.vmid_min..=node.vmid_max)
+        .find(|v| !used.contains(v) && !skip.contains(v))
+        .ok_or_else(|| {
+            DomainError::Conflict(format!(
+                "node '{}' has no free VMID in {}..{}",
+                node.name, node.vmid_min, node.vmid_max
+            ))
+        })
+}
+
+/// `n` free ports from the node's pool (lowest first).
+fn free_ports(conn: &Connection, node: &Node, n: usize) -> Result<Vec<i64>, DomainError> {
+    let mut s = conn.prepare_cached(
+        "SELECT port FROM port_allocations WHERE node_id = ?1 AND port BETWEEN ?2 AND ?3",
+    )?;
+    let used: std::collections::BTreeSet<i64> = s
+        .query_map(params![node.id, node.port_min, node.port_max], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let ports: Vec<i64> = (node.port_min..=node.port_max)
+        .filter(|p| !used.contains(p))
+        .take(n)
+        .collect();
+    if ports.len() < n {
+        return Err(DomainError::Conflict(format!(
+            "node '{}' has no free ports left in {}..{}",
+            node.name, node.port_min, node.port_max
+        )));
+    }
+    Ok(ports)
+}
+
+/// Enqueues a server job in the server's lane; the same action already waiting is reused.
+pub fn enqueue_action(
+    conn: &Connection,
+    server_id: i64,
+    kind: &str,
+    payload: Value,
+) -> Result<i64, DomainError> {
+    let action = kind.trim_start_matches("server.");
+    let job = NewJob::new(kind, payload)
+        .lane(format!("server:{server_id}"))
+        .unique_key(format!("server:{server_id}:{action}"))
+        .max_attempts(8);
+    Ok(queue::enqueue(conn, &job, now_ms())?.id)
+}
+
+/// An operator's action on a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Start,
+    Stop,
+    Restart,
+    Retry,
+    Reinstall,
+    Delete,
+}
+
+impl Action {
+    pub fn parse(s: &str) -> Option<Action> {
+        Some(match s {
+            "start" => Action::Start,
+            "stop" => Action::Stop,
+            "restart" => Action::Restart,
+            "retry" => Action::Retry,
+            "reinstall" => Action::Reinstall,
+            "delete" => Action::Delete,
+            _ => return None,
+        })
+    }
+}
+
+/// Validates `action` against the server's status and enqueues its job (in the
+/// server's lane, so it never races another job of the same server).
+pub fn request_action(
+    tx: &Connection,
+    user: &User,
+    server_id: i64,
+    action: Action,
+) -> Result<i64, DomainError> {
+    use ServerStatus as S;
+    let server = get_visible(tx, user, server_id)?;
+    if server.deleted_at.is_some() || server.status == S::Deleted {
+        return Err(DomainError::Conflict(format!(
+            "server {server_id} is deleted"
+        )));
+    }
+    let allowed = match action {
+        Action::Start => matches!(server.status, S::Stopped | S::Crashed | S::Running),
+        Action::Stop => matches!(server.status, S::Running | S::Starting | S::Crashed),
+        Action::Restart => matches!(server.status, S::Running | S::Crashed | S::Stopped),
+        Action::Retry => matches!(server.status, S::Failed),
+        Action::Reinstall => matches!(
+            server.status,
+            S::Running | S::Stopped | S::Failed | S::Crashed
+        ),
+        Action::Delete => !matches!(server.status, S::Deleting),
+    };
+    if !allowed {
+        return Err(DomainError::Conflict(format!(
+            "cannot {} server {server_id} while it is {}",
+            serde_json::to_value(action)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            server.status
+        )));
+    }
+    let actor = format!("user:{}", user.username);
+    let payload = json!({"server_id": server_id});
+    let (kind, note) = match action {
+        Action::Start => (JOB_START, "start requested"),
+        Action::Stop => (JOB_STOP, "stop requested"),
+        Action::Restart => (JOB_RESTART, "restart requested"),
+        Action::Retry => (
+            JOB_PROVISION,
+            "retry requested: provisioning resumes from its last checkpoint",
+        ),
+        Action::Reinstall => (
+            JOB_PROVISION,
+            "reinstall requested: a new install id is sent to the agent",
+        ),
+        Action::Delete => (JOB_DELETE, "delete requested"),
+    };
+    match action {
+        Action::Reinstall => {
+            let install_id = random_secret()?[..16].to_string();
+            tx.execute(
+                "UPDATE servers SET install_id = ?2,
+                   checkpoints = json_remove(checkpoints, '$.agent_config', '$.ready', '$.published'),
+                   desired_state = 'running'
+                 WHERE id = ?1",
+                params![server_id, install_id],
+            )?;
+        }
+        Action::Stop => {
+            tx.execute(
+                "UPDATE servers SET desired_state = 'stopped' WHERE id = ?1",
+                [server_id],
+            )?;
+        }
+        Action::Delete => {
+            tx.execute(
+                "UPDATE servers SET desired_state = 'deleted' WHERE id = ?1",
+                [server_id],
+            )?;
+        }
+        _ => {
+            tx.execute(
+                "UPDATE servers SET desired_state = 'running' WHERE id = ?1",
+                [server_id],
+            )?;
+        }
+    }
+    let job = enqueue_action(tx, server_id, kind, payload)?;
+    add_event(tx, server_id, None, None, Some(job), &actor, note)?;
+    Ok(job)
+}
+
+/// Archives a deleted server: frees its name, VMID and ports.
+pub fn archive(conn: &Connection, server_id: i64, job_id: Option<i64>) -> Result<(), DomainError> {
+    transition(
+        conn,
+        server_id,
+        ServerStatus::Deleted,
+        Some("deleted: container destroyed, name, VMID and ports freed"),
+        job_id,
+        "system",
+    )?;
+    conn.execute(
+        "DELETE FROM port_allocations WHERE server_id = ?1",
+        [server_id],
+    )?;
+    conn.execute(
+        "UPDATE servers SET deleted_at = ?2, ready = 0 WHERE id = ?1",
+        params![server_id, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// The template and node of a server.
+pub fn context(conn: &Connection, server: &Server) -> Result<(Template, Node), DomainError> {
+    let t = templates::get(conn, server.template_id)?
+        .ok_or_else(|| DomainError::NotFound(format!("template {}", server.template_id)))?;
+    let n = nodes::get(conn, server.node_id)?
+        .ok_or_else(|| DomainError::NotFound(format!("node {}", server.node_id)))?;
+    Ok((t, n))
+}

@@ -1,0 +1,152 @@
+//! Users and API tokens. Tokens are shown once and stored as SHA-256 hashes.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use super::{DomainError, invalid, random_secret, sha256_hex};
+use crate::db::now_ms;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    pub is_admin: bool,
+    pub created_at: i64,
+}
+
+/// Token prefix: lets secret scanners and operators recognise a zlh token.
+pub const TOKEN_PREFIX: &str = "zlh_";
+
+fn valid_username(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+}
+
+pub fn create_user(
+    conn: &Connection,
+    username: &str,
+    is_admin: bool,
+    password_hash: Option<&str>,
+) -> Result<User, DomainError> {
+    if !valid_username(username) {
+        return Err(invalid(
+            "username",
+            "1 to 64 characters of letters, digits, '.', '_', '-', '@'",
+        ));
+    }
+    let now = now_ms();
+    let res = conn.execute(
+        "INSERT INTO users (username, password_hash, is_admin, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![username, password_hash, is_admin, now],
+    );
+    match res {
+        Ok(_) => Ok(User {
+            id: conn.last_insert_rowid(),
+            username: username.into(),
+            is_admin,
+            created_at: now,
+        }),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(DomainError::Conflict(format!(
+                "user '{username}' already exists"
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        username: r.get(1)?,
+        is_admin: r.get(2)?,
+        created_at: r.get(3)?,
+    })
+}
+
+pub fn get_by_name(conn: &Connection, username: &str) -> Result<Option<User>, DomainError> {
+    Ok(conn
+        .query_row(
+            "SELECT id, username, is_admin, created_at FROM users WHERE username = ?1",
+            [username],
+            user_from_row,
+        )
+        .optional()?)
+}
+
+pub fn list(conn: &Connection) -> Result<Vec<User>, DomainError> {
+    let mut s = conn.prepare("SELECT id, username, is_admin, created_at FROM users ORDER BY id")?;
+    let rows = s.query_map([], user_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A token as listed (never the secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    pub id: i64,
+    pub name: String,
+    pub prefix: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// Creates a token for `user_id`; returns the secret (shown once) and its row.
+pub fn create_token(
+    conn: &Connection,
+    user_id: i64,
+    name: &str,
+) -> Result<(String, TokenInfo), DomainError> {
+    if name.trim().is_empty() || name.len() > 100 {
+        return Err(invalid("name", "1 to 100 characters"));
+    }
+    let secret = format!("{TOKEN_PREFIX}{}", random_secret()?);
+    let prefix: String = secret.chars().take(TOKEN_PREFIX.len() + 6).collect();
+    let now = now_ms();
+    conn.execute(
+        "INSERT INTO api_tokens (user_id, name, token_hash, prefix, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![user_id, name, sha256_hex(&secret), prefix, now],
+    )?;
+    Ok((
+        secret,
+        TokenInfo {
+            id: conn.last_insert_rowid(),
+            name: name.into(),
+            prefix,
+            created_at: now,
+            last_used_at: None,
+            revoked_at: None,
+        },
+    ))
+}
+
+/// The user a bearer token belongs to, if the token is valid and not revoked.
+pub fn verify_token(conn: &Connection, secret: &str) -> Result<Option<User>, DomainError> {
+    if !secret.starts_with(TOKEN_PREFIX) {
+        return Ok(None);
+    }
+    // Looked up by hash: an index lookup, and equal hashes are the only match.
+    let mut stmt = conn.prepare_cached(
+        "SELECT u.id, u.username, u.is_admin, u.created_at FROM api_tokens t
+         JOIN users u ON u.id = t.user_id
+         WHERE t.token_hash = ?1 AND t.revoked_at IS NULL",
+    )?;
+    Ok(stmt
+        .query_row([sha256_hex(secret)], user_from_row)
+        .optional()?)
+}
+
+pub fn revoke_token(conn: &Connection, user_id: i64, token_id: i64) -> Result<(), DomainError> {
+    let n = conn.execute(
+        "UPDATE api_tokens SET revoked_at = ?3 WHERE id = ?1 AND user_id = ?2 AND revoked_at IS NULL",
+        params![token_id, user_id, now_ms()],
+    )?;
+    if n == 0 {
+        return Err(DomainError::NotFound(format!("token {token_id}")));
+    }
+    Ok(())
+}
