@@ -2,6 +2,7 @@
 //! SQLite file. See DESIGN.md (shared) and README.md.
 
 pub mod app;
+pub mod artifacts;
 pub mod backup;
 pub mod bench;
 pub mod cli;

@@ -38,12 +38,15 @@ pub enum DbError {
 }
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("../../migrations/0001_init.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("../../migrations/0001_init.sql")),
+        M::up(include_str!("../../migrations/0002_artifacts.sql")),
+    ])
 }
 
 /// Number of schema migrations embedded in this binary.
 pub fn latest_schema_version() -> usize {
-    1
+    2
 }
 
 /// Applies the per-connection settings: WAL so readers never block the writer,
