@@ -150,18 +150,26 @@ pub enum ErrorClass {
 }
 
 impl ArtifactError {
-    pub fn class(&self) -> ErrorClass {
+    /// The error itself, looking through [`ArtifactError::Shared`].
+    pub fn inner(&self) -> &ArtifactError {
         match self {
+            ArtifactError::Shared(e) => e.inner(),
+            e => e,
+        }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self.inner() {
             ArtifactError::InvalidPath { .. } => ErrorClass::BadPath,
             ArtifactError::NotInMirror { .. }
             | ArtifactError::Upstream(UpstreamError::Unknown { .. }) => ErrorClass::NotFound,
             ArtifactError::Upstream(_) => ErrorClass::Upstream,
-            ArtifactError::Shared(inner) => inner.class(),
             ArtifactError::Io { .. }
             | ArtifactError::NotAFile(_)
             | ArtifactError::Client(_)
             | ArtifactError::Db(_)
-            | ArtifactError::Interrupted(_) => ErrorClass::Internal,
+            | ArtifactError::Interrupted(_)
+            | ArtifactError::Shared(_) => ErrorClass::Internal,
         }
     }
 }
@@ -374,12 +382,18 @@ impl Mirror {
         let mut outcome_rx = flight.outcome.subscribe();
         drop(flight);
         let _waiting = Waiting::new(&self.inner.stats.waiters);
+        let mut reported = None;
         loop {
+            // Progress first: the fill reports its last chunk before its outcome, so
+            // a successful wait always ends having reported (size, Some(size)).
+            let p = *progress_rx.borrow_and_update();
+            if reported != Some(p) {
+                progress(p.done, p.total);
+                reported = Some(p);
+            }
             if let Some(outcome) = outcome_rx.borrow_and_update().clone() {
                 return outcome.map_err(ArtifactError::Shared);
             }
-            let p = *progress_rx.borrow_and_update();
-            progress(p.done, p.total);
             tokio::select! {
                 changed = outcome_rx.changed() => {
                     if changed.is_err() {
