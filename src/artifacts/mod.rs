@@ -428,6 +428,7 @@ impl Mirror {
             mirror: self.clone(),
             path: path.to_string(),
             flight: flight.clone(),
+            result: None,
         };
         tokio::spawn(async move {
             let result = guard.mirror.fill(&guard.path, &known, &guard.flight).await;
@@ -574,16 +575,37 @@ impl Mirror {
     }
 }
 
-/// Sends the fill's outcome and retires the flight, also when the fill task
-/// panics: no waiter is left hanging and the next call can try again.
+/// Retires the flight and publishes its outcome when the fill task ends, also when
+/// it panics: no waiter is left hanging and the next call can try again.
 struct FlightGuard {
     mirror: Mirror,
     path: String,
     flight: Arc<Flight>,
+    result: Option<Result<ArtifactInfo, ArtifactError>>,
 }
 
 impl FlightGuard {
-    fn finish(self, result: Result<ArtifactInfo, ArtifactError>) {
+    fn finish(mut self, result: Result<ArtifactInfo, ArtifactError>) {
+        self.result = Some(result);
+        // Drop publishes it.
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        let result = self
+            .result
+            .take()
+            .unwrap_or_else(|| Err(ArtifactError::Interrupted(self.path.clone())));
+        // Retire before publishing: a call arriving from now on finds the stored
+        // artifact (its index row is already written) or starts a fresh attempt;
+        // none joins a flight that is over.
+        self.mirror
+            .inner
+            .flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.path);
         let stats = &self.mirror.inner.stats;
         match &result {
             Ok(_) => stats.fills_stored.fetch_add(1, Ordering::Relaxed),
@@ -595,32 +617,6 @@ impl FlightGuard {
         self.flight
             .outcome
             .send_replace(Some(result.map_err(Arc::new)));
-        // Drop runs next and retires the flight.
-    }
-}
-
-impl Drop for FlightGuard {
-    fn drop(&mut self) {
-        // Retire first: a call arriving after this point sees the stored artifact
-        // (the index row was written before) or starts a fresh attempt.
-        self.mirror
-            .inner
-            .flights
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.path);
-        if self.flight.outcome.borrow().is_none() {
-            self.mirror
-                .inner
-                .stats
-                .fills_failed
-                .fetch_add(1, Ordering::Relaxed);
-            self.flight
-                .outcome
-                .send_replace(Some(Err(Arc::new(ArtifactError::Interrupted(
-                    self.path.clone(),
-                )))));
-        }
     }
 }
 
