@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::artifacts::{ArtifactError, Mirror};
 use crate::config::{Config, hostname, machine_host_id};
 use crate::db::{Db, DbError, now_ms};
 use crate::instance::{self, Boot, InstanceError, InstanceLock};
@@ -22,6 +23,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub db: Db,
     pub queue: Queue,
+    /// The artifact mirror served at `/artifacts/…`.
+    pub mirror: Mirror,
     pub boot: Arc<Boot>,
     pub host: Arc<str>,
     /// True while the app is ready for traffic (false while starting or draining).
@@ -41,6 +44,8 @@ pub enum ServeError {
     Instance(#[from] InstanceError),
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error("setting up the artifact mirror: {0}")]
+    Artifacts(#[from] ArtifactError),
     #[error("starting the job queue: {0}")]
     Queue(#[from] QueueError),
     #[error("HTTP server: {0}")]
@@ -106,6 +111,8 @@ impl Prepared {
         options: ServeOptions,
     ) -> Result<(), ServeError> {
         let config = self.config.clone();
+        // Before anything starts: a mirror that cannot be set up fails the start.
+        let mirror = Mirror::new(&config.data_dir, self.db.clone(), &config.artifacts)?;
         let mut registry = Registry::new();
         for h in crate::jobs::builtin_handlers(&config)
             .into_iter()
@@ -175,6 +182,7 @@ impl Prepared {
             config: config.clone(),
             db: self.db.clone(),
             queue: Queue::new(self.db.clone(), Some(handle)),
+            mirror,
             boot: Arc::new(boot.clone()),
             host: Arc::from(self.host.as_str()),
             ready: Arc::new(AtomicBool::new(false)),

@@ -1,4 +1,4 @@
-//! The command line: `zlh serve | migrate | backup | jobs | config | bench`.
+//! The command line: `zlh serve | migrate | backup | jobs | config | artifacts | bench`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +53,11 @@ pub enum Command {
     },
     /// Run the agent inside a game container (installs, supervises and probes one game).
     Agent(AgentArgs),
+    /// The artifact mirror served at /artifacts/… (server jars, JREs).
+    Artifacts {
+        #[command(subcommand)]
+        command: ArtifactsCommand,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -160,6 +165,23 @@ pub enum ConfigCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ArtifactsCommand {
+    /// Import FILE into the mirror as PATH_IN_MIRROR (replacing what is there),
+    /// e.g. `zlh artifacts add minecraft/vanilla/1.21.4/server.jar ./server.jar`.
+    Add {
+        #[arg(value_name = "PATH_IN_MIRROR")]
+        path: String,
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// List the artifacts in the mirror.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Enqueue and drain no-op jobs; print jobs/s (durable, synchronous=FULL).
     Queue {
@@ -191,6 +213,8 @@ pub enum CliError {
     Backup(#[from] crate::backup::BackupError),
     #[error(transparent)]
     Bench(#[from] crate::bench::BenchError),
+    #[error(transparent)]
+    Artifact(#[from] crate::artifacts::ArtifactError),
     #[error("no database in {0}: nothing has been served from this data dir (check --data-dir)")]
     NoDatabase(String),
     #[error("binding {addr}: {source}")]
@@ -309,6 +333,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let config = load_config(&cli, None)?;
             let db = open_existing(&config)?;
             jobs(&db, command)
+        }
+        Command::Artifacts { command } => {
+            let config = load_config(&cli, None)?;
+            artifacts(&config, command)
         }
         Command::Config {
             command: ConfigCommand::Check(args),
@@ -434,6 +462,53 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+}
+
+fn artifacts(config: &Config, command: &ArtifactsCommand) -> Result<ExitCode, CliError> {
+    match command {
+        ArtifactsCommand::Add { path, file } => {
+            // Checked before anything is created, so a typo leaves no data dir behind.
+            crate::artifacts::validate_path(path)?;
+            std::fs::metadata(file).map_err(|source| crate::artifacts::ArtifactError::Io {
+                what: "reading",
+                path: file.clone(),
+                source,
+            })?;
+            std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+                crate::app::ServeError::DataDir {
+                    path: config.data_dir.clone(),
+                    source,
+                }
+            })?;
+            let db = Db::open_in(&config.data_dir)?;
+            let mirror = crate::artifacts::Mirror::offline(&config.data_dir, db)?;
+            let info = mirror.add_file(path, file)?;
+            println!("added {}", info.path);
+            println!("  sha256: {}", info.sha256);
+            println!("  size:   {} bytes", info.size);
+        }
+        ArtifactsCommand::List { json } => {
+            let db = open_existing(config)?;
+            let list = crate::artifacts::list(&*db.conn()?)?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else if list.is_empty() {
+                println!("no artifacts");
+            } else {
+                println!("{:<56} {:>12}  {:<64}  SOURCE", "PATH", "SIZE", "SHA256");
+                for a in list {
+                    println!(
+                        "{:<56} {:>12}  {:<64}  {}",
+                        a.path, a.size, a.sha256, a.source
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn jobs(db: &Db, command: &JobsCommand) -> Result<ExitCode, CliError> {

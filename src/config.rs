@@ -39,6 +39,7 @@ pub struct Config {
     /// `text` or `json`.
     pub log_format: LogFormat,
     pub queue: QueueConfig,
+    pub artifacts: ArtifactsConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +69,35 @@ pub struct QueueConfig {
     pub keep_discarded_days: u64,
 }
 
+/// The artifact mirror served at `/artifacts/…` (see `crate::artifacts`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArtifactsConfig {
+    /// Fill missing artifacts from their public upstreams on first request. `false`
+    /// for an air-gapped box: everything is imported with `zlh artifacts add`.
+    pub upstream: bool,
+    /// Mojang's launcher metadata (version manifest and per-version JSON).
+    pub mojang_url: String,
+    /// Fabric meta (loader and installer versions, the server launcher jar).
+    pub fabric_url: String,
+    /// PaperMC's Fill download service (v3 API).
+    pub paper_url: String,
+    /// Eclipse Adoptium's API (Temurin JREs).
+    pub adoptium_url: String,
+}
+
+impl Default for ArtifactsConfig {
+    fn default() -> Self {
+        ArtifactsConfig {
+            upstream: true,
+            mojang_url: "https://piston-meta.mojang.com".into(),
+            fabric_url: "https://meta.fabricmc.net".into(),
+            paper_url: "https://fill.papermc.io".into(),
+            adoptium_url: "https://api.adoptium.net".into(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -76,6 +106,7 @@ impl Default for Config {
             host_id: None,
             log_format: LogFormat::Text,
             queue: QueueConfig::default(),
+            artifacts: ArtifactsConfig::default(),
         }
     }
 }
@@ -414,6 +445,21 @@ impl Config {
             "queue.keep_discarded_days",
             "must be at least 1",
         )?;
+        let a = &self.artifacts;
+        for (key, value) in [
+            ("artifacts.mojang_url", &a.mojang_url),
+            ("artifacts.fabric_url", &a.fabric_url),
+            ("artifacts.paper_url", &a.paper_url),
+            ("artifacts.adoptium_url", &a.adoptium_url),
+        ] {
+            if let Err(message) = check_http_url(value) {
+                return Err(ConfigError::Invalid {
+                    key: key.to_string(),
+                    origin: origin_of(key),
+                    message,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -439,6 +485,26 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
     }
+}
+
+/// Accepts an absolute `http://` or `https://` URL with a host and no query or
+/// fragment (paths are appended to it, so those would end up in the wrong place).
+fn check_http_url(value: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(value)
+        .map_err(|e| format!("'{value}' is not a URL ({e}); expected e.g. https://host"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "'{value}' must use http or https, not {}",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("'{value}' has no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("'{value}' must not have a query or fragment"));
+    }
+    Ok(())
 }
 
 /// This machine's identity: `/etc/machine-id`, else the hostname.

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::artifacts::{ArtifactError, ErrorClass};
 use crate::db::DbError;
 use crate::queue::QueueError;
 
@@ -20,6 +21,9 @@ pub enum AppError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// An upstream the request depended on failed (e.g. an artifact fill).
+    #[error("{0}")]
+    BadGateway(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -39,12 +43,27 @@ impl From<QueueError> for AppError {
     }
 }
 
+impl From<ArtifactError> for AppError {
+    fn from(e: ArtifactError) -> Self {
+        match e.class() {
+            ErrorClass::BadPath => AppError::BadRequest {
+                field: Some("path".into()),
+                message: e.to_string(),
+            },
+            ErrorClass::NotFound => AppError::NotFound(e.to_string()),
+            ErrorClass::Upstream => AppError::BadGateway(e.to_string()),
+            ErrorClass::Internal => AppError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl AppError {
     fn status_code(&self) -> (StatusCode, &'static str) {
         match self {
             AppError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AppError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "upstream"),
             AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             AppError::Db(_) | AppError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod artifacts;
 pub mod backup;
 pub mod bench;
 pub mod cli;

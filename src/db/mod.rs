@@ -38,13 +38,24 @@ pub enum DbError {
 }
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("../../migrations/0001_init.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("../../migrations/0001_init.sql")),
+        M::up(include_str!("../../migrations/0002_artifacts.sql")),
+        M::up(include_str!("../../migrations/0003_servers.sql")),
+    ])
 }
 
 /// Number of schema migrations embedded in this binary.
 pub fn latest_schema_version() -> usize {
-    1
+    migrations_count()
 }
+
+fn migrations_count() -> usize {
+    MIGRATION_FILES
+}
+
+/// Keep in step with `migrations()`.
+const MIGRATION_FILES: usize = 3;
 
 /// Applies the per-connection settings: WAL so readers never block the writer,
 /// `synchronous=FULL` so an acknowledged write survives power loss.

@@ -12,6 +12,7 @@ use crate::app::AppState;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(ops::router())
+        .merge(crate::artifacts::router())
         .with_state(state)
         .layer(middleware::from_fn(log_request))
 }

@@ -133,6 +133,22 @@ async fn metrics(State(st): State<AppState>) -> Result<impl IntoResponse, AppErr
             }
         }
     }
+    let a = st.mirror.stats();
+    let _ = writeln!(
+        out,
+        "# HELP zlh_artifact_fills_total Upstream fills of the artifact mirror, by outcome.\n# TYPE zlh_artifact_fills_total counter"
+    );
+    for (outcome, n) in [
+        ("stored", a.fills_stored.load(Ordering::Relaxed)),
+        ("failed", a.fills_failed.load(Ordering::Relaxed)),
+    ] {
+        let _ = writeln!(out, "zlh_artifact_fills_total{{outcome=\"{outcome}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP zlh_artifact_fill_waiters Requests waiting for an upstream fill of the artifact mirror.\n# TYPE zlh_artifact_fill_waiters gauge\nzlh_artifact_fill_waiters {}",
+        a.waiters.load(Ordering::Relaxed)
+    );
     Ok((
         [(
             header::CONTENT_TYPE,

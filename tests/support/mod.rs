@@ -2,6 +2,8 @@
 //! and polling with deadlines (never fixed sleeps as synchronisation).
 #![allow(dead_code)]
 
+pub mod upstream;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
