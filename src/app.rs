@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::{ArtifactError, Mirror};
+use crate::services::Services;
 use crate::config::{Config, hostname, machine_host_id};
 use crate::db::{Db, DbError, now_ms};
 use crate::instance::{self, Boot, InstanceError, InstanceLock};
@@ -25,6 +26,7 @@ pub struct AppState {
     pub queue: Queue,
     /// The artifact mirror served at `/artifacts/…`.
     pub mirror: Mirror,
+    pub services: Arc<Services>,
     pub boot: Arc<Boot>,
     pub host: Arc<str>,
     /// True while the app is ready for traffic (false while starting or draining).
@@ -113,9 +115,11 @@ impl Prepared {
         let config = self.config.clone();
         // Before anything starts: a mirror that cannot be set up fails the start.
         let mirror = Mirror::new(&config.data_dir, self.db.clone(), &config.artifacts)?;
+        let services = Arc::new(Services::new(self.db.clone(), config.clone(), mirror.clone()));
         let mut registry = Registry::new();
         for h in crate::jobs::builtin_handlers(&config)
             .into_iter()
+            .chain(crate::jobs::servers::handlers(services.clone()))
             .chain(options.handlers)
         {
             registry.register_arc(h);
@@ -131,6 +135,9 @@ impl Prepared {
             .db
             .write(move |tx| {
                 let boot = instance::register(tx, &host, &host_id).map_err(DbError::from)?;
+                // The embedded defaults: a local node and the built-in templates.
+                crate::domain::nodes::ensure_local(tx).map_err(QueueError::from)?;
+                crate::domain::templates::ensure_builtins(tx).map_err(QueueError::from)?;
                 // Everything still `running` belongs to a process that is gone.
                 let rescued = store::rescue(tx, &format!("{}:", boot.boot_epoch), now_ms())?;
                 let mut held = 0;
@@ -183,6 +190,7 @@ impl Prepared {
             db: self.db.clone(),
             queue: Queue::new(self.db.clone(), Some(handle)),
             mirror,
+            services,
             boot: Arc::new(boot.clone()),
             host: Arc::from(self.host.as_str()),
             ready: Arc::new(AtomicBool::new(false)),

@@ -58,6 +58,16 @@ pub enum Command {
         #[command(subcommand)]
         command: ArtifactsCommand,
     },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -159,6 +169,31 @@ pub enum JobsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user.
+    Add {
+        username: String,
+        /// Give the user every right (see every server, manage nodes and templates).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List users.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token for a user; it is printed once and stored only as a hash.
+    Create {
+        #[arg(long)]
+        user: String,
+        /// What the token is for.
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate the configuration and print the effective settings.
     Check(ServeArgs),
@@ -215,6 +250,8 @@ pub enum CliError {
     Bench(#[from] crate::bench::BenchError),
     #[error(transparent)]
     Artifact(#[from] crate::artifacts::ArtifactError),
+    #[error(transparent)]
+    Domain(#[from] crate::domain::DomainError),
     #[error("no database in {0}: nothing has been served from this data dir (check --data-dir)")]
     NoDatabase(String),
     #[error("binding {addr}: {source}")]
@@ -284,6 +321,17 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(CliError::Runtime)
 }
 
+/// Opens (creating if needed) the database in the data dir.
+fn open_or_create(config: &Config) -> Result<Db, CliError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+        crate::app::ServeError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        }
+    })?;
+    Ok(Db::open_in(&config.data_dir)?)
+}
+
 /// Opens the database of an existing data dir (never creates one).
 fn open_existing(config: &Config) -> Result<Db, CliError> {
     let path = config.db_path();
@@ -305,13 +353,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Migrate => {
             let config = load_config(&cli, None)?;
-            std::fs::create_dir_all(&config.data_dir).map_err(|source| {
-                crate::app::ServeError::DataDir {
-                    path: config.data_dir.clone(),
-                    source,
-                }
-            })?;
-            let db = Db::open_in(&config.data_dir)?;
+            let db = open_or_create(&config)?;
             println!(
                 "database {} is at schema version {}",
                 db.path().display(),
@@ -344,6 +386,53 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let config = load_config(&cli, Some(args))?;
             println!("# configuration is valid; effective settings:");
             print!("{}", config.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::User { command } => {
+            let config = load_config(&cli, None)?;
+            let db = open_or_create(&config)?;
+            let mut conn = db.conn()?;
+            match command {
+                UserCommand::Add { username, admin } => {
+                    let u = crate::db::write_tx(&mut conn, |tx| {
+                        crate::domain::users::create_user(tx, username, *admin, None)
+                    })?;
+                    println!(
+                        "user {} added (id {}{})",
+                        u.username,
+                        u.id,
+                        if u.is_admin { ", admin" } else { "" }
+                    );
+                }
+                UserCommand::List => {
+                    for u in crate::domain::users::list(&conn)? {
+                        println!(
+                            "{:>5}  {}{}",
+                            u.id,
+                            u.username,
+                            if u.is_admin { "  (admin)" } else { "" }
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token {
+            command: TokenCommand::Create { user, name },
+        } => {
+            let config = load_config(&cli, None)?;
+            let db = open_existing(&config)?;
+            let mut conn = db.conn()?;
+            let secret = crate::db::write_tx(&mut conn, |tx| {
+                let u = crate::domain::users::get_by_name(tx, user)?.ok_or_else(|| {
+                    crate::domain::DomainError::NotFound(format!(
+                        "user '{user}' (add it with `zlh user add {user}`)"
+                    ))
+                })?;
+                crate::domain::users::create_token(tx, u.id, name).map(|(s, _)| s)
+            })?;
+            eprintln!("API token for {user} (shown once; store it now):");
+            println!("{secret}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Agent(args) => {

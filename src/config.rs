@@ -23,7 +23,12 @@ const OTHER_ENV: &[&str] = &[
 ];
 
 /// Settings that may be absent (and so do not show up in the serialized defaults).
-const OPTIONAL_KEYS: &[&str] = &["host_id"];
+const OPTIONAL_KEYS: &[&str] = &[
+    "host_id",
+    "advertise_url",
+    "agent_binary",
+    "forwarding_secret",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -38,6 +43,16 @@ pub struct Config {
     pub host_id: Option<String>,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// URL by which agents reach this server (artifact mirror, API), as an IP URL.
+    /// Default: `http://<listen>` (a wildcard listen address needs it set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_url: Option<String>,
+    /// Velocity modern-forwarding secret seeded into proxied servers (FabricProxy-Lite).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarding_secret: Option<String>,
+    /// The `zlh` binary local nodes run as `zlh agent` (default: this binary).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_binary: Option<PathBuf>,
     pub queue: QueueConfig,
     pub artifacts: ArtifactsConfig,
 }
@@ -105,6 +120,9 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             host_id: None,
             log_format: LogFormat::Text,
+            advertise_url: None,
+            forwarding_secret: None,
+            agent_binary: None,
             queue: QueueConfig::default(),
             artifacts: ArtifactsConfig::default(),
         }
@@ -404,6 +422,13 @@ impl Config {
                 "must be 1 to 200 characters",
             )?;
         }
+        if let Some(u) = &self.advertise_url {
+            check_ip_url(u, false).map_err(|message| ConfigError::Invalid {
+                key: "advertise_url".into(),
+                origin: origin_of("advertise_url"),
+                message,
+            })?;
+        }
         let q = &self.queue;
         check(
             (1..=1000).contains(&q.workers),
@@ -461,6 +486,17 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The URL agents use to reach this server.
+    pub fn advertised(&self) -> String {
+        match &self.advertise_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None if self.listen.ip().is_unspecified() => {
+                format!("http://127.0.0.1:{}", self.listen.port())
+            }
+            None => format!("http://{}", self.listen),
+        }
     }
 
     pub fn db_path(&self) -> PathBuf {

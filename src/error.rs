@@ -19,8 +19,17 @@ pub enum AppError {
     },
     #[error("{0}")]
     NotFound(String),
+    #[error("{message}")]
+    Conflict {
+        field: Option<String>,
+        message: String,
+    },
+    #[error("missing or invalid API token: send `Authorization: Bearer zlh_…` (create one with `zlh token create`)")]
+    Unauthorized,
     #[error("{0}")]
-    Conflict(String),
+    Forbidden(String),
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
     /// An upstream the request depended on failed (e.g. an artifact fill).
     #[error("{0}")]
     BadGateway(String),
@@ -36,7 +45,7 @@ impl From<QueueError> for AppError {
     fn from(e: QueueError) -> Self {
         match e {
             QueueError::NotFound(id) => AppError::NotFound(format!("job {id} not found")),
-            e @ QueueError::InvalidState { .. } => AppError::Conflict(e.to_string()),
+            e @ QueueError::InvalidState { .. } => AppError::conflict(e.to_string()),
             QueueError::Db(e) => AppError::Db(e),
             e => AppError::Internal(e.to_string()),
         }
@@ -57,12 +66,49 @@ impl From<ArtifactError> for AppError {
     }
 }
 
+impl From<crate::domain::DomainError> for AppError {
+    fn from(e: crate::domain::DomainError) -> Self {
+        use crate::domain::DomainError as D;
+        match e {
+            D::Invalid { field, message } => AppError::BadRequest {
+                field: Some(field),
+                message,
+            },
+            D::Taken { field, message } => AppError::Conflict {
+                field: Some(field),
+                message,
+            },
+            D::Conflict(m) => AppError::conflict(m),
+            D::NotFound(what) => AppError::NotFound(format!("{what} not found")),
+            D::Db(d) => AppError::Db(d),
+            D::Queue(q) => q.into(),
+        }
+    }
+}
+
 impl AppError {
+    pub fn conflict(message: impl Into<String>) -> AppError {
+        AppError::Conflict {
+            field: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(field: &str, message: impl Into<String>) -> AppError {
+        AppError::BadRequest {
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
     fn status_code(&self) -> (StatusCode, &'static str) {
         match self {
             AppError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AppError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
+            AppError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             AppError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "upstream"),
             AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             AppError::Db(_) | AppError::Internal(_) => {
@@ -79,7 +125,7 @@ impl IntoResponse for AppError {
             tracing::error!(error = %self, "request failed");
         }
         let field = match &self {
-            AppError::BadRequest { field, .. } => field.clone(),
+            AppError::BadRequest { field, .. } | AppError::Conflict { field, .. } => field.clone(),
             _ => None,
         };
         let body = json!({"error": {"code": code, "message": self.to_string(), "field": field}});

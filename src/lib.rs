@@ -16,4 +16,5 @@ pub mod instance;
 pub mod jobs;
 pub mod queue;
 pub mod runtime;
+pub mod services;
 pub mod util;

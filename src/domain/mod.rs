@@ -12,12 +12,26 @@ pub enum DomainError {
     Invalid { field: String, message: String },
     #[error("{0}")]
     Conflict(String),
+    /// A unique value (a name) is already used.
+    #[error("{field}: {message}")]
+    Taken { field: String, message: String },
     #[error("{0} not found")]
     NotFound(String),
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
+}
+
+/// Domain work done inside a queue transaction (a job's fenced write, a boot step).
+impl From<DomainError> for crate::queue::QueueError {
+    fn from(e: DomainError) -> Self {
+        match e {
+            DomainError::Db(d) => crate::queue::QueueError::Db(d),
+            DomainError::Queue(q) => q,
+            other => crate::queue::QueueError::Db(crate::db::DbError::Join(other.to_string())),
+        }
+    }
 }
 
 impl From<rusqlite::Error> for DomainError {

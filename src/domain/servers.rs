@@ -518,10 +518,10 @@ pub fn create(
         |r| r.get(0),
     )?;
     if taken {
-        return Err(DomainError::Conflict(format!(
-            "name: a server named '{}' exists",
-            req.name
-        )));
+        return Err(DomainError::Taken {
+            field: "name".into(),
+            message: format!("a server named '{}' exists", req.name),
+        });
     }
     let node = nodes::place(tx, req.node.as_deref(), memory as i64)?;
     let vmid = allocate_vmid(tx, &node)?;

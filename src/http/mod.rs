@@ -1,5 +1,6 @@
 //! HTTP: every feature router is merged here.
 
+pub mod api;
 mod ops;
 
 use axum::Router;
@@ -13,6 +14,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(ops::router())
         .merge(crate::artifacts::router())
+        .merge(api::router(state.clone()))
         .with_state(state)
         .layer(middleware::from_fn(log_request))
 }

@@ -6,6 +6,8 @@
 //! them again after a crash: creating a container that already exists for this
 //! server adopts it, destroying one that is already gone succeeds.
 
+pub mod local;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -158,4 +160,48 @@ pub fn proxmox_settings_check(settings: &serde_json::Value) -> Result<(), (Strin
     let url = settings["api_url"].as_str().unwrap_or_default();
     let allow = settings["allow_hostnames"].as_bool().unwrap_or(false);
     crate::config::check_ip_url(url, allow).map_err(|m| ("api_url".to_string(), m))
+}
+
+/// The runtime of one node, whichever kind it is.
+#[derive(Debug, Clone)]
+pub enum NodeRuntime {
+    Local(local::LocalRuntime),
+}
+
+macro_rules! delegate {
+    ($self:ident, $rt:ident => $call:expr) => {
+        match $self {
+            NodeRuntime::Local($rt) => $call,
+        }
+    };
+}
+
+impl Runtime for NodeRuntime {
+    fn kind(&self) -> &'static str {
+        delegate!(self, rt => rt.kind())
+    }
+    async fn inspect(&self, vmid: i64) -> Result<Option<ContainerInfo>, RuntimeError> {
+        delegate!(self, rt => rt.inspect(vmid).await)
+    }
+    async fn create(&self, spec: &ContainerSpec) -> Result<Created, RuntimeError> {
+        delegate!(self, rt => rt.create(spec).await)
+    }
+    async fn configure(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        delegate!(self, rt => rt.configure(spec).await)
+    }
+    async fn start(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        delegate!(self, rt => rt.start(spec).await)
+    }
+    async fn agent_url(&self, spec: &ContainerSpec, deadline: Duration) -> Result<String, RuntimeError> {
+        delegate!(self, rt => rt.agent_url(spec, deadline).await)
+    }
+    async fn stop(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        delegate!(self, rt => rt.stop(spec).await)
+    }
+    async fn destroy(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        delegate!(self, rt => rt.destroy(spec).await)
+    }
+    async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        delegate!(self, rt => rt.list().await)
+    }
 }

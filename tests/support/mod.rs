@@ -81,6 +81,16 @@ pub struct Served {
 impl Served {
     /// Starts `zlh serve` on a free port with `data_dir` and waits for `/readyz`.
     pub fn start(cwd: &Path, data_dir: &Path, extra: &[&str]) -> Served {
+        Served::start_with_env(cwd, data_dir, extra, &[])
+    }
+
+    /// Like [`Served::start`], with extra environment variables.
+    pub fn start_with_env(
+        cwd: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Served {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = cwd.join(format!("serve-{port}.log"));
@@ -89,6 +99,7 @@ impl Served {
             .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
@@ -146,6 +157,28 @@ impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        kill_local_agents(&self.data_dir);
+    }
+}
+
+/// Local-node agents run detached (they outlive `zlh serve` on purpose): a test
+/// kills the ones under its data dir, and their games with them.
+pub fn kill_local_agents(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("servers")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        for (file, group) in [("agent/game.pid", true), ("agent.pid", false)] {
+            if let Some(pid) = std::fs::read_to_string(e.path().join(file))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+                .filter(|p| *p > 1)
+            {
+                unsafe {
+                    libc::kill(if group { -pid } else { pid }, libc::SIGKILL);
+                }
+            }
+        }
     }
 }
 

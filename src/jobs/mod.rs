@@ -1,5 +1,7 @@
 //! Built-in job kinds and periodic jobs of the control plane itself.
 
+pub mod servers;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,0 +1,98 @@
+//! `/api/v1/jobs`: the queue, for admins.
+
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Caller, require_admin};
+use crate::app::AppState;
+use crate::error::AppError;
+use crate::queue::{JobFilter, JobState};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/jobs", get(list))
+        .route("/api/v1/jobs/{id}", get(show))
+        .route("/api/v1/jobs/{id}/{action}", post(action))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    before: Option<i64>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn list(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, AppError> {
+    require_admin(&caller)?;
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(
+            s.parse::<JobState>()
+                .map_err(|e| AppError::bad_request("state", e))?,
+        ),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(AppError::bad_request("limit", "between 1 and 1000"));
+    }
+    let jobs = st
+        .queue
+        .list(JobFilter {
+            state,
+            kind: q.kind.filter(|k| !k.is_empty()),
+            lane: None,
+            before_id: q.before,
+            limit,
+        })
+        .await?;
+    Ok(Json(json!({"jobs": jobs})))
+}
+
+async fn show(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, AppError> {
+    require_admin(&caller)?;
+    let job = st
+        .queue
+        .get(id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("job {id} not found")))?;
+    Ok(Json(json!({"job": job})))
+}
+
+async fn action(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path((id, action)): Path<(i64, String)>,
+) -> Result<Json<Value>, AppError> {
+    require_admin(&caller)?;
+    let result = match action.as_str() {
+        "retry" => {
+            st.queue.retry(id).await?;
+            json!({"retried": id})
+        }
+        "cancel" => json!({"cancel": st.queue.cancel(id).await?}),
+        "release" => json!({"released": st.queue.release(Some(id)).await?}),
+        other => {
+            return Err(AppError::NotFound(format!(
+                "no job action '{other}' (retry, cancel, release)"
+            )));
+        }
+    };
+    let job = st.queue.get(id).await?;
+    Ok(Json(json!({"result": result, "job": job})))
+}

@@ -1,0 +1,107 @@
+//! The JSON API under `/api/v1` (DESIGN §9). Every route needs a bearer API token.
+
+mod jobs;
+mod openapi;
+mod servers;
+mod templates_nodes;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::{Extension, Router};
+use serde::de::DeserializeOwned;
+
+use crate::app::AppState;
+use crate::domain::users::{self, User};
+use crate::error::AppError;
+
+/// Largest request body the API reads.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+pub fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .merge(servers::router())
+        .merge(jobs::router())
+        .merge(templates_nodes::router())
+        .merge(openapi::router())
+        .route_layer(middleware::from_fn_with_state(state, require_token))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+}
+
+/// Resolves the bearer token to a user, or answers 401.
+async fn require_token(
+    State(st): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, AppError> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+        .unwrap_or_default();
+    if token.is_empty() {
+        return Err(AppError::Unauthorized);
+    }
+    let user = st
+        .db
+        .call(move |c| users::verify_token(c, &token))
+        .await?
+        .ok_or(AppError::Unauthorized)?;
+    req.extensions_mut().insert(user);
+    Ok(next.run(req).await)
+}
+
+pub type Caller = Extension<User>;
+
+pub fn require_admin(user: &User) -> Result<(), AppError> {
+    if user.is_admin {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden("this needs an admin account".into()))
+    }
+}
+
+/// JSON body that answers bad input with the API's error shape, naming the field.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|_| AppError::TooLarge(BODY_LIMIT))?;
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(&mut de)
+            .map(ApiJson)
+            .map_err(|e| json_error(&e))
+    }
+}
+
+/// A serde error as a 400 naming the field: the path where it failed, or the field
+/// serde names (missing or unknown ones are reported at their parent).
+fn json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> AppError {
+    let msg = e.inner().to_string();
+    let named = msg
+        .split('`')
+        .nth(1)
+        .filter(|_| msg.starts_with("missing field") || msg.starts_with("unknown field"));
+    let path = e.path().to_string();
+    let field = match (named, path.as_str()) {
+        (Some(f), "." | "") => f.to_string(),
+        (Some(f), p) => format!("{p}.{f}"),
+        (None, "." | "") => "body".to_string(),
+        (None, p) => p.to_string(),
+    };
+    AppError::BadRequest {
+        field: Some(field),
+        message: format!("invalid JSON body: {msg}"),
+    }
+}

@@ -1,0 +1,206 @@
+//! `/api/v1/servers`: create (idempotent), list, get, events, actions, delete.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiJson, Caller};
+use crate::app::AppState;
+use crate::domain::servers::{self, Action, CreateServer, Server, ServerStatus};
+use crate::domain::{DomainError, nodes, sha256_hex, templates};
+use crate::error::AppError;
+use crate::queue;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/servers", post(create).get(list))
+        .route("/api/v1/servers/{id}", get(show).delete(delete))
+        .route("/api/v1/servers/{id}/events", get(events))
+        .route("/api/v1/servers/{id}/{action}", post(action))
+}
+
+/// Servers with their template slug and node name, as the API shows them.
+pub fn render(conn: &rusqlite::Connection, list: &[Server]) -> Result<Vec<Value>, DomainError> {
+    let templates: std::collections::HashMap<i64, String> = templates::list(conn)?
+        .into_iter()
+        .map(|t| (t.id, t.slug))
+        .collect();
+    let nodes: std::collections::HashMap<i64, String> = nodes::list(conn)?
+        .into_iter()
+        .map(|n| (n.id, n.name))
+        .collect();
+    Ok(list
+        .iter()
+        .map(|s| {
+            s.public(
+                templates.get(&s.template_id).map(String::as_str),
+                nodes.get(&s.node_id).map(String::as_str),
+            )
+        })
+        .collect())
+}
+
+fn job_json(conn: &rusqlite::Connection, id: i64) -> Result<Value, DomainError> {
+    Ok(queue::get(conn, id)?
+        .map(|j| serde_json::to_value(j).unwrap_or(Value::Null))
+        .unwrap_or(Value::Null))
+}
+
+async fn create(
+    State(st): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<CreateServer>,
+) -> Result<impl IntoResponse, AppError> {
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v.to_str().unwrap_or_default().trim().to_string();
+            if k.is_empty() || k.len() > 200 {
+                return Err(AppError::bad_request(
+                    "Idempotency-Key",
+                    "1 to 200 visible ASCII characters",
+                ));
+            }
+            Some(k)
+        }
+    };
+    // The request as parsed, re-serialized: the same request always hashes the same.
+    let hash = sha256_hex(&serde_json::to_string(&req).unwrap_or_default());
+    let user = caller.0.clone();
+    let (created, body) = st
+        .db
+        .write(move |tx| {
+            let idem = key.as_deref().map(|k| (k, hash.as_str()));
+            let created = servers::create(tx, &user, &req, idem)?;
+            let server = render(tx, std::slice::from_ref(&created.server))?.remove(0);
+            let job = job_json(tx, created.job_id)?;
+            Ok::<_, DomainError>((created.created, json!({"server": server, "job": job})))
+        })
+        .await?;
+    if created {
+        st.queue.wake();
+    }
+    Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    after: Option<i64>,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    q: Option<String>,
+}
+
+async fn list(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, AppError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(AppError::bad_request("limit", "between 1 and 1000"));
+    }
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(
+            ServerStatus::ALL
+                .into_iter()
+                .find(|st| st.as_str() == s)
+                .ok_or_else(|| AppError::bad_request("status", format!("unknown status '{s}'")))?,
+        ),
+    };
+    let user = caller.0.clone();
+    let body = st
+        .db
+        .call(move |c| {
+            let list = servers::list_visible(
+                c,
+                &user,
+                q.after.unwrap_or(0),
+                limit,
+                status,
+                q.q.as_deref().filter(|s| !s.is_empty()),
+            )?;
+            let next = (list.len() as i64 == limit).then(|| list.last().map(|s| s.id)).flatten();
+            Ok::<_, DomainError>(json!({"servers": render(c, &list)?, "next_after": next}))
+        })
+        .await?;
+    Ok(Json(body))
+}
+
+async fn show(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, AppError> {
+    let user = caller.0.clone();
+    let body = st
+        .db
+        .call(move |c| {
+            let s = servers::get_visible(c, &user, id)?;
+            Ok::<_, DomainError>(render(c, &[s])?.remove(0))
+        })
+        .await?;
+    Ok(Json(body))
+}
+
+async fn events(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, AppError> {
+    let user = caller.0.clone();
+    let body = st
+        .db
+        .call(move |c| {
+            servers::get_visible(c, &user, id)?;
+            Ok::<_, DomainError>(json!({"events": servers::events(c, id, 1000)?}))
+        })
+        .await?;
+    Ok(Json(body))
+}
+
+async fn run_action(st: &AppState, caller: &Caller, id: i64, action: Action) -> Result<Json<Value>, AppError> {
+    let user = caller.0.clone();
+    let body = st
+        .db
+        .write(move |tx| {
+            let job = servers::request_action(tx, &user, id, action)?;
+            Ok::<_, DomainError>(json!({"job": job_json(tx, job)?}))
+        })
+        .await?;
+    st.queue.wake();
+    Ok(Json(body))
+}
+
+async fn action(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path((id, action)): Path<(i64, String)>,
+) -> Result<impl IntoResponse, AppError> {
+    let action = Action::parse(&action)
+        .filter(|a| *a != Action::Delete)
+        .ok_or_else(|| {
+            AppError::NotFound(format!(
+                "no action '{action}' (start, stop, restart, retry, reinstall; DELETE to delete)"
+            ))
+        })?;
+    Ok((StatusCode::ACCEPTED, run_action(&st, &caller, id, action).await?))
+}
+
+async fn delete(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, AppError> {
+    Ok((StatusCode::ACCEPTED, run_action(&st, &caller, id, Action::Delete).await?))
+}

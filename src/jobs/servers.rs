@@ -1,0 +1,735 @@
+//! Server jobs, all in the lane `server:<id>`: provision (one resumable job per
+//! server, DESIGN §6), start, stop, restart, delete. Every step looks at the world
+//! first, acts, and records a checkpoint in a fenced transaction; every wait has a
+//! deadline; a failure marks the server `failed` with the step and the reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::agent::client::{AgentClient, AgentClientError};
+use crate::agent::{AgentState, ConfigPayload, Readiness, SeedArtifact, SeedFile};
+use crate::domain::servers::{self, Server, ServerStatus};
+use crate::domain::templates::{self, JavaRule, Template};
+use crate::domain::{DomainError, nodes::Node};
+use crate::queue::{Handler, JobContext, JobFailure, JobResult, Outcome, QueueError, handler_fn};
+use crate::runtime::{ContainerSpec, Created, Runtime, RuntimeError};
+use crate::services::Services;
+
+/// How long the agent may take to answer after its container started.
+const AGENT_DEADLINE: Duration = Duration::from_secs(120);
+/// How long an install plus the game's first start may take.
+const READY_DEADLINE: Duration = Duration::from_secs(15 * 60);
+/// How long a start or restart may take to become ready.
+const START_DEADLINE: Duration = Duration::from_secs(5 * 60);
+/// How long the container may take to get an address.
+const ADDRESS_DEADLINE: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Deserialize)]
+struct ServerJob {
+    server_id: i64,
+}
+
+/// Why a step did not finish.
+enum StepError {
+    /// Retry the job later (the server keeps its status).
+    Transient(String),
+    /// The server fails at this step.
+    Fatal(String),
+}
+
+impl From<RuntimeError> for StepError {
+    fn from(e: RuntimeError) -> Self {
+        if e.is_transient() {
+            StepError::Transient(e.to_string())
+        } else {
+            StepError::Fatal(e.to_string())
+        }
+    }
+}
+
+impl From<AgentClientError> for StepError {
+    fn from(e: AgentClientError) -> Self {
+        if e.is_transient() {
+            StepError::Transient(e.to_string())
+        } else {
+            StepError::Fatal(e.to_string())
+        }
+    }
+}
+
+impl From<DomainError> for StepError {
+    fn from(e: DomainError) -> Self {
+        StepError::Transient(e.to_string())
+    }
+}
+
+impl From<QueueError> for StepError {
+    fn from(e: QueueError) -> Self {
+        StepError::Transient(e.to_string())
+    }
+}
+
+/// The job's view of one server while it works on it.
+struct Work {
+    svc: Arc<Services>,
+    ctx: JobContext,
+    server: Server,
+    template: Template,
+    node: Node,
+}
+
+impl Work {
+    async fn load(svc: Arc<Services>, ctx: JobContext) -> Result<Option<Work>, JobFailure> {
+        let job: ServerJob = ctx.payload()?;
+        let id = job.server_id;
+        let loaded = svc
+            .db
+            .call(move |c| {
+                let Some(server) = servers::get(c, id)? else {
+                    return Ok::<_, DomainError>(None);
+                };
+                let (template, node) = servers::context(c, &server)?;
+                Ok(Some((server, template, node)))
+            })
+            .await
+            .map_err(|e| JobFailure::retry(e.to_string()))?;
+        Ok(loaded.map(|(server, template, node)| Work {
+            svc,
+            ctx,
+            server,
+            template,
+            node,
+        }))
+    }
+
+    fn spec(&self) -> ContainerSpec {
+        ContainerSpec {
+            server_id: self.server.id,
+            name: self.server.name.clone(),
+            vmid: self.server.vmid,
+            cores: self.server.cores as u32,
+            memory_mb: self.server.memory_mb as u32,
+            agent_port: self.server.agent_port as u16,
+            agent_token: self.server.agent_token.clone(),
+        }
+    }
+
+    fn done(&self, step: &str) -> bool {
+        self.server.checkpoints.get(step).is_some()
+    }
+
+    /// Runs `f` on the server's row in a transaction that commits only while this
+    /// job still holds its lease.
+    async fn fenced<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, i64, i64) -> Result<R, DomainError> + Send + 'static,
+    ) -> Result<R, StepError> {
+        let (sid, jid) = (self.server.id, self.ctx.id);
+        self.ctx
+            .fenced(move |tx| f(tx, sid, jid).map_err(QueueError::from))
+            .await
+            .map_err(StepError::from)
+    }
+
+    async fn checkpoint(&mut self, step: &'static str, detail: Value) -> Result<(), StepError> {
+        let d = detail.clone();
+        self.fenced(move |tx, sid, _| servers::checkpoint(tx, sid, step, d))
+            .await?;
+        if let Some(obj) = self.server.checkpoints.as_object_mut() {
+            obj.insert(step.into(), detail);
+        }
+        Ok(())
+    }
+
+    async fn status(&mut self, to: ServerStatus, reason: Option<String>) -> Result<(), StepError> {
+        if self.server.status == to && reason.is_none() {
+            return Ok(());
+        }
+        let r = reason.clone();
+        self.fenced(move |tx, sid, jid| {
+            servers::transition(tx, sid, to, r.as_deref(), Some(jid), "system").map(|_| ())
+        })
+        .await?;
+        self.server.status = to;
+        Ok(())
+    }
+
+    /// A progress note on the status line, without an event per note.
+    async fn note(&self, reason: String) {
+        let sid = self.server.id;
+        let _ = self
+            .ctx
+            .fenced(move |tx| {
+                tx.execute(
+                    "UPDATE servers SET status_reason = ?2, updated_at = ?3 WHERE id = ?1",
+                    rusqlite::params![sid, reason, crate::db::now_ms()],
+                )?;
+                Ok(())
+            })
+            .await;
+    }
+
+    async fn event(&self, message: String) {
+        let (sid, jid) = (self.server.id, self.ctx.id);
+        let _ = self
+            .fenced(move |tx, _, _| servers::add_event(tx, sid, None, None, Some(jid), "system", &message))
+            .await;
+    }
+
+    /// Ends the job: a transient error retries (the last attempt fails the server);
+    /// a fatal one fails the server at `step`.
+    async fn finish(&mut self, step: &str, err: StepError) -> JobResult {
+        let (message, fatal) = match err {
+            StepError::Transient(m) => (m, self.ctx.attempt >= self.ctx.max_attempts),
+            StepError::Fatal(m) => (m, true),
+        };
+        if !fatal {
+            self.note(format!("{step}: {message} (will retry)")).await;
+            return Err(JobFailure::retry(format!("{step}: {message}")));
+        }
+        let (s, m) = (step.to_string(), message.clone());
+        if let Err(e) = self
+            .fenced(move |tx, sid, jid| servers::fail(tx, sid, &s, &m, Some(jid)))
+            .await
+        {
+            let reason = match e {
+                StepError::Transient(r) | StepError::Fatal(r) => r,
+            };
+            return Err(JobFailure::retry(format!("recording the failure: {reason}")));
+        }
+        Err(JobFailure::fatal(format!("{step}: {message}")))
+    }
+
+    fn agent(&self, url: &str, token: &str) -> AgentClient {
+        AgentClient::new(url, token, format!("agent of server {} ({})", self.server.id, self.server.name))
+    }
+
+    fn agent_url(&self) -> Option<String> {
+        self.server
+            .checkpoints
+            .get("address")
+            .and_then(|a| a["agent_url"].as_str())
+            .map(String::from)
+    }
+}
+
+/// Polls `f` with backoff until it returns `Some`, `deadline` passes, or the job is cancelled.
+async fn poll<T, F, Fut>(
+    ctx: &JobContext,
+    what: &str,
+    deadline: Duration,
+    mut f: F,
+) -> Result<T, StepError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, StepError>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        if let Some(v) = f().await? {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() + pause > end {
+            return Err(StepError::Fatal(format!("{what}: deadline of {}s passed", deadline.as_secs())));
+        }
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return Err(StepError::Fatal("cancelled".into())),
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+pub fn handlers(svc: Arc<Services>) -> Vec<Arc<dyn Handler>> {
+    let mk = |kind: &'static str, svc: Arc<Services>| -> Arc<dyn Handler> {
+        Arc::new(
+            handler_fn(kind, move |ctx| {
+                let svc = svc.clone();
+                async move {
+                    let Some(mut w) = Work::load(svc, ctx).await? else {
+                        return Ok(Outcome::Complete); // the server is gone
+                    };
+                    match kind {
+                        servers::JOB_PROVISION => provision(&mut w).await,
+                        servers::JOB_START => start(&mut w, false).await,
+                        servers::JOB_RESTART => start(&mut w, true).await,
+                        servers::JOB_STOP => stop(&mut w).await,
+                        servers::JOB_DELETE => delete(&mut w).await,
+                        _ => Err(JobFailure::fatal(format!("unknown server job {kind}"))),
+                    }
+                }
+            })
+            .timeout(Duration::from_secs(40 * 60)),
+        )
+    };
+    [
+        servers::JOB_PROVISION,
+        servers::JOB_START,
+        servers::JOB_RESTART,
+        servers::JOB_STOP,
+        servers::JOB_DELETE,
+    ]
+    .into_iter()
+    .map(|k| mk(k, svc.clone()))
+    .collect()
+}
+
+async fn provision(w: &mut Work) -> JobResult {
+    if w.server.deleted_at.is_some() || w.server.desired_state == "deleted" {
+        return Ok(Outcome::Complete);
+    }
+    let rt = match w.svc.runtime(&w.node) {
+        Ok(rt) => rt,
+        Err(e) => return w.finish("container", e.into()).await,
+    };
+    if let Err(e) = w
+        .status(ServerStatus::Provisioning, Some(format!("provisioning on node {}", w.node.name)))
+        .await
+    {
+        return w.finish("container", e).await;
+    }
+    // 1–2. The container: created once, adopted on every later run.
+    if !w.done("container")
+        && let Err(e) = ensure_container(w, &rt).await
+    {
+        return w.finish("container", e).await;
+    }
+    // 3. Resources, network, tags.
+    if !w.done("configured") {
+        let spec = w.spec();
+        if let Err(e) = rt.configure(&spec).await {
+            return w.finish("configure", e.into()).await;
+        }
+        if let Err(e) = w.checkpoint("configured", json!(true)).await {
+            return w.finish("configure", e).await;
+        }
+    }
+    // 4. Start (idempotent: a container that is already running is left alone).
+    let spec = w.spec();
+    if let Err(e) = rt.start(&spec).await {
+        return w.finish("start container", e.into()).await;
+    }
+    // 5. Address.
+    let url = match rt.agent_url(&spec, ADDRESS_DEADLINE).await {
+        Ok(u) => u,
+        Err(e) => return w.finish("address", e.into()).await,
+    };
+    let ip = url
+        .trim_start_matches("http://")
+        .rsplit_once(':')
+        .map(|(h, _)| h.to_string())
+        .unwrap_or_default();
+    let (ip2, url2) = (ip.clone(), url.clone());
+    if let Err(e) = w
+        .fenced(move |tx, sid, _| {
+            tx.execute(
+                "UPDATE servers SET ip = ?2 WHERE id = ?1",
+                rusqlite::params![sid, ip2],
+            )?;
+            servers::checkpoint(tx, sid, "address", json!({"agent_url": url2}))
+        })
+        .await
+    {
+        return w.finish("address", e).await;
+    }
+    w.server.ip = Some(ip);
+    if let Some(obj) = w.server.checkpoints.as_object_mut() {
+        obj.insert("address".into(), json!({"agent_url": url}));
+    }
+    // 6. The agent: configure it with this server's install.
+    if let Err(e) = w.status(ServerStatus::Installing, Some("waiting for the agent".into())).await {
+        return w.finish("agent", e).await;
+    }
+    let agent = match reach_agent(w, &url).await {
+        Ok(a) => a,
+        Err(e) => return w.finish("agent", e).await,
+    };
+    let done_for_this_install = w
+        .server
+        .checkpoints
+        .get("agent_config")
+        .and_then(|c| c["install_id"].as_str())
+        == Some(w.server.install_id.as_str());
+    if !done_for_this_install {
+        let payload = match build_payload(w).await {
+            Ok(p) => p,
+            Err(e) => return w.finish("artifacts", e).await,
+        };
+        if let Err(e) = agent.configure(&payload).await {
+            return w.finish("agent", e.into()).await;
+        }
+        let stored = serde_json::to_string(&payload).unwrap_or_default();
+        let install_id = payload.install_id.clone();
+        if let Err(e) = w
+            .fenced(move |tx, sid, _| {
+                tx.execute(
+                    "UPDATE servers SET payload = ?2 WHERE id = ?1",
+                    rusqlite::params![sid, stored],
+                )?;
+                servers::checkpoint(tx, sid, "agent_config", json!({"install_id": install_id}))
+            })
+            .await
+        {
+            return w.finish("agent", e).await;
+        }
+        w.event(format!("sent install {} to the agent", payload.install_id)).await;
+    }
+    // 7. Ready: the agent's probe answered.
+    if let Err(e) = w.status(ServerStatus::Starting, Some("installing and starting the game".into())).await {
+        return w.finish("ready", e).await;
+    }
+    if let Err(e) = wait_ready(w, &agent, READY_DEADLINE).await {
+        return w.finish("ready", e).await;
+    }
+    // 8. Publish (edge records come with the edge), then running.
+    if let Err(e) = w.checkpoint("ready", json!(true)).await {
+        return w.finish("ready", e).await;
+    }
+    if let Err(e) = w.status(ServerStatus::Running, Some("running: the game answers its readiness probe".into())).await {
+        return w.finish("ready", e).await;
+    }
+    Ok(Outcome::Complete)
+}
+
+/// Creates or adopts the container; a foreign container on the VMID moves the server
+/// to a new VMID (recorded as an event), never a second container for one server.
+async fn ensure_container(w: &mut Work, rt: &impl Runtime) -> Result<(), StepError> {
+    let mut skip = Vec::new();
+    for _ in 0..5 {
+        let spec = w.spec();
+        match rt.create(&spec).await {
+            Ok(created) => {
+                if created == Created::Adopted {
+                    w.event(format!("adopted container {} made by an earlier run", spec.vmid)).await;
+                }
+                return w
+                    .checkpoint("container", json!({"vmid": spec.vmid, "how": created}))
+                    .await;
+            }
+            Err(RuntimeError::Foreign { vmid, .. }) => {
+                skip.push(vmid);
+                let node = w.node.clone();
+                let skip2 = skip.clone();
+                let new_vmid = w
+                    .fenced(move |tx, sid, jid| {
+                        let v = servers::allocate_vmid_excluding(tx, &node, &skip2)?;
+                        tx.execute(
+                            "UPDATE servers SET vmid = ?2 WHERE id = ?1",
+                            rusqlite::params![sid, v],
+                        )?;
+                        servers::add_event(
+                            tx,
+                            sid,
+                            None,
+                            None,
+                            Some(jid),
+                            "system",
+                            &format!("VMID {vmid} is taken by a container that is not this server's: moved to VMID {v}"),
+                        )?;
+                        Ok(v)
+                    })
+                    .await?;
+                w.server.vmid = new_vmid;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StepError::Fatal("five VMIDs in a row were taken by foreign containers".into()))
+}
+
+/// Waits for the agent's /health, then finds the token it accepts: the server's
+/// own, or (a fresh Proxmox container) the node's bootstrap token.
+async fn reach_agent(w: &Work, url: &str) -> Result<AgentClient, StepError> {
+    let own = w.agent(url, &w.server.agent_token);
+    poll(&w.ctx, "waiting for the agent to answer", AGENT_DEADLINE, || {
+        let own = own.clone();
+        async move {
+            match own.health().await {
+                Ok(()) => Ok(Some(())),
+                Err(e) if e.is_transient() => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        }
+    })
+    .await?;
+    match own.status().await {
+        Ok(_) => Ok(own),
+        Err(AgentClientError::Unauthorized { .. }) => {
+            let bootstrap = w.node.settings["bootstrap_token"].as_str().unwrap_or_default();
+            if bootstrap.is_empty() {
+                return Err(StepError::Fatal(
+                    "the agent refused this server's token and the node has no bootstrap token".into(),
+                ));
+            }
+            let boot = w.agent(url, bootstrap);
+            boot.status().await?;
+            Ok(boot)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The exact payload for the agent, with every artifact's sha256 from the mirror.
+async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
+    let spec = &w.template.spec;
+    let s = &w.server;
+    let version = s.version.as_str();
+    let game_port = s.game_port.to_string();
+    let vars = [("version", version), ("name", s.name.as_str()), ("game_port", game_port.as_str())];
+    let ensure = |path: String| async move {
+        w.note(format!("fetching {path} into the artifact mirror")).await;
+        let info = w
+            .svc
+            .mirror
+            .ensure_with_progress(&path, |done, total| {
+                // Progress lands in the log; the status line says what is fetched.
+                tracing::debug!(done, ?total, "artifact download");
+            })
+            .await
+            .map_err(|e| StepError::Fatal(e.to_string()))?;
+        Ok::<_, StepError>((path, info.sha256))
+    };
+    let (artifact_path, artifact_sha256) = match &spec.artifact_path {
+        Some(p) => {
+            let (p, sha) = ensure(templates::fill(p, &vars)).await?;
+            (Some(p), Some(sha))
+        }
+        None => (None, None),
+    };
+    let (java_path, java_sha256) = match spec.java {
+        JavaRule::Minecraft => {
+            let major = templates::java_major_for(version);
+            let (p, sha) = ensure(format!("java/{major}/OpenJDK{major}.tar.gz")).await?;
+            (Some(p), Some(sha))
+        }
+        JavaRule::None => (None, None),
+    };
+    let mut mods = Vec::new();
+    for m in &spec.mods {
+        let (path, sha256) = ensure(templates::fill(&m.path, &vars)).await?;
+        mods.push(SeedArtifact {
+            path,
+            sha256,
+            destination: m.destination.clone(),
+        });
+    }
+    let secret = w.svc.config.forwarding_secret.clone().unwrap_or_default();
+    let file_vars = [
+        ("version", version),
+        ("name", s.name.as_str()),
+        ("game_port", game_port.as_str()),
+        ("forwarding_secret", secret.as_str()),
+    ];
+    let files = spec
+        .files
+        .iter()
+        .map(|f| SeedFile {
+            destination: f.destination.clone(),
+            content: templates::fill(&f.content, &file_vars),
+        })
+        .collect();
+    let properties = spec
+        .properties
+        .iter()
+        .map(|(k, v)| (k.clone(), templates::fill(v, &vars)))
+        .collect();
+    let advertised = w.svc.config.advertised();
+    let services = [
+        ("ARTIFACT_SERVER".to_string(), format!("{advertised}/artifacts")),
+        ("ZLH_API_URL".to_string(), advertised.clone()),
+    ]
+    .into_iter()
+    .collect();
+    Ok(ConfigPayload {
+        vmid: Some(s.vmid),
+        container_type: "game".into(),
+        game: w.template.game.clone(),
+        variant: w.template.variant.clone(),
+        version: s.version.clone(),
+        world: None,
+        ports: vec![s.game_port as u16],
+        artifact_path,
+        artifact_sha256,
+        java_path,
+        java_sha256,
+        memory_mb: Some(s.memory_mb as u32),
+        install_id: s.install_id.clone(),
+        eula: s.eula_accepted,
+        reset_world: false,
+        mods,
+        files,
+        properties,
+        forwarding_secret: (!secret.is_empty()).then_some(secret),
+        start_command: spec.start_command.clone(),
+        stop_command: spec.stop_command.clone(),
+        readiness: Some(Readiness {
+            kind: spec.readiness,
+            port: s.game_port as u16,
+        }),
+        services,
+        env: spec.env.clone(),
+        agent_token: Some(s.agent_token.clone()),
+    })
+}
+
+/// Polls the agent until the game is ready; an agent `error` fails at once.
+async fn wait_ready(w: &Work, agent: &AgentClient, deadline: Duration) -> Result<(), StepError> {
+    let last_step = std::sync::Mutex::new(String::new());
+    let last = &last_step;
+    poll(&w.ctx, "waiting for the game to answer its readiness probe", deadline, || {
+        let agent = agent.clone();
+        async move {
+            let st = match agent.status().await {
+                Ok(st) => st,
+                Err(e) if e.is_transient() => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            record_agent(w, &st).await;
+            if st.state == AgentState::Error {
+                return Err(StepError::Fatal(format!(
+                    "the agent reports an error: {}",
+                    st.error.unwrap_or_else(|| "(no message)".into())
+                )));
+            }
+            if st.ready && st.state == AgentState::Running {
+                return Ok(Some(()));
+            }
+            let step = st
+                .install_step
+                .clone()
+                .unwrap_or_else(|| format!("agent {}", st.state));
+            let changed = last.lock().map(|mut l| {
+                let changed = *l != step;
+                *l = step.clone();
+                changed
+            });
+            if changed.unwrap_or(false) {
+                w.note(format!("agent: {step}")).await;
+            }
+            Ok(None)
+        }
+    })
+    .await
+}
+
+/// Stores what the agent said on the server row (the UI and doctor read it there).
+async fn record_agent(w: &Work, st: &crate::agent::AgentStatus) {
+    let (sid, state, ready, crashes) = (
+        w.server.id,
+        st.state.to_string(),
+        st.ready,
+        st.crash_count as i64,
+    );
+    let _ = w
+        .svc
+        .db
+        .write(move |tx| {
+            tx.execute(
+                "UPDATE servers SET agent_state = ?2, ready = ?3, crash_count = ?4, agent_seen_at = ?5 WHERE id = ?1",
+                rusqlite::params![sid, state, ready, crashes, crate::db::now_ms()],
+            )
+            .map_err(crate::db::DbError::from)
+        })
+        .await;
+}
+
+/// Start (or restart) the game: the container first, then the agent, then ready.
+async fn start(w: &mut Work, restart: bool) -> JobResult {
+    let step = if restart { "restart" } else { "start" };
+    if w.server.deleted_at.is_some() {
+        return Ok(Outcome::Complete);
+    }
+    let rt = match w.svc.runtime(&w.node) {
+        Ok(rt) => rt,
+        Err(e) => return w.finish(step, e.into()).await,
+    };
+    if let Err(e) = w.status(ServerStatus::Starting, Some(format!("{step} requested"))).await {
+        return w.finish(step, e).await;
+    }
+    let spec = w.spec();
+    if let Err(e) = rt.start(&spec).await {
+        return w.finish(step, e.into()).await;
+    }
+    let url = match rt.agent_url(&spec, ADDRESS_DEADLINE).await {
+        Ok(u) => u,
+        Err(e) => return w.finish(step, e.into()).await,
+    };
+    let agent = match reach_agent(w, &url).await {
+        Ok(a) => a,
+        Err(e) => return w.finish(step, e).await,
+    };
+    let sent = if restart { agent.restart().await } else { agent.start().await };
+    if let Err(e) = sent {
+        return w.finish(step, e.into()).await;
+    }
+    if let Err(e) = wait_ready(w, &agent, START_DEADLINE).await {
+        return w.finish(step, e).await;
+    }
+    match w.status(ServerStatus::Running, Some("running: the game answers its readiness probe".into())).await {
+        Ok(()) => Ok(Outcome::Complete),
+        Err(e) => w.finish(step, e).await,
+    }
+}
+
+/// Stop the game through its agent (the container keeps running).
+async fn stop(w: &mut Work) -> JobResult {
+    if w.server.deleted_at.is_some() {
+        return Ok(Outcome::Complete);
+    }
+    if let Err(e) = w.status(ServerStatus::Stopping, Some("stop requested".into())).await {
+        return w.finish("stop", e).await;
+    }
+    if let Some(url) = w.agent_url() {
+        let agent = match reach_agent(w, &url).await {
+            Ok(a) => a,
+            Err(e) => return w.finish("stop", e).await,
+        };
+        if let Err(e) = agent.stop().await {
+            return w.finish("stop", e.into()).await;
+        }
+        if let Ok(st) = agent.status().await {
+            record_agent(w, &st).await;
+        }
+    }
+    match w.status(ServerStatus::Stopped, Some("stopped".into())).await {
+        Ok(()) => Ok(Outcome::Complete),
+        Err(e) => w.finish("stop", e).await,
+    }
+}
+
+/// Delete: stop the game, destroy the container (gone = success), free everything.
+async fn delete(w: &mut Work) -> JobResult {
+    if w.server.deleted_at.is_some() {
+        return Ok(Outcome::Complete);
+    }
+    let rt = match w.svc.runtime(&w.node) {
+        Ok(rt) => rt,
+        Err(e) => return w.finish("delete", e.into()).await,
+    };
+    if let Err(e) = w.status(ServerStatus::Deleting, Some("deleting".into())).await {
+        return w.finish("delete", e).await;
+    }
+    // A clean game stop first, so the world is saved; an unreachable agent does not
+    // block the delete.
+    if let Some(url) = w.agent_url() {
+        let agent = w.agent(&url, &w.server.agent_token);
+        if let Err(e) = agent.stop().await {
+            w.event(format!("could not stop the game cleanly before deleting: {e}")).await;
+        }
+    }
+    let spec = w.spec();
+    if let Err(e) = rt.destroy(&spec).await {
+        return w.finish("delete", e.into()).await;
+    }
+    match w
+        .fenced(|tx, sid, jid| servers::archive(tx, sid, Some(jid)))
+        .await
+    {
+        Ok(()) => Ok(Outcome::Complete),
+        Err(e) => w.finish("delete", e).await,
+    }
+}

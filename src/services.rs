@@ -1,0 +1,47 @@
+//! What job handlers need from the application: the database, the configuration,
+//! the artifact mirror and the runtimes of the nodes.
+
+use std::sync::Arc;
+
+use crate::artifacts::Mirror;
+use crate::config::Config;
+use crate::db::Db;
+use crate::domain::nodes::Node;
+use crate::runtime::local::LocalRuntime;
+use crate::runtime::{NodeRuntime, RuntimeError};
+
+#[derive(Clone)]
+pub struct Services {
+    pub db: Db,
+    pub config: Arc<Config>,
+    pub mirror: Mirror,
+    local: LocalRuntime,
+}
+
+impl Services {
+    pub fn new(db: Db, config: Arc<Config>, mirror: Mirror) -> Services {
+        let agent_binary = config
+            .agent_binary
+            .clone()
+            .or_else(|| std::env::current_exe().ok())
+            .unwrap_or_else(|| "zlh".into());
+        let local = LocalRuntime::new(config.data_dir.join("servers"), agent_binary, vec![]);
+        Services {
+            db,
+            config,
+            mirror,
+            local,
+        }
+    }
+
+    /// The runtime for `node`.
+    pub fn runtime(&self, node: &Node) -> Result<NodeRuntime, RuntimeError> {
+        match node.kind.as_str() {
+            "local" => Ok(NodeRuntime::Local(self.local.clone())),
+            other => Err(RuntimeError::Fatal(format!(
+                "node '{}' is of kind '{other}', which this build cannot drive yet",
+                node.name
+            ))),
+        }
+    }
+}
