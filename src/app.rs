@@ -12,11 +12,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::{ArtifactError, Mirror};
-use crate::services::Services;
 use crate::config::{Config, hostname, machine_host_id};
 use crate::db::{Db, DbError, now_ms};
 use crate::instance::{self, Boot, InstanceError, InstanceLock};
 use crate::queue::{CronSpec, Handler, Queue, QueueError, Registry, Scheduler, Worker, store};
+use crate::services::Services;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -115,7 +115,11 @@ impl Prepared {
         let config = self.config.clone();
         // Before anything starts: a mirror that cannot be set up fails the start.
         let mirror = Mirror::new(&config.data_dir, self.db.clone(), &config.artifacts)?;
-        let services = Arc::new(Services::new(self.db.clone(), config.clone(), mirror.clone()));
+        let services = Arc::new(Services::new(
+            self.db.clone(),
+            config.clone(),
+            mirror.clone(),
+        ));
         let mut registry = Registry::new();
         for h in crate::jobs::builtin_handlers(&config)
             .into_iter()

@@ -24,7 +24,9 @@ pub enum AppError {
         field: Option<String>,
         message: String,
     },
-    #[error("missing or invalid API token: send `Authorization: Bearer zlh_…` (create one with `zlh token create`)")]
+    #[error(
+        "missing or invalid API token: send `Authorization: Bearer zlh_…` (create one with `zlh token create`)"
+    )]
     Unauthorized,
     #[error("{0}")]
     Forbidden(String),

@@ -25,7 +25,9 @@ impl Services {
             .clone()
             .or_else(|| std::env::current_exe().ok())
             .unwrap_or_else(|| "zlh".into());
-        let local = LocalRuntime::new(config.data_dir.join("servers"), agent_binary, vec![]);
+        let data_dir =
+            std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
+        let local = LocalRuntime::new(data_dir.join("servers"), agent_binary, vec![]);
         Services {
             db,
             config,

@@ -56,8 +56,7 @@ pub fn latest_schema_version() -> usize {
 fn configure(conn: &mut Connection) -> Result<(), rusqlite::Error> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = FULL;
+        "PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;",
     )
 }
@@ -78,6 +77,13 @@ impl std::fmt::Debug for Db {
 impl Db {
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
     pub fn open(path: &Path) -> Result<Db, DbError> {
+        // WAL is a property of the file: set it once, before the pool opens several
+        // connections at once (switching modes needs the file to itself).
+        {
+            let conn = Connection::open(path)?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+        }
         let manager = SqliteConnectionManager::file(path).with_init(configure);
         let pool = Pool::builder()
             .max_size(8)

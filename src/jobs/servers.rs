@@ -175,7 +175,9 @@ impl Work {
     async fn event(&self, message: String) {
         let (sid, jid) = (self.server.id, self.ctx.id);
         let _ = self
-            .fenced(move |tx, _, _| servers::add_event(tx, sid, None, None, Some(jid), "system", &message))
+            .fenced(move |tx, _, _| {
+                servers::add_event(tx, sid, None, None, Some(jid), "system", &message)
+            })
             .await;
     }
 
@@ -198,13 +200,19 @@ impl Work {
             let reason = match e {
                 StepError::Transient(r) | StepError::Fatal(r) => r,
             };
-            return Err(JobFailure::retry(format!("recording the failure: {reason}")));
+            return Err(JobFailure::retry(format!(
+                "recording the failure: {reason}"
+            )));
         }
         Err(JobFailure::fatal(format!("{step}: {message}")))
     }
 
     fn agent(&self, url: &str, token: &str) -> AgentClient {
-        AgentClient::new(url, token, format!("agent of server {} ({})", self.server.id, self.server.name))
+        AgentClient::new(
+            url,
+            token,
+            format!("agent of server {} ({})", self.server.id, self.server.name),
+        )
     }
 
     fn agent_url(&self) -> Option<String> {
@@ -234,7 +242,10 @@ where
             return Ok(v);
         }
         if tokio::time::Instant::now() + pause > end {
-            return Err(StepError::Fatal(format!("{what}: deadline of {}s passed", deadline.as_secs())));
+            return Err(StepError::Fatal(format!(
+                "{what}: deadline of {}s passed",
+                deadline.as_secs()
+            )));
         }
         tokio::select! {
             _ = ctx.cancel.cancelled() => return Err(StepError::Fatal("cancelled".into())),
@@ -287,7 +298,10 @@ async fn provision(w: &mut Work) -> JobResult {
         Err(e) => return w.finish("container", e.into()).await,
     };
     if let Err(e) = w
-        .status(ServerStatus::Provisioning, Some(format!("provisioning on node {}", w.node.name)))
+        .status(
+            ServerStatus::Provisioning,
+            Some(format!("provisioning on node {}", w.node.name)),
+        )
         .await
     {
         return w.finish("container", e).await;
@@ -341,7 +355,13 @@ async fn provision(w: &mut Work) -> JobResult {
         obj.insert("address".into(), json!({"agent_url": url}));
     }
     // 6. The agent: configure it with this server's install.
-    if let Err(e) = w.status(ServerStatus::Installing, Some("waiting for the agent".into())).await {
+    if let Err(e) = w
+        .status(
+            ServerStatus::Installing,
+            Some("waiting for the agent".into()),
+        )
+        .await
+    {
         return w.finish("agent", e).await;
     }
     let agent = match reach_agent(w, &url).await {
@@ -376,10 +396,17 @@ async fn provision(w: &mut Work) -> JobResult {
         {
             return w.finish("agent", e).await;
         }
-        w.event(format!("sent install {} to the agent", payload.install_id)).await;
+        w.event(format!("sent install {} to the agent", payload.install_id))
+            .await;
     }
     // 7. Ready: the agent's probe answered.
-    if let Err(e) = w.status(ServerStatus::Starting, Some("installing and starting the game".into())).await {
+    if let Err(e) = w
+        .status(
+            ServerStatus::Starting,
+            Some("installing and starting the game".into()),
+        )
+        .await
+    {
         return w.finish("ready", e).await;
     }
     if let Err(e) = wait_ready(w, &agent, READY_DEADLINE).await {
@@ -389,7 +416,13 @@ async fn provision(w: &mut Work) -> JobResult {
     if let Err(e) = w.checkpoint("ready", json!(true)).await {
         return w.finish("ready", e).await;
     }
-    if let Err(e) = w.status(ServerStatus::Running, Some("running: the game answers its readiness probe".into())).await {
+    if let Err(e) = w
+        .status(
+            ServerStatus::Running,
+            Some("running: the game answers its readiness probe".into()),
+        )
+        .await
+    {
         return w.finish("ready", e).await;
     }
     Ok(Outcome::Complete)
@@ -404,7 +437,11 @@ async fn ensure_container(w: &mut Work, rt: &impl Runtime) -> Result<(), StepErr
         match rt.create(&spec).await {
             Ok(created) => {
                 if created == Created::Adopted {
-                    w.event(format!("adopted container {} made by an earlier run", spec.vmid)).await;
+                    w.event(format!(
+                        "adopted container {} made by an earlier run",
+                        spec.vmid
+                    ))
+                    .await;
                 }
                 return w
                     .checkpoint("container", json!({"vmid": spec.vmid, "how": created}))
@@ -438,31 +475,41 @@ async fn ensure_container(w: &mut Work, rt: &impl Runtime) -> Result<(), StepErr
             Err(e) => return Err(e.into()),
         }
     }
-    Err(StepError::Fatal("five VMIDs in a row were taken by foreign containers".into()))
+    Err(StepError::Fatal(
+        "five VMIDs in a row were taken by foreign containers".into(),
+    ))
 }
 
 /// Waits for the agent's /health, then finds the token it accepts: the server's
 /// own, or (a fresh Proxmox container) the node's bootstrap token.
 async fn reach_agent(w: &Work, url: &str) -> Result<AgentClient, StepError> {
     let own = w.agent(url, &w.server.agent_token);
-    poll(&w.ctx, "waiting for the agent to answer", AGENT_DEADLINE, || {
-        let own = own.clone();
-        async move {
-            match own.health().await {
-                Ok(()) => Ok(Some(())),
-                Err(e) if e.is_transient() => Ok(None),
-                Err(e) => Err(e.into()),
+    poll(
+        &w.ctx,
+        "waiting for the agent to answer",
+        AGENT_DEADLINE,
+        || {
+            let own = own.clone();
+            async move {
+                match own.health().await {
+                    Ok(()) => Ok(Some(())),
+                    Err(e) if e.is_transient() => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
             }
-        }
-    })
+        },
+    )
     .await?;
     match own.status().await {
         Ok(_) => Ok(own),
         Err(AgentClientError::Unauthorized { .. }) => {
-            let bootstrap = w.node.settings["bootstrap_token"].as_str().unwrap_or_default();
+            let bootstrap = w.node.settings["bootstrap_token"]
+                .as_str()
+                .unwrap_or_default();
             if bootstrap.is_empty() {
                 return Err(StepError::Fatal(
-                    "the agent refused this server's token and the node has no bootstrap token".into(),
+                    "the agent refused this server's token and the node has no bootstrap token"
+                        .into(),
                 ));
             }
             let boot = w.agent(url, bootstrap);
@@ -479,9 +526,14 @@ async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
     let s = &w.server;
     let version = s.version.as_str();
     let game_port = s.game_port.to_string();
-    let vars = [("version", version), ("name", s.name.as_str()), ("game_port", game_port.as_str())];
+    let vars = [
+        ("version", version),
+        ("name", s.name.as_str()),
+        ("game_port", game_port.as_str()),
+    ];
     let ensure = |path: String| async move {
-        w.note(format!("fetching {path} into the artifact mirror")).await;
+        w.note(format!("fetching {path} into the artifact mirror"))
+            .await;
         let info = w
             .svc
             .mirror
@@ -539,7 +591,10 @@ async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
         .collect();
     let advertised = w.svc.config.advertised();
     let services = [
-        ("ARTIFACT_SERVER".to_string(), format!("{advertised}/artifacts")),
+        (
+            "ARTIFACT_SERVER".to_string(),
+            format!("{advertised}/artifacts"),
+        ),
         ("ZLH_API_URL".to_string(), advertised.clone()),
     ]
     .into_iter()
@@ -580,39 +635,44 @@ async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
 async fn wait_ready(w: &Work, agent: &AgentClient, deadline: Duration) -> Result<(), StepError> {
     let last_step = std::sync::Mutex::new(String::new());
     let last = &last_step;
-    poll(&w.ctx, "waiting for the game to answer its readiness probe", deadline, || {
-        let agent = agent.clone();
-        async move {
-            let st = match agent.status().await {
-                Ok(st) => st,
-                Err(e) if e.is_transient() => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            record_agent(w, &st).await;
-            if st.state == AgentState::Error {
-                return Err(StepError::Fatal(format!(
-                    "the agent reports an error: {}",
-                    st.error.unwrap_or_else(|| "(no message)".into())
-                )));
+    poll(
+        &w.ctx,
+        "waiting for the game to answer its readiness probe",
+        deadline,
+        || {
+            let agent = agent.clone();
+            async move {
+                let st = match agent.status().await {
+                    Ok(st) => st,
+                    Err(e) if e.is_transient() => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                };
+                record_agent(w, &st).await;
+                if st.state == AgentState::Error {
+                    return Err(StepError::Fatal(format!(
+                        "the agent reports an error: {}",
+                        st.error.unwrap_or_else(|| "(no message)".into())
+                    )));
+                }
+                if st.ready && st.state == AgentState::Running {
+                    return Ok(Some(()));
+                }
+                let step = st
+                    .install_step
+                    .clone()
+                    .unwrap_or_else(|| format!("agent {}", st.state));
+                let changed = last.lock().map(|mut l| {
+                    let changed = *l != step;
+                    *l = step.clone();
+                    changed
+                });
+                if changed.unwrap_or(false) {
+                    w.note(format!("agent: {step}")).await;
+                }
+                Ok(None)
             }
-            if st.ready && st.state == AgentState::Running {
-                return Ok(Some(()));
-            }
-            let step = st
-                .install_step
-                .clone()
-                .unwrap_or_else(|| format!("agent {}", st.state));
-            let changed = last.lock().map(|mut l| {
-                let changed = *l != step;
-                *l = step.clone();
-                changed
-            });
-            if changed.unwrap_or(false) {
-                w.note(format!("agent: {step}")).await;
-            }
-            Ok(None)
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -647,7 +707,10 @@ async fn start(w: &mut Work, restart: bool) -> JobResult {
         Ok(rt) => rt,
         Err(e) => return w.finish(step, e.into()).await,
     };
-    if let Err(e) = w.status(ServerStatus::Starting, Some(format!("{step} requested"))).await {
+    if let Err(e) = w
+        .status(ServerStatus::Starting, Some(format!("{step} requested")))
+        .await
+    {
         return w.finish(step, e).await;
     }
     let spec = w.spec();
@@ -662,14 +725,24 @@ async fn start(w: &mut Work, restart: bool) -> JobResult {
         Ok(a) => a,
         Err(e) => return w.finish(step, e).await,
     };
-    let sent = if restart { agent.restart().await } else { agent.start().await };
+    let sent = if restart {
+        agent.restart().await
+    } else {
+        agent.start().await
+    };
     if let Err(e) = sent {
         return w.finish(step, e.into()).await;
     }
     if let Err(e) = wait_ready(w, &agent, START_DEADLINE).await {
         return w.finish(step, e).await;
     }
-    match w.status(ServerStatus::Running, Some("running: the game answers its readiness probe".into())).await {
+    match w
+        .status(
+            ServerStatus::Running,
+            Some("running: the game answers its readiness probe".into()),
+        )
+        .await
+    {
         Ok(()) => Ok(Outcome::Complete),
         Err(e) => w.finish(step, e).await,
     }
@@ -680,7 +753,10 @@ async fn stop(w: &mut Work) -> JobResult {
     if w.server.deleted_at.is_some() {
         return Ok(Outcome::Complete);
     }
-    if let Err(e) = w.status(ServerStatus::Stopping, Some("stop requested".into())).await {
+    if let Err(e) = w
+        .status(ServerStatus::Stopping, Some("stop requested".into()))
+        .await
+    {
         return w.finish("stop", e).await;
     }
     if let Some(url) = w.agent_url() {
@@ -695,7 +771,10 @@ async fn stop(w: &mut Work) -> JobResult {
             record_agent(w, &st).await;
         }
     }
-    match w.status(ServerStatus::Stopped, Some("stopped".into())).await {
+    match w
+        .status(ServerStatus::Stopped, Some("stopped".into()))
+        .await
+    {
         Ok(()) => Ok(Outcome::Complete),
         Err(e) => w.finish("stop", e).await,
     }
@@ -710,7 +789,10 @@ async fn delete(w: &mut Work) -> JobResult {
         Ok(rt) => rt,
         Err(e) => return w.finish("delete", e.into()).await,
     };
-    if let Err(e) = w.status(ServerStatus::Deleting, Some("deleting".into())).await {
+    if let Err(e) = w
+        .status(ServerStatus::Deleting, Some("deleting".into()))
+        .await
+    {
         return w.finish("delete", e).await;
     }
     // A clean game stop first, so the world is saved; an unreachable agent does not
@@ -718,7 +800,10 @@ async fn delete(w: &mut Work) -> JobResult {
     if let Some(url) = w.agent_url() {
         let agent = w.agent(&url, &w.server.agent_token);
         if let Err(e) = agent.stop().await {
-            w.event(format!("could not stop the game cleanly before deleting: {e}")).await;
+            w.event(format!(
+                "could not stop the game cleanly before deleting: {e}"
+            ))
+            .await;
         }
     }
     let spec = w.spec();

@@ -181,7 +181,11 @@ impl Runtime for LocalRuntime {
         Ok(())
     }
 
-    async fn agent_url(&self, spec: &ContainerSpec, _deadline: Duration) -> Result<String, RuntimeError> {
+    async fn agent_url(
+        &self,
+        spec: &ContainerSpec,
+        _deadline: Duration,
+    ) -> Result<String, RuntimeError> {
         Ok(format!("http://127.0.0.1:{}", spec.agent_port))
     }
 

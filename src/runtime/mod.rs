@@ -192,7 +192,11 @@ impl Runtime for NodeRuntime {
     async fn start(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
         delegate!(self, rt => rt.start(spec).await)
     }
-    async fn agent_url(&self, spec: &ContainerSpec, deadline: Duration) -> Result<String, RuntimeError> {
+    async fn agent_url(
+        &self,
+        spec: &ContainerSpec,
+        deadline: Duration,
+    ) -> Result<String, RuntimeError> {
         delegate!(self, rt => rt.agent_url(spec, deadline).await)
     }
     async fn stop(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {

@@ -76,6 +76,8 @@ pub struct Served {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// Leave local agents running when dropped (a restart of the same data dir).
+    pub keep_agents: bool,
 }
 
 impl Served {
@@ -109,6 +111,7 @@ impl Served {
             addr,
             data_dir: data_dir.to_path_buf(),
             log,
+            keep_agents: false,
         };
         served.wait_ready();
         served
@@ -157,7 +160,9 @@ impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        kill_local_agents(&self.data_dir);
+        if !self.keep_agents {
+            kill_local_agents(&self.data_dir);
+        }
     }
 }
 

@@ -136,10 +136,16 @@ pub(crate) const TOKEN_FILE: &str = "token";
 /// Runs the agent on `listener` until `shutdown` resolves, then stops the game
 /// gracefully (its desired state is kept, so the next start restores it).
 pub async fn run(
-    opts: AgentOptions,
+    mut opts: AgentOptions,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
+    // The game runs in a subdirectory: every path handed to it must be absolute.
+    opts.dir = std::path::absolute(&opts.dir).map_err(|source| AgentError::Io {
+        action: "resolving agent dir",
+        path: opts.dir.clone(),
+        source,
+    })?;
     std::fs::create_dir_all(&opts.dir).map_err(|source| AgentError::Io {
         action: "creating agent dir",
         path: opts.dir.clone(),

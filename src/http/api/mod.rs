@@ -89,12 +89,12 @@ where
 /// serde names (missing or unknown ones are reported at their parent).
 fn json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> AppError {
     let msg = e.inner().to_string();
-    let named = msg
-        .split('`')
-        .nth(1)
-        .filter(|_| msg.starts_with("missing field") || msg.starts_with("unknown field"));
+    // A missing field is reported at its parent's path; everything else at its own.
+    let missing = msg
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split('`').next());
     let path = e.path().to_string();
-    let field = match (named, path.as_str()) {
+    let field = match (missing, path.as_str()) {
         (Some(f), "." | "") => f.to_string(),
         (Some(f), p) => format!("{p}.{f}"),
         (None, "." | "") => "body".to_string(),

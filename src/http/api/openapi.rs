@@ -35,13 +35,21 @@ fn id_param() -> Value {
 }
 
 pub fn document() -> Value {
-    let mut create = op("Create a server (202: its provisioning job is queued)", "202", Some("CreateServer"));
+    let mut create = op(
+        "Create a server (202: its provisioning job is queued)",
+        "202",
+        Some("CreateServer"),
+    );
     create["parameters"] = json!([{
         "name": "Idempotency-Key", "in": "header", "required": false,
         "description": "Same key + same body returns the same server and job; same key + another body is 409.",
         "schema": {"type": "string", "maxLength": 200}
     }]);
-    let mut action = op("start | stop | restart | retry | reinstall (202: a job in the server's lane)", "202", None);
+    let mut action = op(
+        "start | stop | restart | retry | reinstall (202: a job in the server's lane)",
+        "202",
+        None,
+    );
     action["parameters"] = json!([
         {"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}},
         {"name": "action", "in": "path", "required": true,

@@ -130,7 +130,9 @@ async fn list(
                 status,
                 q.q.as_deref().filter(|s| !s.is_empty()),
             )?;
-            let next = (list.len() as i64 == limit).then(|| list.last().map(|s| s.id)).flatten();
+            let next = (list.len() as i64 == limit)
+                .then(|| list.last().map(|s| s.id))
+                .flatten();
             Ok::<_, DomainError>(json!({"servers": render(c, &list)?, "next_after": next}))
         })
         .await?;
@@ -169,7 +171,12 @@ async fn events(
     Ok(Json(body))
 }
 
-async fn run_action(st: &AppState, caller: &Caller, id: i64, action: Action) -> Result<Json<Value>, AppError> {
+async fn run_action(
+    st: &AppState,
+    caller: &Caller,
+    id: i64,
+    action: Action,
+) -> Result<Json<Value>, AppError> {
     let user = caller.0.clone();
     let body = st
         .db
@@ -194,7 +201,10 @@ async fn action(
                 "no action '{action}' (start, stop, restart, retry, reinstall; DELETE to delete)"
             ))
         })?;
-    Ok((StatusCode::ACCEPTED, run_action(&st, &caller, id, action).await?))
+    Ok((
+        StatusCode::ACCEPTED,
+        run_action(&st, &caller, id, action).await?,
+    ))
 }
 
 async fn delete(
@@ -202,5 +212,8 @@ async fn delete(
     caller: Caller,
     Path(id): Path<i64>,
 ) -> Result<impl IntoResponse, AppError> {
-    Ok((StatusCode::ACCEPTED, run_action(&st, &caller, id, Action::Delete).await?))
+    Ok((
+        StatusCode::ACCEPTED,
+        run_action(&st, &caller, id, Action::Delete).await?,
+    ))
 }

@@ -9,18 +9,24 @@ use serde_json::{Value, json};
 
 use super::{ApiJson, Caller, require_admin};
 use crate::app::AppState;
+use crate::domain::DomainError;
 use crate::domain::nodes::{self, NewNode};
 use crate::domain::templates::{self, NewTemplate};
-use crate::domain::DomainError;
 use crate::error::AppError;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/templates", get(list_templates).post(create_template))
+        .route(
+            "/api/v1/templates",
+            get(list_templates).post(create_template),
+        )
         .route("/api/v1/nodes", get(list_nodes).post(create_node))
 }
 
-async fn list_templates(State(st): State<AppState>, _caller: Caller) -> Result<Json<Value>, AppError> {
+async fn list_templates(
+    State(st): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Value>, AppError> {
     let list = st.db.call(|c| templates::list(c)).await?;
     Ok(Json(json!({"templates": list})))
 }
@@ -31,7 +37,10 @@ async fn create_template(
     ApiJson(t): ApiJson<NewTemplate>,
 ) -> Result<impl IntoResponse, AppError> {
     require_admin(&caller)?;
-    let created = st.db.write(move |tx| templates::create(tx, &t, false)).await?;
+    let created = st
+        .db
+        .write(move |tx| templates::create(tx, &t, false))
+        .await?;
     Ok((StatusCode::CREATED, Json(json!({"template": created}))))
 }
 

@@ -1,0 +1,425 @@
+//! Servers through the JSON API of a real `zlh serve`: the local runtime end to end
+//! (a real detached agent and a stand-in game), idempotent creation under
+//! concurrency, auth on every route, bad input.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Served, wait_for, zlh};
+
+const STANDIN: &str = "tests/support/standin_game.py";
+
+/// A served data dir with an admin token and the stand-in game as a template.
+struct Api {
+    served: Served,
+    token: String,
+    http: Http,
+}
+
+/// Tests drive the API synchronously: an async client on a small runtime of its own.
+struct Http {
+    inner: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Api {
+    fn start(tmp: &Path) -> Api {
+        let data = tmp.join("data");
+        let served =
+            Served::start_with_env(tmp, &data, &[], &[("ZLH_ARTIFACTS_UPSTREAM", "false")]);
+        let run = |args: &[&str]| {
+            let out = zlh(tmp)
+                .args(args)
+                .arg("--data-dir")
+                .arg(&data)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        run(&["user", "add", "admin", "--admin"]);
+        let token = run(&["token", "create", "--user", "admin"]);
+        let standin = Path::new(env!("CARGO_MANIFEST_DIR")).join(STANDIN);
+        run(&[
+            "artifacts",
+            "add",
+            "test/standin/1.0/server.jar",
+            standin.to_str().unwrap(),
+        ]);
+        let api = Api {
+            served,
+            token,
+            http: Http {
+                inner: reqwest::Client::builder().no_proxy().build().unwrap(),
+                rt: tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap(),
+            },
+        };
+        let (code, body) = api.call("POST", "/api/v1/templates", Some(standin_template()));
+        assert_eq!(code, 201, "{body}");
+        api
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_with(method, path, body, &[])
+    }
+
+    fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .inner
+            .request(method.parse().unwrap(), self.served.url(path))
+            .bearer_auth(&self.token);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        self.http.rt.block_on(async {
+            let resp = req.send().await.unwrap();
+            let code = resp.status().as_u16();
+            let text = resp.text().await.unwrap();
+            (
+                code,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            )
+        })
+    }
+
+    fn server(&self, id: i64) -> Value {
+        let (code, body) = self.call("GET", &format!("/api/v1/servers/{id}"), None);
+        assert_eq!(code, 200, "{body}");
+        body
+    }
+
+    fn wait_status(&self, id: i64, want: &str) -> Value {
+        wait_for(
+            &format!("server {id} to be {want}"),
+            Duration::from_secs(90),
+            || {
+                let s = self.server(id);
+                if s["status"] == "failed" && want != "failed" {
+                    panic!("server failed: {s}");
+                }
+                (s["status"] == want).then_some(s)
+            },
+        )
+    }
+}
+
+fn standin_template() -> Value {
+    json!({
+        "slug": "standin",
+        "name": "Stand-in game (tests)",
+        "game": "standin",
+        "variant": "python",
+        "spec": {
+            "artifact_path": "test/standin/{version}/server.jar",
+            "java": "none",
+            "start_command": "python3 {jar}",
+            "stop_command": "stop",
+            "readiness": "minecraft_ping",
+            "default_memory_mb": 512,
+            "default_cores": 1,
+            "edge": "none",
+            "properties": {"server-port": "{game_port}", "motd": "{name}"},
+            "env": {"STANDIN_LOAD_MS": "300"},
+            "eula_required": true
+        }
+    })
+}
+
+fn slp(port: i64) -> Option<Value> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(zlh::agent::slp::status(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_secs(2),
+    ))
+    .ok()
+}
+
+#[test]
+fn local_runtime_end_to_end_create_stop_start_survive_a_restart_delete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut api = Api::start(tmp.path());
+
+    let (code, body) = api.call(
+        "POST",
+        "/api/v1/servers",
+        Some(json!({"name": "alpha", "template": "standin", "version": "1.0", "eula": true})),
+    );
+    assert_eq!(code, 202, "{body}");
+    let id = body["server"]["id"].as_i64().unwrap();
+    assert_eq!(body["job"]["kind"], "server.provision");
+    assert!(
+        body["server"].get("agent_token").is_none(),
+        "no secrets in API output"
+    );
+
+    let s = api.wait_status(id, "running");
+    let port = s["game_port"].as_i64().unwrap();
+    assert_eq!(
+        slp(port).unwrap()["description"]["text"],
+        "alpha",
+        "the game answers"
+    );
+    assert_eq!(s["ready"], true);
+    let vmid = s["vmid"].as_i64().unwrap();
+
+    // Exactly one of everything: one row, one provisioning job, one install at the agent.
+    let conn = support::open_db(&api.served.data_dir);
+    let jobs: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM jobs WHERE kind = 'server.provision'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(jobs, 1);
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM servers", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 1);
+    let agent_state: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            api.served
+                .data_dir
+                .join(format!("servers/{vmid}/agent/agent-state.json")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(agent_state["install_count"], 1);
+
+    let (_, events) = api.call("GET", &format!("/api/v1/servers/{id}/events"), None);
+    let path: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["to_status"].as_str())
+        .collect();
+    assert_eq!(path.first(), Some(&"pending"));
+    for want in ["provisioning", "installing", "starting", "running"] {
+        assert!(path.contains(&want), "{path:?}");
+    }
+
+    // Stop, start.
+    let (code, _) = api.call("POST", &format!("/api/v1/servers/{id}/stop"), None);
+    assert_eq!(code, 202);
+    api.wait_status(id, "stopped");
+    assert!(slp(port).is_none(), "the game is down");
+    let (code, _) = api.call("POST", &format!("/api/v1/servers/{id}/start"), None);
+    assert_eq!(code, 202);
+    api.wait_status(id, "running");
+
+    // Restart the control plane: the game keeps running throughout.
+    let starts_before = std::fs::read_to_string(api.served.data_dir.join(format!(
+        "servers/{vmid}/agent/server/world/standin-starts.log"
+    )))
+    .unwrap()
+    .lines()
+    .count();
+    assert!(api.served.signal_and_wait(libc::SIGTERM).success());
+    assert!(slp(port).is_some(), "the game outlives zlh serve");
+    let data = api.served.data_dir.clone();
+    api.served.keep_agents = true;
+    api.served = Served::start_with_env(
+        tmp.path(),
+        &data,
+        &[],
+        &[("ZLH_ARTIFACTS_UPSTREAM", "false")],
+    );
+    assert_eq!(api.server(id)["status"], "running");
+    assert!(slp(port).is_some());
+    let starts_after = std::fs::read_to_string(data.join(format!(
+        "servers/{vmid}/agent/server/world/standin-starts.log"
+    )))
+    .unwrap()
+    .lines()
+    .count();
+    assert_eq!(starts_before, starts_after, "the game was not restarted");
+
+    // Delete: directory and processes gone, name reusable.
+    let agent_pid: i32 = std::fs::read_to_string(data.join(format!("servers/{vmid}/agent.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (code, _) = api.call("DELETE", &format!("/api/v1/servers/{id}"), None);
+    assert_eq!(code, 202);
+    let gone = api.wait_status(id, "deleted");
+    assert!(gone["deleted_at"].is_i64());
+    assert!(
+        !data.join(format!("servers/{vmid}")).exists(),
+        "directory removed"
+    );
+    assert!(
+        unsafe { libc::kill(agent_pid, 0) } != 0,
+        "agent process gone"
+    );
+    assert!(slp(port).is_none(), "game gone");
+    let (code, body) = api.call(
+        "POST",
+        "/api/v1/servers",
+        Some(json!({"name": "alpha", "template": "standin", "version": "1.0", "eula": true})),
+    );
+    assert_eq!(code, 202, "the name is free again: {body}");
+    let id2 = body["server"]["id"].as_i64().unwrap();
+    assert_ne!(id2, id);
+    api.wait_status(id2, "running");
+    let (code, _) = api.call("DELETE", &format!("/api/v1/servers/{id2}"), None);
+    assert_eq!(code, 202);
+    api.wait_status(id2, "deleted");
+}
+
+#[test]
+fn every_api_route_needs_a_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let api = Api::start(tmp.path());
+    let (code, doc) = api.call("GET", "/api/v1/openapi.json", None);
+    assert_eq!(code, 200);
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 9);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut checked = 0;
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            let concrete = path.replace("{id}", "1").replace("{action}", "start");
+            for token in [None, Some("zlh_wrong"), Some("not-even-a-token")] {
+                let mut req = http.request(
+                    method.to_uppercase().parse().unwrap(),
+                    api.served.url(&concrete),
+                );
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
+                let resp = api.http.rt.block_on(req.json(&json!({})).send()).unwrap();
+                assert_eq!(
+                    resp.status().as_u16(),
+                    401,
+                    "{method} {concrete} with {token:?}"
+                );
+                let body: Value = api.http.rt.block_on(resp.json()).unwrap();
+                assert_eq!(body["error"]["code"], "unauthorized");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 36);
+    let conn = support::open_db(&api.served.data_dir);
+    let servers: i64 = conn
+        .query_row("SELECT count(*) FROM servers", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(servers, 0, "nothing was done without a token");
+}
+
+#[test]
+fn bad_input_is_refused_naming_the_field_and_nothing_is_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let api = Api::start(tmp.path());
+    let ok = json!({"name": "beta", "template": "standin", "version": "1.0", "eula": true});
+    let with = |k: &str, v: Value| {
+        let mut b = ok.clone();
+        b[k] = v;
+        b
+    };
+    let cases = [
+        (with("name", json!("Not_A_Label")), 400, "name"),
+        (with("name", json!("-x")), 400, "name"),
+        (with("template", json!("nope")), 400, "template"),
+        (with("version", json!("1.0; rm -rf /")), 400, "version"),
+        (with("memory_mb", json!("lots")), 400, "memory_mb"),
+        (with("memory_mb", json!(16)), 400, "memory_mb"),
+        (with("surprise", json!(1)), 400, "surprise"),
+        (
+            json!({"template": "standin", "version": "1.0", "eula": true}),
+            400,
+            "name",
+        ),
+        (with("eula", json!(false)), 400, "eula"),
+        (with("node", json!("nowhere")), 400, "node"),
+    ];
+    for (body, code, field) in cases {
+        let (got, err) = api.call("POST", "/api/v1/servers", Some(body.clone()));
+        assert_eq!(got, code, "{body}: {err}");
+        assert_eq!(err["error"]["field"], field, "{body}: {err}");
+    }
+    // Malformed JSON and an oversized body.
+    let http = &api.http;
+    let raw = |bytes: Vec<u8>| {
+        http.rt.block_on(async {
+            let resp = http
+                .inner
+                .post(api.served.url("/api/v1/servers"))
+                .bearer_auth(&api.token)
+                .header("content-type", "application/json")
+                .body(bytes)
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        })
+    };
+    let (code, err) = raw(b"this is not json".to_vec());
+    assert_eq!(code, 400);
+    assert_eq!(err["error"]["field"], "body");
+    let (code, err) = raw(b"{\"name\": ".to_vec());
+    assert_eq!(code, 400, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid JSON")
+    );
+    let (code, err) = raw(vec![b' '; 200 * 1024]);
+    assert_eq!(code, 413, "{err}");
+    // A bad Idempotency-Key.
+    let long = "k".repeat(300);
+    let (code, err) = api.call_with(
+        "POST",
+        "/api/v1/servers",
+        Some(ok.clone()),
+        &[("Idempotency-Key", long.as_str())],
+    );
+    assert_eq!(code, 400);
+    assert_eq!(err["error"]["field"], "Idempotency-Key");
+
+    let conn = support::open_db(&api.served.data_dir);
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM servers", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0, "nothing created");
+    let j: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM jobs WHERE kind LIKE 'server.%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(j, 0, "no job queued");
+    // A name that is taken is a conflict on that field.
+    let (code, _) = api.call("POST", "/api/v1/servers", Some(ok.clone()));
+    assert_eq!(code, 202);
+    let (code, err) = api.call("POST", "/api/v1/servers", Some(ok));
+    assert_eq!(code, 409);
+    assert_eq!(err["error"]["field"], "name");
+}
