@@ -27,9 +27,18 @@ struct Http {
 
 impl Api {
     fn start(tmp: &Path) -> Api {
-        let data = tmp.join("data");
-        let served =
-            Served::start_with_env(tmp, &data, &[], &[("ZLH_ARTIFACTS_UPSTREAM", "false")]);
+        let served = Served::start_with_env(
+            tmp,
+            &tmp.join("data"),
+            &[],
+            &[("ZLH_ARTIFACTS_UPSTREAM", "false")],
+        );
+        Api::start_on(tmp, served)
+    }
+
+    /// An admin token and the stand-in template on an already started server.
+    fn start_on(tmp: &Path, served: Served) -> Api {
+        let data = served.data_dir.clone();
         let run = |args: &[&str]| {
             let out = zlh(tmp)
                 .args(args)
@@ -422,4 +431,130 @@ fn bad_input_is_refused_naming_the_field_and_nothing_is_created() {
     let (code, err) = api.call("POST", "/api/v1/servers", Some(ok));
     assert_eq!(code, 409);
     assert_eq!(err["error"]["field"], "name");
+}
+
+#[test]
+fn concurrent_creates_with_one_key_make_one_server_and_distinct_keys_get_distinct_resources() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // No agent can start here: provisioning fails fast and spawns nothing; what is
+    // measured is creation (rows, jobs, VMIDs, ports), not provisioning.
+    let served = Served::start_with_env(
+        tmp.path(),
+        &data,
+        &[],
+        &[
+            ("ZLH_ARTIFACTS_UPSTREAM", "false"),
+            ("ZLH_AGENT_BINARY", "/nonexistent/zlh"),
+        ],
+    );
+    let mut api = Api::start_on(tmp.path(), served);
+    // Room for 101 servers on the local node (placement refuses what does not fit).
+    support::open_db(&data)
+        .execute(
+            "UPDATE nodes SET memory_mb = 1000000 WHERE name = 'local'",
+            [],
+        )
+        .unwrap();
+    let url = api.served.url("/api/v1/servers");
+    let token = api.token.clone();
+    let client = api.http.inner.clone();
+    let post = move |body: Value, key: String| {
+        let (client, url, token) = (client.clone(), url.clone(), token.clone());
+        async move {
+            let resp = client
+                .post(url)
+                .bearer_auth(token)
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let code = resp.status().as_u16();
+            (code, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let same = json!({"name": "same", "template": "standin", "version": "1.0", "eula": true});
+    let results: Vec<(u16, Value)> = api.http.rt.block_on(async {
+        let tasks: Vec<_> = (0..100)
+            .map(|_| tokio::spawn(post(same.clone(), "key-same".into())))
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    let ids: std::collections::BTreeSet<i64> = results
+        .iter()
+        .map(|(code, b)| {
+            assert_eq!(*code, 202, "{b}");
+            b["server"]["id"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "100 identical requests, one server");
+    let jobs: std::collections::BTreeSet<i64> = results
+        .iter()
+        .map(|(_, b)| b["job"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(jobs.len(), 1, "and one job");
+    let (code, err) = api.http.rt.block_on(post(
+        json!({"name": "other", "template": "standin", "version": "1.0", "eula": true}),
+        "key-same".into(),
+    ));
+    assert_eq!(code, 409, "{err}");
+
+    let results: Vec<(u16, Value)> = api.http.rt.block_on(async {
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                tokio::spawn(post(
+                    json!({"name": format!("srv-{i}"), "template": "standin", "version": "1.0", "eula": true}),
+                    format!("key-{i}"),
+                ))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    let mut vmids = std::collections::BTreeSet::new();
+    let mut ports = std::collections::BTreeSet::new();
+    for (code, b) in &results {
+        assert_eq!(*code, 202, "{b}");
+        assert!(
+            vmids.insert(b["server"]["vmid"].as_i64().unwrap()),
+            "VMID reused"
+        );
+        assert!(
+            ports.insert(b["server"]["game_port"].as_i64().unwrap()),
+            "port reused"
+        );
+    }
+    assert_eq!(vmids.len(), 100);
+    let conn = support::open_db(&data);
+    let (servers, agent_ports, allocations): (i64, i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM servers), (SELECT count(DISTINCT agent_port) FROM servers),
+                    (SELECT count(*) FROM port_allocations)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(servers, 101);
+    assert_eq!(agent_ports, 101);
+    assert_eq!(
+        allocations, 202,
+        "a game and an agent port each, none shared"
+    );
+    let provision_jobs: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM jobs WHERE kind = 'server.provision'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(provision_jobs, 101);
+    api.served.keep_agents = false;
 }

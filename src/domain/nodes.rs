@@ -100,6 +100,18 @@ pub fn create(conn: &Connection, n: &NewNode) -> Result<Node, DomainError> {
     if !(1024..=65535).contains(&port_min) || port_max < port_min || port_max > 65535 {
         return Err(invalid("port_min", "a range within 1024..65535"));
     }
+    if n.kind == "local" {
+        let existing: Option<String> = conn
+            .query_row("SELECT name FROM nodes WHERE kind = 'local'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(name) = existing {
+            return Err(DomainError::Conflict(format!(
+                "this host already has its local node '{name}'"
+            )));
+        }
+    }
     if n.kind == "proxmox" {
         crate::runtime::proxmox_settings_check(&n.settings)
             .map_err(|(field, msg)| invalid(&format!("settings.{field}"), msg))?;
