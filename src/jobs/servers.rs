@@ -532,17 +532,32 @@ async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
         ("game_port", game_port.as_str()),
     ];
     let ensure = |path: String| async move {
-        w.note(format!("fetching {path} into the artifact mirror"))
-            .await;
-        let info = w
+        // A fill from upstream can take minutes: its progress goes to the status line.
+        let (tx, mut rx) = tokio::sync::watch::channel((0u64, None::<u64>));
+        let fill = w
             .svc
             .mirror
-            .ensure_with_progress(&path, |done, total| {
-                // Progress lands in the log; the status line says what is fetched.
-                tracing::debug!(done, ?total, "artifact download");
-            })
-            .await
-            .map_err(|e| StepError::Fatal(e.to_string()))?;
+            .ensure_with_progress(&path, move |done, total| {
+                let _ = tx.send((done, total));
+            });
+        let report = async {
+            w.note(format!("fetching {path} into the artifact mirror"))
+                .await;
+            let mut last_decile = None;
+            while rx.changed().await.is_ok() {
+                let (done, total) = *rx.borrow_and_update();
+                let Some(pct) = total.filter(|t| *t > 0).map(|t| done * 100 / t) else {
+                    continue;
+                };
+                if last_decile != Some(pct / 10) {
+                    last_decile = Some(pct / 10);
+                    w.note(format!("fetching {path} into the artifact mirror ({pct}%)"))
+                        .await;
+                }
+            }
+        };
+        let (info, ()) = tokio::join!(fill, report);
+        let info = info.map_err(|e| StepError::Fatal(e.to_string()))?;
         Ok::<_, StepError>((path, info.sha256))
     };
     let (artifact_path, artifact_sha256) = match &spec.artifact_path {
