@@ -352,11 +352,7 @@ async fn config(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> R
         s.error = None;
     });
     if shared.ops.send(Op::Configure(Box::new(payload))).is_err() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "agent is shutting down",
-        );
+        return shutting_down();
     }
     (
         StatusCode::ACCEPTED,
@@ -377,6 +373,14 @@ async fn write_private(path: &Path, bytes: &[u8]) -> Result<(), install::Install
         let _ = tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).await;
     }
     Ok(())
+}
+
+fn shutting_down() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "agent is shutting down",
+    )
 }
 
 async fn ask<T>(shared: &Shared, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Option<T> {
@@ -401,22 +405,14 @@ async fn start(State(shared): State<Arc<Shared>>) -> Response {
     match ask(&shared, Op::Start).await {
         Some(Ok(())) => accepted(&shared),
         Some(Err(e)) => error(StatusCode::CONFLICT, "conflict", e),
-        None => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "agent is shutting down",
-        ),
+        None => shutting_down(),
     }
 }
 
 async fn stop(State(shared): State<Arc<Shared>>) -> Response {
     match ask(&shared, Op::Stop).await {
         Some(()) => StatusCode::NO_CONTENT.into_response(),
-        None => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "agent is shutting down",
-        ),
+        None => shutting_down(),
     }
 }
 
@@ -424,11 +420,7 @@ async fn restart(State(shared): State<Arc<Shared>>) -> Response {
     match ask(&shared, Op::Restart).await {
         Some(Ok(())) => accepted(&shared),
         Some(Err(e)) => error(StatusCode::CONFLICT, "conflict", e),
-        None => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "agent is shutting down",
-        ),
+        None => shutting_down(),
     }
 }
 
@@ -453,11 +445,7 @@ async fn console_command(State(shared): State<Arc<Shared>>, body: axum::body::By
     match ask(&shared, |tx| Op::Command(cmd.command, tx)).await {
         Some(Ok(())) => StatusCode::NO_CONTENT.into_response(),
         Some(Err(e)) => error(StatusCode::CONFLICT, "conflict", e),
-        None => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "agent is shutting down",
-        ),
+        None => shutting_down(),
     }
 }
 
