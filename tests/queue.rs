@@ -441,12 +441,13 @@ async fn worker_that_lost_its_lease_cannot_commit() {
     assert_eq!(running.state, JobState::Running);
 
     // The lease runs out (as if the worker had hung): a rescuer hands the job back
-    // and another worker claims it.
+    // and another pool of this boot claims it (a pool of an earlier boot would itself
+    // be rescued by the heartbeat: only one executor may serve a database).
     let future = now_ms() + 3_600_000;
     db.write(move |tx| {
         store::rescue(tx, "1:", future)?;
         store::promote_due(tx, future)?;
-        store::claim(tx, "2:other", 1, future, 60_000)
+        store::claim(tx, "1:other", 1, future, 60_000)
     })
     .await
     .unwrap();
@@ -491,7 +492,7 @@ async fn worker_that_lost_its_lease_cannot_commit() {
     .await;
     let after = job(&db, id).await;
     assert_eq!(after.state, JobState::Running);
-    assert_eq!(after.lock_by.as_deref(), Some("2:other"));
+    assert_eq!(after.lock_by.as_deref(), Some("1:other"));
     assert_eq!(after.attempt, 2);
 
     // And at the store level: completion, checkpoint and fence check all refuse the old fence.
