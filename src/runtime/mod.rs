@@ -6,6 +6,8 @@
 //! them again after a crash: creating a container that already exists for this
 //! server adopts it, destroying one that is already gone succeeds.
 
+pub mod proxmox;
+
 use std::future::Future;
 use std::time::Duration;
 
