@@ -200,8 +200,6 @@ fn classify(message: &str) -> Option<(Cause, Option<String>)> {
         "used in HA resources",
         "container is running",
         "not implemented",
-        "no such node",
-        "storage '",
     ];
     if REFUSALS.iter().any(|r| m.contains(r)) {
         return Some((Cause::Refused, None));
