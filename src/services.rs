@@ -1,13 +1,15 @@
 //! What job handlers need from the application: the database, the configuration,
 //! the artifact mirror and the runtimes of the nodes.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use crate::artifacts::Mirror;
 use crate::config::Config;
 use crate::db::Db;
 use crate::domain::nodes::Node;
 use crate::runtime::local::LocalRuntime;
+use crate::runtime::proxmox::{ProxmoxConfig, ProxmoxRuntime};
 use crate::runtime::{NodeRuntime, RuntimeError};
 
 #[derive(Clone)]
@@ -16,6 +18,8 @@ pub struct Services {
     pub config: Arc<Config>,
     pub mirror: Mirror,
     local: LocalRuntime,
+    /// One client per Proxmox node (keyed by node id and its settings).
+    proxmox: Arc<Mutex<HashMap<(i64, String), ProxmoxRuntime>>>,
 }
 
 impl Services {
@@ -33,6 +37,7 @@ impl Services {
             config,
             mirror,
             local,
+            proxmox: Arc::default(),
         }
     }
 
@@ -40,6 +45,22 @@ impl Services {
     pub fn runtime(&self, node: &Node) -> Result<NodeRuntime, RuntimeError> {
         match node.kind.as_str() {
             "local" => Ok(NodeRuntime::Local(self.local.clone())),
+            "proxmox" => {
+                let key = (node.id, node.settings.to_string());
+                if let Some(rt) = self.proxmox.lock().ok().and_then(|m| m.get(&key).cloned()) {
+                    return Ok(NodeRuntime::Proxmox(rt));
+                }
+                let cfg: ProxmoxConfig =
+                    serde_json::from_value(node.settings.clone()).map_err(|e| {
+                        RuntimeError::Fatal(format!("node '{}' settings: {e}", node.name))
+                    })?;
+                let rt = ProxmoxRuntime::new(cfg)
+                    .map_err(|e| RuntimeError::Fatal(format!("node '{}': {e}", node.name)))?;
+                if let Ok(mut m) = self.proxmox.lock() {
+                    m.insert(key, rt.clone());
+                }
+                Ok(NodeRuntime::Proxmox(rt))
+            }
             other => Err(RuntimeError::Fatal(format!(
                 "node '{}' is of kind '{other}', which this build cannot drive yet",
                 node.name

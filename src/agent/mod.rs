@@ -118,6 +118,9 @@ pub struct Readiness {
     #[serde(rename = "type", alias = "kind")]
     pub kind: ReadinessKind,
     pub port: u16,
+    /// Address to probe (default 127.0.0.1: the game listens inside the container).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<std::net::IpAddr>,
 }
 
 impl ConfigPayload {
@@ -130,6 +133,7 @@ impl ConfigPayload {
                 ReadinessKind::Tcp
             },
             port: self.ports.first().copied().unwrap_or(25565),
+            host: None,
         })
     }
 

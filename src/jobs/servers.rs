@@ -526,10 +526,12 @@ async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
     let s = &w.server;
     let version = s.version.as_str();
     let game_port = s.game_port.to_string();
+    let ip = s.ip.clone().unwrap_or_else(|| "127.0.0.1".into());
     let vars = [
         ("version", version),
         ("name", s.name.as_str()),
         ("game_port", game_port.as_str()),
+        ("ip", ip.as_str()),
     ];
     let ensure = |path: String| async move {
         // A fill from upstream can take minutes: its progress goes to the status line.
@@ -589,6 +591,7 @@ async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
         ("version", version),
         ("name", s.name.as_str()),
         ("game_port", game_port.as_str()),
+        ("ip", ip.as_str()),
         ("forwarding_secret", secret.as_str()),
     ];
     let files = spec
@@ -639,6 +642,12 @@ async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
         readiness: Some(Readiness {
             kind: spec.readiness,
             port: s.game_port as u16,
+            // A container's game listens on its own address; the local node's on loopback.
+            host: s
+                .ip
+                .as_deref()
+                .and_then(|ip| ip.parse().ok())
+                .filter(|_| w.node.kind != "local"),
         }),
         services,
         env: spec.env.clone(),

@@ -7,6 +7,7 @@
 //! server adopts it, destroying one that is already gone succeeds.
 
 pub mod local;
+pub mod proxmox;
 
 use std::future::Future;
 use std::time::Duration;
@@ -143,35 +144,30 @@ pub trait Runtime: Send + Sync + 'static {
     fn list(&self) -> impl Future<Output = Result<Vec<ContainerInfo>, RuntimeError>> + Send;
 }
 
-/// Checks the settings of a Proxmox node: required keys present, the API by IP.
-/// Returns (field, message) for the first problem.
+/// Checks the settings of a Proxmox node; returns (field, message) for the first problem.
 pub fn proxmox_settings_check(settings: &serde_json::Value) -> Result<(), (String, String)> {
-    for key in [
-        "api_url",
-        "token_id",
-        "token_secret",
-        "node",
-        "template_vmid",
-    ] {
-        if settings.get(key).is_none_or(|v| v.is_null()) {
-            return Err((key.into(), "is required for a proxmox node".into()));
-        }
-    }
-    let url = settings["api_url"].as_str().unwrap_or_default();
-    let allow = settings["allow_hostnames"].as_bool().unwrap_or(false);
-    crate::config::check_ip_url(url, allow).map_err(|m| ("api_url".to_string(), m))
+    let cfg: proxmox::ProxmoxConfig = serde_json::from_value(settings.clone()).map_err(|e| {
+        let msg = e.to_string();
+        let field = msg.split('`').nth(1).unwrap_or("settings").to_string();
+        (field, msg)
+    })?;
+    cfg.validate()
+        .map(|_| ())
+        .map_err(|e| (e.field.to_string(), e.message.clone()))
 }
 
 /// The runtime of one node, whichever kind it is.
 #[derive(Debug, Clone)]
 pub enum NodeRuntime {
     Local(local::LocalRuntime),
+    Proxmox(proxmox::ProxmoxRuntime),
 }
 
 macro_rules! delegate {
     ($self:ident, $rt:ident => $call:expr) => {
         match $self {
             NodeRuntime::Local($rt) => $call,
+            NodeRuntime::Proxmox($rt) => $call,
         }
     };
 }

@@ -48,6 +48,7 @@ where
 }
 
 pub mod fileserver;
+pub mod pve_sim;
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {

@@ -453,7 +453,12 @@ impl Manager {
         tokio::spawn(probe_readiness(
             self.shared.clone(),
             run_id,
-            SocketAddr::from(([127, 0, 0, 1], readiness.port)),
+            SocketAddr::new(
+                readiness
+                    .host
+                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+                readiness.port,
+            ),
             readiness.kind,
             probe.clone(),
         ));
