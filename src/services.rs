@@ -12,14 +12,17 @@ use crate::runtime::local::LocalRuntime;
 use crate::runtime::proxmox::{ProxmoxConfig, ProxmoxRuntime};
 use crate::runtime::{NodeRuntime, RuntimeError};
 
+/// One client per Proxmox node, keyed by node id and its settings (edited settings
+/// get a new client).
+type ProxmoxClients = HashMap<(i64, String), Box<ProxmoxRuntime>>;
+
 #[derive(Clone)]
 pub struct Services {
     pub db: Db,
     pub config: Arc<Config>,
     pub mirror: Mirror,
     local: LocalRuntime,
-    /// One client per Proxmox node (keyed by node id and its settings).
-    proxmox: Arc<Mutex<HashMap<(i64, String), ProxmoxRuntime>>>,
+    proxmox: Arc<Mutex<ProxmoxClients>>,
 }
 
 impl Services {
@@ -54,8 +57,10 @@ impl Services {
                     serde_json::from_value(node.settings.clone()).map_err(|e| {
                         RuntimeError::Fatal(format!("node '{}' settings: {e}", node.name))
                     })?;
-                let rt = ProxmoxRuntime::new(cfg)
-                    .map_err(|e| RuntimeError::Fatal(format!("node '{}': {e}", node.name)))?;
+                let rt = Box::new(
+                    ProxmoxRuntime::new(cfg)
+                        .map_err(|e| RuntimeError::Fatal(format!("node '{}': {e}", node.name)))?,
+                );
                 if let Ok(mut m) = self.proxmox.lock() {
                     m.insert(key, rt.clone());
                 }

@@ -399,6 +399,8 @@ async fn provision(w: &mut Work) -> JobResult {
         w.event(format!("sent install {} to the agent", payload.install_id))
             .await;
     }
+    // The config carried this server's own token: from now on the agent wants it.
+    let agent = w.agent(&url, &w.server.agent_token);
     // 7. Ready: the agent's probe answered.
     if let Err(e) = w
         .status(

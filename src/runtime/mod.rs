@@ -160,7 +160,7 @@ pub fn proxmox_settings_check(settings: &serde_json::Value) -> Result<(), (Strin
 #[derive(Debug, Clone)]
 pub enum NodeRuntime {
     Local(local::LocalRuntime),
-    Proxmox(proxmox::ProxmoxRuntime),
+    Proxmox(Box<proxmox::ProxmoxRuntime>),
 }
 
 macro_rules! delegate {

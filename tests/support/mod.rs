@@ -47,6 +47,7 @@ where
     }
 }
 
+pub mod api;
 pub mod fileserver;
 pub mod pve_sim;
 

@@ -313,6 +313,28 @@ async fn config(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> R
     if let Err(e) = install::validate(&payload) {
         return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
     }
+    // Applied on a task of its own: a client that hangs up half-way (a control plane
+    // killed mid-request) must not leave a payload persisted but never acted on.
+    match tokio::spawn(apply_config(shared, payload)).await {
+        Ok(resp) => resp,
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+async fn apply_config(shared: Arc<Shared>, payload: ConfigPayload) -> Response {
+    let dir = shared.opts.dir.clone();
+    // The server's own token first: once it is in place, every retry of the control
+    // plane uses it, whatever else happened to this request.
+    if let Some(new_token) = payload.agent_token.clone().filter(|t| !t.is_empty())
+        && !shared.token_matches(&new_token)
+    {
+        if let Err(e) = write_private(&dir.join(TOKEN_FILE), new_token.as_bytes()).await {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
+        }
+        if let Ok(mut t) = shared.token.write() {
+            *t = Some(new_token);
+        }
+    }
     // The same install again is not a reinstall: answer with where it is.
     if let Some(s) = shared.snapshot()
         && s.install_id.as_deref() == Some(payload.install_id.as_str())
@@ -329,21 +351,12 @@ async fn config(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> R
     }
     // Persist before answering: a 202 means the agent will carry it out, even
     // across its own restart.
-    let dir = shared.opts.dir.clone();
     let text = match serde_json::to_vec_pretty(&payload) {
         Ok(t) => t,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     };
     if let Err(e) = write_private(&dir.join(PAYLOAD_FILE), &text).await {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
-    }
-    if let Some(new_token) = payload.agent_token.clone().filter(|t| !t.is_empty()) {
-        if let Err(e) = write_private(&dir.join(TOKEN_FILE), new_token.as_bytes()).await {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
-        }
-        if let Ok(mut t) = shared.token.write() {
-            *t = Some(new_token);
-        }
     }
     shared.update(|s| {
         s.state = AgentState::Installing;
