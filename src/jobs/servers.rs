@@ -236,7 +236,8 @@ where
     Fut: std::future::Future<Output = Result<Option<T>, StepError>>,
 {
     let end = tokio::time::Instant::now() + deadline;
-    let mut pause = Duration::from_millis(100);
+    // Start fast (most waits end within moments), back off to 1 s.
+    let mut pause = Duration::from_millis(10);
     loop {
         if let Some(v) = f().await? {
             return Ok(v);
@@ -251,7 +252,7 @@ where
             _ = ctx.cancel.cancelled() => return Err(StepError::Fatal("cancelled".into())),
             _ = tokio::time::sleep(pause) => {}
         }
-        pause = (pause * 2).min(Duration::from_secs(2));
+        pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
 

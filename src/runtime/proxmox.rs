@@ -712,7 +712,8 @@ impl Runtime for ProxmoxRuntime {
     ) -> Result<String, RuntimeError> {
         let vmid = spec.vmid;
         let started = Instant::now();
-        let mut pause = RETRY_FIRST;
+        // Short first pauses: with DHCP the address usually appears within moments.
+        let mut pause = Duration::from_millis(10);
         // The agent at that address is about to be handed a token: first make sure the
         // container is this server's (once), then wait for eth0's address.
         let mut owned = false;

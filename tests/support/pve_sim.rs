@@ -63,6 +63,10 @@ pub struct SimOptions {
     pub pve9_message: bool,
     /// Run a real `zlh agent` in each started container.
     pub run_agents: bool,
+    /// The agents' readiness probe interval (`--probe-interval`).
+    pub agent_probe_interval: String,
+    /// The agents' `ZLH_LOG`.
+    pub agent_log: String,
 }
 
 impl Default for SimOptions {
@@ -79,6 +83,8 @@ impl Default for SimOptions {
             reason_phrase: true,
             pve9_message: false,
             run_agents: true,
+            agent_probe_interval: "100ms".into(),
+            agent_log: "info,zlh=debug".into(),
         }
     }
 }
@@ -1678,7 +1684,7 @@ fn spawn_agent(shared: &Shared, vmid: i64, ip: Ipv4Addr) -> std::io::Result<Chil
             cmd.env_remove(k);
         }
     }
-    cmd.env("ZLH_LOG", "info,zlh=debug")
+    cmd.env("ZLH_LOG", &shared.opts.agent_log)
         .env("ZLH_AGENT_TOKEN", &shared.opts.bootstrap_token)
         .args([
             "agent",
@@ -1693,7 +1699,7 @@ fn spawn_agent(shared: &Shared, vmid: i64, ip: Ipv4Addr) -> std::io::Result<Chil
             "--term-timeout",
             "2s",
             "--probe-interval",
-            "100ms",
+            &shared.opts.agent_probe_interval,
             "--dir",
         ])
         .arg(&dir)

@@ -660,6 +660,9 @@ async fn probe_readiness(
 ) {
     let interval = shared.opts.probe_interval;
     let timeout = Duration::from_secs(3).max(interval);
+    // Probe often while the game starts (readiness is what provisioning waits for),
+    // then settle at the configured interval.
+    let mut pause = Duration::from_millis(20).min(interval);
     loop {
         let result = match kind {
             ReadinessKind::MinecraftPing => slp::status(addr, timeout).await.map(|_| ()),
@@ -688,7 +691,8 @@ async fn probe_readiness(
         });
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
+        pause = (pause * 2).min(interval);
     }
 }

@@ -32,7 +32,7 @@ use super::{ProxmoxConfig, ProxmoxConfigError};
 /// Lines of the task log kept in a task failure.
 const LOG_TAIL_LINES: u64 = 12;
 /// First pause between task-status polls; doubles up to the client's `poll_max`.
-const FIRST_POLL: Duration = Duration::from_millis(100);
+const FIRST_POLL: Duration = Duration::from_millis(10);
 
 /// What went wrong talking to the Proxmox API. Every variant names what was being done
 /// (`what`) and carries PVE's own message.
