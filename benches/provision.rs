@@ -107,6 +107,32 @@ fn wait_all_running(api: &Api, ids: &[i64]) -> std::collections::HashMap<i64, In
     done
 }
 
+/// (utime + stime) in seconds and the parent pid of a process, from /proc.
+fn proc_cpu(pid: u32) -> Option<(f64, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ppid: u32 = f.get(1)?.parse().ok()?;
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some((ticks / 100.0, ppid))
+}
+
+/// CPU seconds used so far by `zlh serve`, the agents, and the agents' games.
+fn cpu_split(serve: u32, agents: &[u32]) -> (f64, f64, f64) {
+    let serve_cpu = proc_cpu(serve).map(|c| c.0).unwrap_or(0.0);
+    let agents_cpu: f64 = agents.iter().filter_map(|p| proc_cpu(*p)).map(|c| c.0).sum();
+    let games_cpu: f64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(proc_cpu)
+        .filter(|(_, ppid)| agents.contains(ppid))
+        .map(|c| c.0)
+        .sum();
+    (serve_cpu, agents_cpu, games_cpu)
+}
+
 fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let sim = PveSim::with(SimOptions {
@@ -180,6 +206,8 @@ fn main() {
     let done = wait_all_running(&api, &ids);
     let total = t0.elapsed();
     let mut many: Vec<f64> = starts.iter().map(|(id, t)| ms(done[id] - *t)).collect();
+    let agent_pids: Vec<u32> = (5000..5200).filter_map(|v| sim.agent_pid(v)).collect();
+    let (serve_cpu, agents_cpu, games_cpu) = cpu_split(api.served.pid(), &agent_pids);
     many.sort_by(f64::total_cmp);
 
     // GET /api/v1/servers with 10,000 servers (rows written directly: no jobs).
@@ -241,6 +269,10 @@ fn main() {
         pct(&many, 0.5),
         pct(&many, 0.99),
         total.as_secs_f64()
+    );
+    println!(
+        "  CPU used by then: zlh serve {serve_cpu:.1} s, {} agents {agents_cpu:.1} s, their games {games_cpu:.1} s (2 cores)",
+        agent_pids.len()
     );
     println!("  one server's timeline:");
     for line in &timeline {
