@@ -31,14 +31,22 @@ fn ms(d: Duration) -> f64 {
 
 /// The stand-in game alone: process start until its status ping answers.
 fn game_start_ms(runs: usize) -> Vec<f64> {
-    let standin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/standin_game.py");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let standin =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/standin_game.py");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut out = Vec::new();
     for _ in 0..runs {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         std::fs::write(dir.path().join("eula.txt"), "eula=true\n").unwrap();
-        std::fs::write(dir.path().join("server.properties"), format!("server-port={port}\n")).unwrap();
+        std::fs::write(
+            dir.path().join("server.properties"),
+            format!("server-port={port}\n"),
+        )
+        .unwrap();
         let t = Instant::now();
         let mut child = std::process::Command::new("python3")
             .arg(&standin)
@@ -83,17 +91,23 @@ fn create(api: &Api, name: &str) -> (i64, Instant) {
 /// server), so the poller does not eat the CPU it measures.
 fn wait_all_running(api: &Api, ids: &[i64]) -> std::collections::HashMap<i64, Instant> {
     let conn = support::open_db(&api.served.data_dir);
-    let mut stmt = conn.prepare("SELECT status, status_reason FROM servers WHERE id = ?1").unwrap();
+    let mut stmt = conn
+        .prepare("SELECT status, status_reason FROM servers WHERE id = ?1")
+        .unwrap();
     let mut done = std::collections::HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(300);
     while done.len() < ids.len() {
-        assert!(Instant::now() < deadline, "servers did not all become running");
+        assert!(
+            Instant::now() < deadline,
+            "servers did not all become running"
+        );
         for id in ids {
             if done.contains_key(id) {
                 continue;
             }
-            let (status, reason): (String, Option<String>) =
-                stmt.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+            let (status, reason): (String, Option<String>) = stmt
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap();
             match status.as_str() {
                 "running" => {
                     done.insert(*id, Instant::now());
@@ -120,7 +134,11 @@ fn proc_cpu(pid: u32) -> Option<(f64, u32)> {
 /// CPU seconds used so far by `zlh serve`, the agents, and the agents' games.
 fn cpu_split(serve: u32, agents: &[u32]) -> (f64, f64, f64) {
     let serve_cpu = proc_cpu(serve).map(|c| c.0).unwrap_or(0.0);
-    let agents_cpu: f64 = agents.iter().filter_map(|p| proc_cpu(*p)).map(|c| c.0).sum();
+    let agents_cpu: f64 = agents
+        .iter()
+        .filter_map(|p| proc_cpu(*p))
+        .map(|c| c.0)
+        .sum();
     let games_cpu: f64 = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -182,13 +200,21 @@ fn main() {
     single.sort_by(f64::total_cmp);
     // Where one server's time went: its timeline (ms since the first event).
     let (_, last) = api.call("GET", "/api/v1/servers?limit=1000", None);
-    let last_id = last["servers"].as_array().unwrap().last().unwrap()["id"].as_i64().unwrap();
+    let last_id = last["servers"].as_array().unwrap().last().unwrap()["id"]
+        .as_i64()
+        .unwrap();
     let (_, events) = api.call("GET", &format!("/api/v1/servers/{last_id}/events"), None);
     let evs = events["events"].as_array().unwrap();
     let t0 = evs[0]["at"].as_i64().unwrap();
     let timeline: Vec<String> = evs
         .iter()
-        .map(|e| format!("+{}ms {}", e["at"].as_i64().unwrap() - t0, e["message"].as_str().unwrap_or("")))
+        .map(|e| {
+            format!(
+                "+{}ms {}",
+                e["at"].as_i64().unwrap() - t0,
+                e["message"].as_str().unwrap_or("")
+            )
+        })
         .collect();
 
     // 100 at once.
@@ -222,7 +248,11 @@ fn main() {
     )
     .unwrap();
     let count: i64 = conn
-        .query_row("SELECT count(*) FROM servers WHERE deleted_at IS NULL", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM servers WHERE deleted_at IS NULL",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     let rate = |path: &str| -> (f64, f64) {
         let client = api.http.inner.clone();
@@ -257,7 +287,10 @@ fn main() {
     let (rps1000, lat1000) = rate("/api/v1/servers?limit=1000&after=5000");
 
     println!("provisioning against the Proxmox simulator (zero artificial latency)");
-    println!("  game alone (stand-in start → status ping): p50 {:.0} ms", game_p50);
+    println!(
+        "  game alone (stand-in start → status ping): p50 {:.0} ms",
+        game_p50
+    );
     println!(
         "  1 server, POST → running (10 runs):   p50 {:.0} ms  p99 {:.0} ms   overhead p50 ≈ {:.0} ms",
         pct(&single, 0.5),

@@ -136,6 +136,8 @@ fn local_runtime_end_to_end_create_stop_start_survive_a_restart_delete() {
     assert_eq!(code, 202, "the name is free again: {body}");
     let id2 = body["server"]["id"].as_i64().unwrap();
     assert_ne!(id2, id);
+    assert_eq!(body["server"]["vmid"], vmid, "the VMID was freed");
+    assert_eq!(body["server"]["game_port"], port, "and the ports");
     api.wait_status(id2, "running");
     let (code, _) = api.call("DELETE", &format!("/api/v1/servers/{id2}"), None);
     assert_eq!(code, 202);
@@ -399,4 +401,113 @@ fn concurrent_creates_with_one_key_make_one_server_and_distinct_keys_get_distinc
         .unwrap();
     assert_eq!(provision_jobs, 101);
     api.served.keep_agents = false;
+}
+
+#[test]
+fn other_users_servers_are_not_found_and_placement_prefers_free_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let served = Served::start_with_env(
+        tmp.path(),
+        &data,
+        &[],
+        &[
+            ("ZLH_ARTIFACTS_UPSTREAM", "false"),
+            ("ZLH_AGENT_BINARY", "/nonexistent/zlh"),
+        ],
+    );
+    let api = Api::start_on(tmp.path(), served);
+    // A second node with more free memory than the local one: new servers go there.
+    let (code, body) = api.call(
+        "POST",
+        "/api/v1/nodes",
+        Some(json!({
+            "name": "roomy", "kind": "proxmox", "memory_mb": 10_000_000,
+            "settings": {
+                "api_url": "http://127.0.0.1:9", "token_id": "zlh@pve!ctl",
+                "token_secret": "s", "node": "pve1", "template_vmid": 900,
+                "bootstrap_token": "b"
+            }
+        })),
+    );
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = api.call(
+        "POST",
+        "/api/v1/servers",
+        Some(json!({"name": "placed", "template": "standin", "version": "1.0", "eula": true})),
+    );
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(
+        body["server"]["node"], "roomy",
+        "the node with the most free memory"
+    );
+    let (code, body) = api.call(
+        "POST",
+        "/api/v1/servers",
+        Some(json!({"name": "pinned", "template": "standin", "version": "1.0", "eula": true, "node": "local"})),
+    );
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["server"]["node"], "local", "a named node wins");
+    let id = body["server"]["id"].as_i64().unwrap();
+    // A hostname as a node's API URL is refused, naming the setting.
+    let (code, body) = api.call(
+        "POST",
+        "/api/v1/nodes",
+        Some(json!({
+            "name": "byname", "kind": "proxmox", "memory_mb": 1000,
+            "settings": {
+                "api_url": "https://pve.example.com:8006", "token_id": "zlh@pve!ctl",
+                "token_secret": "s", "node": "pve1", "template_vmid": 900, "bootstrap_token": "b"
+            }
+        })),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["error"]["field"], "settings.api_url");
+
+    // Another (non-admin) user sees none of it.
+    let out = support::zlh(tmp.path())
+        .args(["user", "add", "bob", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = support::zlh(tmp.path())
+        .args(["token", "create", "--user", "bob", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let bob = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let as_bob = |method: &str, path: &str| -> (u16, Value) {
+        api.http.rt.block_on(async {
+            let r = api
+                .http
+                .inner
+                .request(method.parse().unwrap(), api.served.url(path))
+                .bearer_auth(&bob)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json().await.unwrap())
+        })
+    };
+    assert_eq!(as_bob("GET", &format!("/api/v1/servers/{id}")).0, 404);
+    assert_eq!(
+        as_bob("GET", &format!("/api/v1/servers/{id}/events")).0,
+        404
+    );
+    assert_eq!(as_bob("POST", &format!("/api/v1/servers/{id}/stop")).0, 404);
+    assert_eq!(as_bob("DELETE", &format!("/api/v1/servers/{id}")).0, 404);
+    let (code, list) = as_bob("GET", "/api/v1/servers");
+    assert_eq!(code, 200);
+    assert_eq!(list["servers"], json!([]));
+    assert_eq!(
+        as_bob("GET", "/api/v1/jobs").0,
+        403,
+        "the queue is for admins"
+    );
+    assert_eq!(
+        api.server(id)["desired_state"],
+        "running",
+        "bob changed nothing"
+    );
 }
