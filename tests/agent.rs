@@ -653,3 +653,52 @@ async fn a_real_minecraft_server_flying_squid_is_seeded_run_and_probed() {
     );
     assert!(agent.console_log().contains("exit code Some(0)"));
 }
+
+/// A gzipped tarball holding `jdk-21.0.5+11-jre/bin/java`: a script standing in for
+/// Java that runs the "server jar" (the stand-in) the way `java -jar` would.
+fn fake_jre_tarball(dir: &Path) -> Vec<u8> {
+    let root = dir.join("jre-src");
+    let bin = root.join("jdk-21.0.5+11-jre/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let java = bin.join("java");
+    // The default start command is `{java} -Xms…M -Xmx…M -jar {jar} nogui`.
+    std::fs::write(
+        &java,
+        "#!/bin/sh\n[ \"$3\" = -jar ] || exit 64\nexec python3 \"$4\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&java, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = dir.join("jre.tar.gz");
+    let status = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&out)
+        .arg("-C")
+        .arg(&root)
+        .arg("jdk-21.0.5+11-jre")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::read(out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipped_java_runtime_is_verified_unpacked_and_used_by_the_default_start_command() {
+    let agent = Agent::start();
+    agent.wait_up().await;
+    let tarball = fake_jre_tarball(agent._tmp.path());
+    let sha = agent.files.put("java/21/OpenJDK21.tar.gz", tarball);
+    let mut p = agent.payload("install-1");
+    p.as_object_mut().unwrap().remove("start_command");
+    p["java_path"] = json!("java/21/OpenJDK21.tar.gz");
+    p["java_sha256"] = json!(sha);
+    agent.configure(&p).await;
+    agent
+        .wait_status("running with the shipped Java", is_running_ready)
+        .await;
+    let log = agent.console_log();
+    assert!(
+        log.contains("/runtime/java-") && log.contains("/bin/java -Xms1024M -Xmx1024M -jar"),
+        "started through the unpacked runtime: {log}"
+    );
+    assert_eq!(agent.files.downloads("java/21/OpenJDK21.tar.gz"), 1);
+}
