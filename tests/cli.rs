@@ -384,7 +384,7 @@ fn jobs_commands_retry_and_cancel() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("schema version 3"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("schema version 4"));
     let conn = open_db(&data);
     let now = zlh::db::now_ms();
     let a = zlh::queue::enqueue(

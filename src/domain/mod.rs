@@ -1,5 +1,6 @@
 //! The domain: users and tokens, nodes, templates, servers (DESIGN §5).
 
+pub mod edge;
 pub mod nodes;
 pub mod servers;
 pub mod templates;
