@@ -7,7 +7,6 @@
 //! so the control plane's overhead can be read off.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::time::{Duration, Instant};
