@@ -48,8 +48,12 @@ where
 }
 
 pub mod api;
+pub mod cloudflare_sim;
 pub mod fileserver;
 pub mod pve_sim;
+pub mod sim_http;
+pub mod technitium_sim;
+pub mod velocity_sim;
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
