@@ -124,6 +124,7 @@ impl Prepared {
         for h in crate::jobs::builtin_handlers(&config)
             .into_iter()
             .chain(crate::jobs::servers::handlers(services.clone()))
+            .chain([crate::jobs::reconcile::handler(services.clone())])
             .chain(options.handlers)
         {
             registry.register_arc(h);
@@ -135,15 +136,27 @@ impl Prepared {
             .collect();
 
         let (host, host_id) = (self.host.clone(), self.host_id.clone());
+        let local_ports = (config.local_port_min, config.local_port_max);
         let (boot, rescued, held) = self
             .db
             .write(move |tx| {
                 let boot = instance::register(tx, &host, &host_id).map_err(DbError::from)?;
                 // The embedded defaults: a local node and the built-in templates.
-                crate::domain::nodes::ensure_local(tx).map_err(QueueError::from)?;
+                crate::domain::nodes::ensure_local(tx, local_ports).map_err(QueueError::from)?;
                 crate::domain::templates::ensure_builtins(tx).map_err(QueueError::from)?;
                 // Everything still `running` belongs to a process that is gone.
                 let rescued = store::rescue(tx, &format!("{}:", boot.boot_epoch), now_ms())?;
+                // Compare the database with the world once at every start.
+                store::enqueue(
+                    tx,
+                    &crate::queue::NewJob::new(
+                        crate::jobs::reconcile::RECONCILE,
+                        serde_json::json!({}),
+                    )
+                    .unique_key(format!("reconcile:boot:{}", boot.boot_epoch))
+                    .max_attempts(3),
+                    now_ms(),
+                )?;
                 let mut held = 0;
                 if let Some(prev) = &boot.previous_host_id {
                     let reason = format!(
@@ -168,6 +181,9 @@ impl Prepared {
             );
         }
 
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         let stop = CancellationToken::new();
         let worker = Worker::new(
             self.db.clone(),
@@ -179,6 +195,11 @@ impl Prepared {
         let worker_task = tokio::spawn(worker.run(stop.child_token()));
         let crons: Vec<CronSpec> = crate::jobs::builtin_crons()
             .into_iter()
+            .chain([CronSpec::new(
+                crate::jobs::reconcile::RECONCILE,
+                std::time::Duration::from_secs(config.reconcile_secs),
+                crate::jobs::reconcile::RECONCILE,
+            )])
             .chain(options.crons)
             .collect();
         let scheduler = Scheduler::new(self.db.clone(), crons, Some(handle.clone()));

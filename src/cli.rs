@@ -384,6 +384,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             command: ConfigCommand::Check(args),
         } => {
             let config = load_config(&cli, Some(args))?;
+            for w in config.warnings() {
+                eprintln!("warning: {w}");
+            }
             println!("# configuration is valid; effective settings:");
             print!("{}", config.to_toml());
             Ok(ExitCode::SUCCESS)

@@ -22,13 +22,35 @@ const OTHER_ENV: &[&str] = &[
     "ZLH_AGENT_TOKEN_FILE",
 ];
 
-/// Settings that may be absent (and so do not show up in the serialized defaults).
-const OPTIONAL_KEYS: &[&str] = &[
-    "host_id",
-    "advertise_url",
-    "agent_binary",
-    "forwarding_secret",
+/// Settings that may be absent (and so do not show up in the serialized defaults),
+/// with the type a value from the environment must have.
+const OPTIONAL_KEYS: &[(&str, Kind)] = &[
+    ("host_id", Kind::Str),
+    ("advertise_url", Kind::Str),
+    ("agent_binary", Kind::Str),
+    ("forwarding_secret", Kind::Str),
+    ("edge.allow_hostnames", Kind::Bool),
+    ("edge.velocity.url", Kind::Str),
+    ("edge.velocity.secret", Kind::Str),
+    ("edge.velocity.edge_ip", Kind::Str),
+    ("edge.velocity.srv_target", Kind::Str),
+    ("edge.velocity.srv_port", Kind::Int),
+    ("edge.dns.provider", Kind::Str),
+    ("edge.dns.url", Kind::Str),
+    ("edge.dns.token", Kind::Str),
+    ("edge.dns.zone", Kind::Str),
+    ("edge.dns.zone_id", Kind::Str),
+    ("edge.dns.ttl", Kind::Int),
+    ("edge.traefik.token", Kind::Str),
+    ("edge.traefik.edge_ip", Kind::Str),
 ];
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Str,
+    Int,
+    Bool,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -55,6 +77,13 @@ pub struct Config {
     pub agent_binary: Option<PathBuf>,
     pub queue: QueueConfig,
     pub artifacts: ArtifactsConfig,
+    /// Publishing to players: Velocity bridge, DNS, Traefik (nothing when unset).
+    pub edge: crate::edge::config::EdgeConfig,
+    /// How often the reconciler compares the database with the world, in seconds.
+    pub reconcile_secs: u64,
+    /// Port pool of the local node (game and agent ports), set when it is first created.
+    pub local_port_min: u16,
+    pub local_port_max: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +154,10 @@ impl Default for Config {
             agent_binary: None,
             queue: QueueConfig::default(),
             artifacts: ArtifactsConfig::default(),
+            edge: Default::default(),
+            reconcile_secs: 60,
+            local_port_min: 30000,
+            local_port_max: 30999,
         }
     }
 }
@@ -204,7 +237,9 @@ pub fn settings() -> Vec<(String, String)> {
     if let Ok(toml::Value::Table(t)) = toml::Value::try_from(Config::default()) {
         collect_keys("", &t, &mut keys);
     }
-    keys.extend(OPTIONAL_KEYS.iter().map(|k| k.to_string()));
+    keys.extend(OPTIONAL_KEYS.iter().map(|(k, _)| k.to_string()));
+    keys.sort();
+    keys.dedup();
     keys.sort();
     keys.into_iter()
         .map(|k| {
@@ -248,18 +283,27 @@ fn typed_value(key: &str, raw: &str, origin: &str) -> Result<toml::Value, Config
         origin: origin.to_string(),
         message,
     };
-    match default_at(key) {
-        Some(toml::Value::Integer(_)) => raw
+    let optional = OPTIONAL_KEYS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, kind)| *kind);
+    let kind = match (default_at(key), optional) {
+        (Some(toml::Value::Integer(_)), _) | (None, Some(Kind::Int)) => Kind::Int,
+        (Some(toml::Value::Boolean(_)), _) | (None, Some(Kind::Bool)) => Kind::Bool,
+        _ => Kind::Str,
+    };
+    match kind {
+        Kind::Int => raw
             .trim()
             .parse::<i64>()
             .map(toml::Value::Integer)
             .map_err(|_| invalid(format!("'{raw}' is not a whole number"))),
-        Some(toml::Value::Boolean(_)) => match raw.trim() {
+        Kind::Bool => match raw.trim() {
             "true" | "1" | "yes" => Ok(toml::Value::Boolean(true)),
             "false" | "0" | "no" => Ok(toml::Value::Boolean(false)),
             _ => Err(invalid(format!("'{raw}' is not true or false"))),
         },
-        _ => Ok(toml::Value::String(raw.to_string())),
+        Kind::Str => Ok(toml::Value::String(raw.to_string())),
     }
 }
 
@@ -422,8 +466,23 @@ impl Config {
                 "must be 1 to 200 characters",
             )?;
         }
+        self.edge.validate().map_err(|e| ConfigError::Invalid {
+            origin: origin_of(&e.key),
+            key: e.key,
+            message: e.message,
+        })?;
+        check(
+            self.local_port_min >= 1024 && self.local_port_min <= self.local_port_max,
+            "local_port_min",
+            "must be at least 1024 and not above local_port_max",
+        )?;
+        check(
+            (1..=86_400).contains(&self.reconcile_secs),
+            "reconcile_secs",
+            "must be between 1 and 86400",
+        )?;
         if let Some(u) = &self.advertise_url {
-            check_ip_url(u, false).map_err(|message| ConfigError::Invalid {
+            check_ip_url(u, self.edge.allow_hostnames).map_err(|message| ConfigError::Invalid {
                 key: "advertise_url".into(),
                 origin: origin_of("advertise_url"),
                 message,
@@ -517,9 +576,18 @@ impl Config {
         }
     }
 
-    /// The effective configuration as TOML (for `zlh config check`).
+    /// The effective configuration as TOML (for `zlh config check`), secrets blanked.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_default()
+        let mut shown = self.clone();
+        if shown.forwarding_secret.is_some() {
+            shown.forwarding_secret = Some("<redacted>".into());
+        }
+        toml::to_string_pretty(&shown).unwrap_or_default()
+    }
+
+    /// Warnings to log at every start (e.g. hostnames allowed for internal endpoints).
+    pub fn warnings(&self) -> Vec<String> {
+        self.edge.validate().unwrap_or_default()
     }
 }
 

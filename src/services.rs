@@ -8,6 +8,9 @@ use crate::artifacts::Mirror;
 use crate::config::Config;
 use crate::db::Db;
 use crate::domain::nodes::Node;
+use crate::edge::dns::DnsClient;
+use crate::edge::velocity::VelocityClient;
+use crate::jobs::reconcile::ReconcileStats;
 use crate::runtime::local::LocalRuntime;
 use crate::runtime::proxmox::{ProxmoxConfig, ProxmoxRuntime};
 use crate::runtime::{NodeRuntime, RuntimeError};
@@ -21,6 +24,11 @@ pub struct Services {
     pub db: Db,
     pub config: Arc<Config>,
     pub mirror: Mirror,
+    /// The Velocity bridge, when configured.
+    pub velocity: Option<VelocityClient>,
+    /// The DNS API, when configured.
+    pub dns: Option<DnsClient>,
+    pub reconcile: Arc<ReconcileStats>,
     local: LocalRuntime,
     proxmox: Arc<Mutex<ProxmoxClients>>,
 }
@@ -35,10 +43,19 @@ impl Services {
         let data_dir =
             std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
         let local = LocalRuntime::new(data_dir.join("servers"), agent_binary, vec![]);
+        let velocity = config
+            .edge
+            .velocity
+            .as_ref()
+            .map(|v| VelocityClient::new(v.url.clone(), &v.secret));
+        let dns = config.edge.dns.as_ref().map(DnsClient::from_config);
         Services {
             db,
             config,
             mirror,
+            velocity,
+            dns,
+            reconcile: Arc::default(),
             local,
             proxmox: Arc::default(),
         }

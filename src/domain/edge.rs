@@ -115,7 +115,11 @@ pub fn for_server(conn: &Connection, server_id: i64) -> Result<Vec<EdgeRecord>, 
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn mark_published(conn: &Connection, id: i64, identity: Option<&Value>) -> Result<(), DomainError> {
+pub fn mark_published(
+    conn: &Connection,
+    id: i64,
+    identity: Option<&Value>,
+) -> Result<(), DomainError> {
     let now = now_ms();
     conn.execute(
         "UPDATE edge_records SET state = 'published', identity = coalesce(?2, identity),
@@ -128,7 +132,12 @@ pub fn mark_published(conn: &Connection, id: i64, identity: Option<&Value>) -> R
 }
 
 /// A failed publish: kept with its error, tried again at `retry_at`.
-pub fn mark_failed(conn: &Connection, id: i64, error: &str, retry_at: i64) -> Result<(), DomainError> {
+pub fn mark_failed(
+    conn: &Connection,
+    id: i64,
+    error: &str,
+    retry_at: i64,
+) -> Result<(), DomainError> {
     conn.execute(
         "UPDATE edge_records SET state = 'failed', last_error = ?2, attempts = attempts + 1,
            next_attempt_at = ?3, updated_at = ?4

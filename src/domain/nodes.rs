@@ -173,7 +173,7 @@ pub fn list(conn: &Connection) -> Result<Vec<Node>, DomainError> {
 }
 
 /// Makes sure the embedded default exists: one `local` node offering this host's memory.
-pub fn ensure_local(conn: &Connection) -> Result<(), DomainError> {
+pub fn ensure_local(conn: &Connection, ports: (u16, u16)) -> Result<(), DomainError> {
     let any: Option<i64> = conn
         .query_row("SELECT id FROM nodes LIMIT 1", [], |r| r.get(0))
         .optional()?;
@@ -190,8 +190,8 @@ pub fn ensure_local(conn: &Connection) -> Result<(), DomainError> {
             memory_mb,
             vmid_min: None,
             vmid_max: None,
-            port_min: None,
-            port_max: None,
+            port_min: Some(ports.0 as i64),
+            port_max: Some(ports.1 as i64),
         },
     )?;
     Ok(())

@@ -2,6 +2,7 @@
 
 pub mod api;
 mod ops;
+mod traefik;
 
 use axum::Router;
 use axum::extract::Request;
@@ -15,6 +16,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::router())
         .merge(crate::artifacts::router())
         .merge(api::router(state.clone()))
+        .merge(traefik::router())
         .with_state(state)
         .layer(middleware::from_fn(log_request))
 }

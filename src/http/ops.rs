@@ -98,6 +98,26 @@ async fn metrics(State(st): State<AppState>) -> Result<impl IntoResponse, AppErr
         "# HELP zlh_jobs_rescued_total Running jobs handed back after their worker died or lost its lease.\n# TYPE zlh_jobs_rescued_total counter\nzlh_jobs_rescued_total {}",
         stats.rescued_total
     );
+    let r = &st.services.reconcile;
+    let _ = writeln!(
+        out,
+        "# HELP zlh_reconcile_total What the reconciler did since start, by action.\n# TYPE zlh_reconcile_total counter"
+    );
+    for (what, n) in [
+        ("runs", &r.runs),
+        ("agents_polled", &r.agents_polled),
+        ("agents_unreachable", &r.agents_unreachable),
+        ("crashed_detected", &r.crashed_detected),
+        ("stuck_failed", &r.stuck_failed),
+        ("edge_republished", &r.edge_republished),
+        ("edge_failures", &r.edge_failures),
+    ] {
+        let _ = writeln!(
+            out,
+            "zlh_reconcile_total{{action=\"{what}\"}} {}",
+            n.load(Ordering::Relaxed)
+        );
+    }
     if let Some(w) = st.queue.worker() {
         let s = w.stats();
         let _ = writeln!(

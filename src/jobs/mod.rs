@@ -1,5 +1,7 @@
 //! Built-in job kinds and periodic jobs of the control plane itself.
 
+pub mod edge;
+pub mod reconcile;
 pub mod servers;
 
 use std::sync::Arc;

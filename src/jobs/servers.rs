@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::agent::client::{AgentClient, AgentClientError};
 use crate::agent::{AgentState, ConfigPayload, Readiness, SeedArtifact, SeedFile};
+use crate::domain::edge::VELOCITY;
 use crate::domain::servers::{self, Server, ServerStatus};
 use crate::domain::templates::{self, JavaRule, Template};
 use crate::domain::{DomainError, nodes::Node};
@@ -415,9 +416,13 @@ async fn provision(w: &mut Work) -> JobResult {
     if let Err(e) = wait_ready(w, &agent, READY_DEADLINE).await {
         return w.finish("ready", e).await;
     }
-    // 8. Publish (edge records come with the edge), then running.
+    // 8. Publish — only now that the game answers (invariant 5) — then running. An
+    // edge failure is recorded on its record; it does not fail the game.
     if let Err(e) = w.checkpoint("ready", json!(true)).await {
         return w.finish("ready", e).await;
+    }
+    if let Err(e) = publish(w).await {
+        return w.finish("publish", e).await;
     }
     if let Err(e) = w
         .status(
@@ -611,7 +616,8 @@ async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
         .map(|(k, v)| (k.clone(), templates::fill(v, &vars)))
         .collect();
     let advertised = w.svc.config.advertised();
-    let services = [
+    // The IP-based service environment, from the same validated configuration.
+    let mut services: std::collections::BTreeMap<String, String> = [
         (
             "ARTIFACT_SERVER".to_string(),
             format!("{advertised}/artifacts"),
@@ -620,6 +626,9 @@ async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
     ]
     .into_iter()
     .collect();
+    if let Some(v) = &w.svc.config.edge.velocity {
+        services.insert("ZLH_VELOCITY_URL".into(), v.url.clone());
+    }
     Ok(ConfigPayload {
         vmid: Some(s.vmid),
         container_type: "game".into(),
@@ -703,6 +712,19 @@ async fn wait_ready(w: &Work, agent: &AgentClient, deadline: Duration) -> Result
     .await
 }
 
+/// Publishes the server to players (records every failure on its edge record).
+async fn publish(w: &Work) -> Result<(), StepError> {
+    let id = w.server.id;
+    let server = w
+        .svc
+        .db
+        .call(move |c| servers::get(c, id))
+        .await?
+        .ok_or_else(|| StepError::Fatal(format!("server {id} vanished")))?;
+    crate::jobs::edge::publish_server(&w.svc, &server, &w.template).await?;
+    Ok(())
+}
+
 /// Stores what the agent said on the server row (the UI and doctor read it there).
 async fn record_agent(w: &Work, st: &crate::agent::AgentStatus) {
     let (sid, state, ready, crashes) = (
@@ -763,6 +785,9 @@ async fn start(w: &mut Work, restart: bool) -> JobResult {
     if let Err(e) = wait_ready(w, &agent, START_DEADLINE).await {
         return w.finish(step, e).await;
     }
+    if let Err(e) = publish(w).await {
+        return w.finish(step, e).await;
+    }
     match w
         .status(
             ServerStatus::Running,
@@ -785,6 +810,17 @@ async fn stop(w: &mut Work) -> JobResult {
         .await
     {
         return w.finish("stop", e).await;
+    }
+    // Players must not be sent to a server that is going away.
+    if let Err(e) =
+        crate::jobs::edge::unpublish_server(&w.svc, w.server.id, Some(&[VELOCITY])).await
+    {
+        return w
+            .finish(
+                "stop",
+                StepError::Transient(format!("unregistering from Velocity: {e}")),
+            )
+            .await;
     }
     if let Some(url) = w.agent_url() {
         let agent = match reach_agent(w, &url).await {
@@ -821,6 +857,12 @@ async fn delete(w: &mut Work) -> JobResult {
         .await
     {
         return w.finish("delete", e).await;
+    }
+    // Unpublish everything first, with the names and ids it was published under.
+    if let Err(e) = crate::jobs::edge::unpublish_server(&w.svc, w.server.id, None).await {
+        return w
+            .finish("delete", StepError::Transient(format!("unpublishing: {e}")))
+            .await;
     }
     // A clean game stop first, so the world is saved; an unreachable agent does not
     // block the delete.

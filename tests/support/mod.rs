@@ -103,10 +103,20 @@ impl Served {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = cwd.join(format!("serve-{port}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
+        // A random 400-port window in 20000..60000 (kept across restarts of the same dir).
+        let window_file = data_dir.with_extension("ports");
+        let window: u32 = std::fs::read_to_string(&window_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| 20_000 + fastrand::u32(0..100) * 400);
+        let _ = std::fs::write(&window_file, window.to_string());
         let child = zlh(cwd)
             .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            // Tests run side by side: each local node gets a port window of its own.
+            .env("ZLH_LOCAL_PORT_MIN", window.to_string())
+            .env("ZLH_LOCAL_PORT_MAX", (window + 399).to_string())
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file)

@@ -287,6 +287,18 @@ impl TechnitiumSim {
         });
     }
 
+    /// Removes records by name and type behind the control plane's back (an operator
+    /// cleaning up by hand): the next delete must count "already gone" as success.
+    pub fn remove(&self, zone: &str, name: &str, kind: &str) -> usize {
+        let mut st = lock(&self.shared.st);
+        let Some(records) = st.zones.get_mut(&norm(zone)) else {
+            return 0;
+        };
+        let before = records.len();
+        records.retain(|r| !(r.name == norm(name) && r.kind == kind));
+        before - records.len()
+    }
+
     pub fn set_down(&self, down: bool) {
         lock(&self.shared.st).down = down;
     }

@@ -149,7 +149,11 @@ async fn show(
         .db
         .call(move |c| {
             let s = servers::get_visible(c, &user, id)?;
-            Ok::<_, DomainError>(render(c, &[s])?.remove(0))
+            let mut v = render(c, &[s])?.remove(0);
+            // What is published for players, with any edge problem in plain sight.
+            v["edge"] = serde_json::to_value(crate::domain::edge::for_server(c, id)?)
+                .unwrap_or(Value::Null);
+            Ok::<_, DomainError>(v)
         })
         .await?;
     Ok(Json(body))

@@ -1,0 +1,364 @@
+//! Publishing through the real binary: Velocity registration only after readiness,
+//! re-registration after a proxy restart, DNS that recovers by itself, exact deletes,
+//! Traefik's document, and control-plane endpoints by IP.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::api::Api;
+use support::technitium_sim::TechnitiumSim;
+use support::velocity_sim::VelocitySim;
+use support::{Served, wait_for, zlh};
+
+const SECRET: &str = "bridge-shared-secret";
+const DNS_TOKEN: &str = "technitium-token-0123456789";
+const ZONE: &str = "games.example.com";
+
+struct Edge {
+    api: Api,
+    velocity: VelocitySim,
+    dns: TechnitiumSim,
+}
+
+fn start(tmp: &std::path::Path, load_ms: u64) -> Edge {
+    let velocity = VelocitySim::start(SECRET);
+    let dns = TechnitiumSim::start(DNS_TOKEN, ZONE);
+    let vurl = velocity.url();
+    let durl = dns.url();
+    let env: Vec<(&str, &str)> = vec![
+        ("ZLH_ARTIFACTS_UPSTREAM", "false"),
+        ("ZLH_RECONCILE_SECS", "1"),
+        ("ZLH_EDGE_VELOCITY_URL", &vurl),
+        ("ZLH_EDGE_VELOCITY_SECRET", SECRET),
+        ("ZLH_EDGE_VELOCITY_EDGE_IP", "203.0.113.7"),
+        ("ZLH_EDGE_VELOCITY_SRV_TARGET", "play.example.com"),
+        ("ZLH_EDGE_DNS_PROVIDER", "technitium"),
+        ("ZLH_EDGE_DNS_URL", &durl),
+        ("ZLH_EDGE_DNS_TOKEN", DNS_TOKEN),
+        ("ZLH_EDGE_DNS_ZONE", ZONE),
+        ("ZLH_EDGE_TRAEFIK_TOKEN", "traefik-poll-token-0123456789"),
+        ("ZLH_EDGE_TRAEFIK_EDGE_IP", "203.0.113.8"),
+    ];
+    let served = Served::start_with_env(tmp, &tmp.join("data"), &[], &env);
+    let api = Api::start_on(tmp, served);
+    let mut t = support::api::standin_template();
+    t["slug"] = json!("standin-mc");
+    t["spec"]["edge"] = json!("velocity");
+    t["spec"]["env"]["STANDIN_LOAD_MS"] = json!(load_ms.to_string());
+    assert_eq!(api.call("POST", "/api/v1/templates", Some(t)).0, 201);
+    let mut t = support::api::standin_template();
+    t["slug"] = json!("standin-tcp");
+    t["spec"]["edge"] = json!("traefik_tcp");
+    assert_eq!(api.call("POST", "/api/v1/templates", Some(t)).0, 201);
+    Edge { api, velocity, dns }
+}
+
+fn create(api: &Api, name: &str, template: &str) -> (i64, Instant) {
+    let t = Instant::now();
+    let (code, body) = api.call(
+        "POST",
+        "/api/v1/servers",
+        Some(json!({"name": name, "template": template, "version": "1.0", "eula": true})),
+    );
+    assert_eq!(code, 202, "{body}");
+    (body["server"]["id"].as_i64().unwrap(), t)
+}
+
+fn edge_of(api: &Api, id: i64) -> Vec<Value> {
+    api.server(id)["edge"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn states(api: &Api, id: i64) -> Vec<(String, String)> {
+    edge_of(api, id)
+        .iter()
+        .map(|r| {
+            (
+                r["target"].as_str().unwrap().to_string(),
+                r["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn velocity_registration_comes_only_after_the_game_answers_its_ping() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = start(tmp.path(), 1500);
+    let (id, created) = create(&e.api, "slowpoke", "standin-mc");
+    // Watch the game from outside: when did it first answer a status ping?
+    let port = e.api.server(id)["game_port"].as_i64().unwrap();
+    let first_answer: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (first_answer, stop) = (first_answer.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if support::api::slp(port).is_some() {
+                    first_answer.lock().unwrap().get_or_insert(Instant::now());
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    e.api.wait_status(id, "running");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+    let answered = first_answer.lock().unwrap().expect("the game answered");
+    let calls = e.velocity.calls("slowpoke");
+    let registered = calls
+        .iter()
+        .find(|(op, _)| *op == "register")
+        .map(|(_, t)| *t)
+        .expect("registered with Velocity");
+    assert!(
+        registered >= created + Duration::from_millis(1500),
+        "registered {:?} after the create, before the world could have loaded",
+        registered - created
+    );
+    // Our watcher polls every 5 ms; the agent saw the answer no earlier than the game gave it.
+    assert!(
+        registered + Duration::from_millis(100) >= answered,
+        "registered {:?} before the game first answered",
+        answered - registered
+    );
+    let regs = e.velocity.registrations();
+    assert_eq!(regs.len(), 1);
+    assert_eq!(regs[0].address, "127.0.0.1");
+    assert_eq!(regs[0].port as i64, port);
+    // DNS: the A record to the edge IP and the Minecraft SRV record.
+    let records = e.dns.records(ZONE);
+    assert!(
+        records
+            .iter()
+            .any(|r| r.kind == "A" && r.name == format!("slowpoke.{ZONE}")),
+        "{records:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r.kind == "SRV" && r.name == format!("_minecraft._tcp.slowpoke.{ZONE}"))
+    );
+    assert!(states(&e.api, id).iter().all(|(_, s)| s == "published"));
+}
+
+#[test]
+fn after_a_proxy_restart_the_reconciler_registers_every_running_server_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = start(tmp.path(), 100);
+    let (a, _) = create(&e.api, "one", "standin-mc");
+    let (b, _) = create(&e.api, "two", "standin-mc");
+    e.api.wait_status(a, "running");
+    e.api.wait_status(b, "running");
+    wait_for("both registered", Duration::from_secs(20), || {
+        (e.velocity.registrations().len() == 2).then_some(())
+    });
+    e.velocity.restart();
+    assert!(e.velocity.registrations().is_empty());
+    let forgot = Instant::now();
+    wait_for("re-registration", Duration::from_secs(20), || {
+        (e.velocity.registrations().len() == 2).then_some(())
+    });
+    assert!(
+        forgot.elapsed() < Duration::from_secs(10),
+        "within a reconcile cycle or two"
+    );
+    let (_, events) = e
+        .api
+        .call("GET", &format!("/api/v1/servers/{a}/events"), None);
+    assert!(events.to_string().contains("registered again"), "{events}");
+    let (_, metrics) = support::http_get(&e.api.served.url("/metrics")).unwrap();
+    assert!(
+        metrics.contains("zlh_reconcile_total{action=\"edge_republished\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn dns_down_during_provisioning_leaves_the_game_running_and_recovers_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = start(tmp.path(), 100);
+    e.dns.set_down(true);
+    let (id, _) = create(&e.api, "dnsless", "standin-mc");
+    e.api.wait_status(id, "running");
+    let failed = wait_for(
+        "the DNS records to be failed",
+        Duration::from_secs(20),
+        || {
+            let recs = edge_of(&e.api, id);
+            let dns: Vec<Value> = recs
+                .into_iter()
+                .filter(|r| r["target"].as_str().unwrap().starts_with("dns"))
+                .collect();
+            (dns.len() == 2 && dns.iter().all(|r| r["state"] == "failed")).then_some(dns)
+        },
+    );
+    assert!(
+        failed[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("Technitium"),
+        "{failed:?}"
+    );
+    assert_eq!(
+        e.api.server(id)["status"],
+        "running",
+        "an edge failure never fails the game"
+    );
+    assert_eq!(
+        e.velocity.registrations().len(),
+        1,
+        "Velocity is independent of DNS"
+    );
+    e.dns.set_down(false);
+    wait_for(
+        "the DNS records to be published",
+        Duration::from_secs(30),
+        || {
+            states(&e.api, id)
+                .iter()
+                .all(|(_, s)| s == "published")
+                .then_some(())
+        },
+    );
+    assert_eq!(e.dns.records(ZONE).len(), 2);
+}
+
+#[test]
+fn delete_removes_exactly_what_was_published_and_gone_counts_as_success() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = start(tmp.path(), 100);
+    // Someone else's record in the same zone must survive.
+    e.dns.insert(
+        ZONE,
+        &format!("other.{ZONE}"),
+        "A",
+        json!({"ipAddress": "198.51.100.1"}),
+    );
+    let (id, _) = create(&e.api, "doomed", "standin-mc");
+    e.api.wait_status(id, "running");
+    wait_for("published", Duration::from_secs(20), || {
+        (states(&e.api, id).len() == 3 && states(&e.api, id).iter().all(|(_, s)| s == "published"))
+            .then_some(())
+    });
+    // The SRV record is removed by hand before the delete: already gone.
+    assert_eq!(
+        e.dns
+            .remove(ZONE, &format!("_minecraft._tcp.doomed.{ZONE}"), "SRV"),
+        1
+    );
+    let (code, _) = e.api.call("DELETE", &format!("/api/v1/servers/{id}"), None);
+    assert_eq!(code, 202);
+    e.api.wait_status(id, "deleted");
+    let left = e.dns.records(ZONE);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].name, format!("other.{ZONE}"));
+    assert!(e.velocity.registrations().is_empty());
+    let unregisters: Vec<_> = e
+        .velocity
+        .calls("doomed")
+        .into_iter()
+        .filter(|(op, _)| *op == "unregister")
+        .collect();
+    assert_eq!(
+        unregisters.len(),
+        1,
+        "unregistered under the name it was registered with"
+    );
+    assert!(edge_of(&e.api, id).is_empty(), "no live records left");
+}
+
+#[test]
+fn traefik_reads_its_routes_from_zlh_with_a_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = start(tmp.path(), 100);
+    let (id, _) = create(&e.api, "tcpgame", "standin-tcp");
+    e.api.wait_status(id, "running");
+    let port = e.api.server(id)["game_port"].as_i64().unwrap();
+    let client = e.api.http.inner.clone();
+    let url = e.api.served.url("/traefik/config");
+    let get = |token: Option<&str>| {
+        e.api.http.rt.block_on(async {
+            let mut req = client.get(&url);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let r = req.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        })
+    };
+    assert_eq!(get(None).0, 401);
+    assert_eq!(get(Some("wrong")).0, 401);
+    let (code, doc) = get(Some("traefik-poll-token-0123456789"));
+    assert_eq!(code, 200);
+    assert_eq!(doc["tcp"]["routers"]["zlh-tcpgame"]["rule"], "HostSNI(`*`)");
+    assert_eq!(
+        doc["tcp"]["routers"]["zlh-tcpgame"]["entryPoints"],
+        json!(["zlh-tcpgame"])
+    );
+    assert_eq!(
+        doc["tcp"]["services"]["zlh-tcpgame"]["loadBalancer"]["servers"][0]["address"],
+        format!("127.0.0.1:{port}")
+    );
+    assert!(e.velocity.registrations().is_empty(), "not a Velocity game");
+}
+
+#[test]
+fn a_hostname_for_an_internal_endpoint_is_refused_unless_explicitly_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = [
+        ("ZLH_EDGE_VELOCITY_URL", "http://velocity.lan:8081"),
+        ("ZLH_EDGE_VELOCITY_SECRET", SECRET),
+        ("ZLH_EDGE_VELOCITY_EDGE_IP", "203.0.113.7"),
+        ("ZLH_EDGE_VELOCITY_SRV_TARGET", "play.example.com"),
+    ];
+    let out = zlh(tmp.path())
+        .args(["config", "check"])
+        .envs(base)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("edge.velocity.url"), "{err}");
+    let out = zlh(tmp.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .envs(base)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "serve refuses it too");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("edge.velocity.url"));
+    assert!(!tmp.path().join("zlh-data").exists(), "nothing written");
+    let out = zlh(tmp.path())
+        .args(["config", "check"])
+        .envs(base)
+        .env("ZLH_EDGE_ALLOW_HOSTNAMES", "true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let warn = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warn.contains("warning") && warn.contains("edge.velocity.url"),
+        "{warn}"
+    );
+    // The advertised URL agents get is held to the same rule.
+    let out = zlh(tmp.path())
+        .args(["config", "check"])
+        .env("ZLH_ADVERTISE_URL", "http://zlh.lan:8080")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("advertise_url"));
+}
