@@ -220,8 +220,9 @@ fn bad_input_is_refused_naming_the_field_and_nothing_is_created() {
     let http = &api.http;
     let raw = |bytes: Vec<u8>| {
         http.rt.block_on(async {
-            let resp = http
-                .inner
+            // A client of its own: the server may close the connection after refusing
+            // an oversized body, which must not break the next request on a pooled one.
+            let resp = reqwest::Client::new()
                 .post(api.served.url("/api/v1/servers"))
                 .bearer_auth(&api.token)
                 .header("content-type", "application/json")
