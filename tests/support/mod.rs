@@ -108,7 +108,12 @@ impl Served {
         let window: u32 = std::fs::read_to_string(&window_file)
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .unwrap_or_else(|| 20_000 + fastrand::u32(0..100) * 400);
+            .unwrap_or_else(|| {
+                // Distinct within this test process (tests run side by side in threads).
+                static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                20_000 + ((std::process::id() * 7 + n) % 100) * 400
+            });
         let _ = std::fs::write(&window_file, window.to_string());
         let child = zlh(cwd)
             .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
