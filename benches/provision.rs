@@ -151,6 +151,10 @@ fn cpu_split(serve: u32, agents: &[u32]) -> (f64, f64, f64) {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this too, as a
+    // quick smoke run of the same code with small numbers.
+    let full = std::env::args().any(|a| a == "--bench");
+    let (singles, concurrent, list_rows) = if full { (10, 100, 10_000) } else { (2, 5, 500) };
     let tmp = tempfile::tempdir().unwrap();
     let sim = PveSim::with(SimOptions {
         task_delay: Duration::ZERO,
@@ -186,12 +190,12 @@ fn main() {
     );
     assert_eq!(code, 201, "{body}");
 
-    let game = game_start_ms(30);
+    let game = game_start_ms(if full { 30 } else { 3 });
     let game_p50 = pct(&game, 0.5);
 
     // One server at a time.
     let mut single = Vec::new();
-    for i in 0..10 {
+    for i in 0..singles {
         let (id, t) = create(&api, &format!("one-{i}"));
         let done = wait_all_running(&api, &[id]);
         single.push(ms(done[&id] - t));
@@ -219,7 +223,7 @@ fn main() {
     // 100 at once.
     let t0 = Instant::now();
     let starts: Vec<(i64, Instant)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..100)
+        let handles: Vec<_> = (0..concurrent)
             .map(|i| {
                 let api = &api;
                 s.spawn(move || create(api, &format!("many-{i}")))
@@ -237,13 +241,14 @@ fn main() {
 
     // GET /api/v1/servers with 10,000 servers (rows written directly: no jobs).
     let conn = support::open_db(&api.served.data_dir);
-    conn.execute_batch(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000 - (SELECT count(*) FROM servers))
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1 - (SELECT count(*) FROM servers))
          INSERT INTO servers (name, owner_id, template_id, version, node_id, vmid, game_port, agent_port,
            memory_mb, cores, eula_accepted, agent_token, install_id, status, created_at, updated_at)
          SELECT 'bulk-' || i, 1, (SELECT id FROM templates WHERE slug = 'standin-zero'), '1.0',
            (SELECT id FROM nodes WHERE name = 'pve'), 100000 + i, 25565, 18888, 512, 1, 1,
-           'x', 'y', 'running', 0, 0 FROM n;",
+           'x', 'y', 'running', 0, 0 FROM n",
+        [list_rows],
     )
     .unwrap();
     let count: i64 = conn
@@ -258,7 +263,7 @@ fn main() {
         let url = api.served.url(path);
         let token = api.token.clone();
         api.http.rt.block_on(async move {
-            let deadline = Instant::now() + Duration::from_secs(5);
+            let deadline = Instant::now() + Duration::from_secs(if full { 5 } else { 1 });
             let mut tasks = Vec::new();
             for _ in 0..8 {
                 let (client, url, token) = (client.clone(), url.clone(), token.clone());
@@ -279,7 +284,10 @@ fn main() {
                 all.extend(t.await.unwrap());
             }
             all.sort_by(f64::total_cmp);
-            (all.len() as f64 / 5.0, pct(&all, 0.5))
+            (
+                all.len() as f64 / if full { 5.0 } else { 1.0 },
+                pct(&all, 0.5),
+            )
         })
     };
     let (rps100, lat100) = rate("/api/v1/servers?limit=100");
@@ -297,7 +305,7 @@ fn main() {
         pct(&single, 0.5) - game_p50
     );
     println!(
-        "  100 concurrent, POST → running:       p50 {:.0} ms  p99 {:.0} ms   all running in {:.2} s",
+        "  {concurrent} concurrent, POST → running:       p50 {:.0} ms  p99 {:.0} ms   all running in {:.2} s",
         pct(&many, 0.5),
         pct(&many, 0.99),
         total.as_secs_f64()
@@ -310,7 +318,10 @@ fn main() {
     for line in &timeline {
         println!("    {line}");
     }
-    println!("GET /api/v1/servers with {count} servers, 8 concurrent clients, 5 s each");
+    println!(
+        "GET /api/v1/servers with {count} servers, 8 concurrent clients, {} s each",
+        if full { 5 } else { 1 }
+    );
     println!("  limit=100:  {rps100:.0} req/s (p50 {lat100:.1} ms)");
     println!("  limit=1000: {rps1000:.0} req/s (p50 {lat1000:.1} ms)");
     let report: Value = json!({
@@ -322,6 +333,8 @@ fn main() {
         "list_servers": count,
         "list_limit100_rps": rps100, "list_limit1000_rps": rps1000,
     });
-    let _ = std::fs::create_dir_all("target");
-    let _ = std::fs::write("target/bench-provision.json", report.to_string());
+    if full {
+        let _ = std::fs::create_dir_all("target");
+        let _ = std::fs::write("target/bench-provision.json", report.to_string());
+    }
 }

@@ -702,3 +702,25 @@ async fn a_shipped_java_runtime_is_verified_unpacked_and_used_by_the_default_sta
     );
     assert_eq!(agent.files.downloads("java/21/OpenJDK21.tar.gz"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn games_without_a_status_protocol_are_ready_on_a_tcp_accept() {
+    let agent = Agent::start();
+    agent.wait_up().await;
+    let mut p = agent.payload("install-1");
+    p["readiness"] = json!({"type": "tcp", "port": agent.game_port});
+    // The stand-in accepts TCP at once but answers status pings only after 20 s.
+    p["env"]["STANDIN_LOAD_MS"] = json!("20000");
+    agent.configure(&p).await;
+    let s = agent.wait_status("ready by TCP", is_running_ready).await;
+    assert_eq!(s.ready_source.as_deref(), Some("tcp"));
+    let ping = zlh::agent::slp::status(
+        format!("127.0.0.1:{}", agent.game_port).parse().unwrap(),
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(
+        ping.is_err(),
+        "a Minecraft probe would not have been ready yet"
+    );
+}
