@@ -193,7 +193,7 @@ impl Prepared {
         );
         let handle = worker.handle();
         let worker_task = tokio::spawn(worker.run(stop.child_token()));
-        let crons: Vec<CronSpec> = crate::jobs::builtin_crons()
+        let crons: Vec<CronSpec> = crate::jobs::builtin_crons(&config)
             .into_iter()
             .chain([CronSpec::new(
                 crate::jobs::reconcile::RECONCILE,

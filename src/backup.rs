@@ -123,3 +123,133 @@ pub fn backup_to(src: &Path, dest: &Path, overwrite: bool) -> Result<BackupInfo,
     }
     result
 }
+
+/// A scheduled backup: `<data_dir>/backups/zlh-<UTC time>.db`, keeping the newest `keep`.
+pub fn scheduled(data_dir: &Path, keep: usize) -> Result<BackupInfo, BackupError> {
+    let dir = data_dir.join("backups");
+    let now = crate::db::now_ms();
+    let stamp = crate::util::format_ts(now).replace(':', "");
+    let dest = dir.join(format!("zlh-{stamp}-{:03}.db", now % 1000));
+    let info = backup_to(&data_dir.join(crate::db::DB_FILE), &dest, true)?;
+    let mut old: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|source| BackupError::Io {
+            dest: dir.clone(),
+            source,
+        })?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("zlh-") && n.ends_with(".db"))
+        })
+        .collect();
+    // Names sort by time.
+    old.sort();
+    let excess = old.len().saturating_sub(keep.max(1));
+    for p in old.into_iter().take(excess) {
+        if let Err(e) = std::fs::remove_file(&p) {
+            tracing::warn!(error = %e, path = %p.display(), "removing an old backup");
+        }
+    }
+    Ok(info)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("refusing to restore: another zlh serve owns {data_dir} ({holder}); stop it first")]
+    Serving { data_dir: PathBuf, holder: String },
+    #[error(transparent)]
+    Instance(#[from] crate::instance::InstanceError),
+    #[error("{path} is not a usable zlh database: {reason}")]
+    BadSource { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error("restoring into {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Restored {
+    pub held: usize,
+    pub reason: String,
+}
+
+/// Restores `src` as the database of `data_dir` (refused while a `zlh serve` owns it)
+/// and parks every unfinished side-effecting job as `held`: nothing replays until an
+/// operator has looked at the world and released or cancelled them.
+pub fn restore(src: &Path, data_dir: &Path) -> Result<Restored, RestoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| RestoreError::Io {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    // Holding the lock for the whole restore also keeps a `zlh serve` from starting
+    // half-way through.
+    let _lock = match crate::instance::acquire(data_dir, &crate::config::hostname()) {
+        Ok(l) => l,
+        Err(crate::instance::InstanceError::Held { holder, .. }) => {
+            return Err(RestoreError::Serving {
+                data_dir: data_dir.to_path_buf(),
+                holder,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let bad = |reason: String| RestoreError::BadSource {
+        path: src.to_path_buf(),
+        reason,
+    };
+    {
+        let conn = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| bad(e.to_string()))?;
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| bad(e.to_string()))?;
+        if check != "ok" {
+            return Err(bad(format!("integrity check: {check}")));
+        }
+        conn.query_row("SELECT count(*) FROM jobs", [], |r| r.get::<_, i64>(0))
+            .map_err(|e| bad(format!("no job table: {e}")))?;
+    }
+    // The copy goes through the backup API into a temp file, then replaces the live
+    // database and its WAL in one rename.
+    let db = data_dir.join(crate::db::DB_FILE);
+    let staged = data_dir.join("zlh.db.restoring");
+    let _ = std::fs::remove_file(&staged);
+    backup_to(src, &staged, true)?;
+    for side in ["zlh.db-wal", "zlh.db-shm"] {
+        let p = data_dir.join(side);
+        if let Err(source) = std::fs::remove_file(&p)
+            && source.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(RestoreError::Io { path: p, source });
+        }
+    }
+    std::fs::rename(&staged, &db).map_err(|source| RestoreError::Io {
+        path: db.clone(),
+        source,
+    })?;
+    let reason = format!(
+        "restored from {} at {}: check the world with `zlh doctor`, then release or cancel",
+        src.display(),
+        crate::util::format_ts(crate::db::now_ms())
+    );
+    let handle = crate::db::Db::open(&db)?;
+    let mut conn = handle.conn()?;
+    let r = reason.clone();
+    let held = crate::db::write_tx(&mut conn, move |tx| {
+        let held = crate::queue::store::hold_unfinished(tx, &r, crate::jobs::REPLAY_SAFE)?;
+        crate::db::meta_set(tx, "jobs_held_reason", &r).map_err(crate::queue::QueueError::from)?;
+        Ok::<_, crate::queue::QueueError>(held)
+    })?;
+    Ok(Restored { held, reason })
+}

@@ -41,6 +41,9 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Restore the database from FILE (refused while `zlh serve` runs); unfinished
+    /// side-effecting jobs are held until released.
+    Restore { file: PathBuf },
     /// Inspect and steer the job queue.
     Jobs {
         #[command(subcommand)]
@@ -252,6 +255,8 @@ pub enum CliError {
     Artifact(#[from] crate::artifacts::ArtifactError),
     #[error(transparent)]
     Domain(#[from] crate::domain::DomainError),
+    #[error(transparent)]
+    Restore(#[from] crate::backup::RestoreError),
     #[error("no database in {0}: nothing has been served from this data dir (check --data-dir)")]
     NoDatabase(String),
     #[error("binding {addr}: {source}")]
@@ -368,6 +373,20 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 "backup written to {} ({} bytes, integrity ok)",
                 info.path.display(),
                 info.bytes
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { file } => {
+            let config = load_config(&cli, None)?;
+            let r = crate::backup::restore(file, &config.data_dir)?;
+            println!(
+                "restored {} into {}",
+                file.display(),
+                crate::config::display_path(&config.data_dir)
+            );
+            println!(
+                "{} unfinished job(s) are held: run `zlh doctor`, then `zlh jobs release --all` or `zlh jobs cancel --held`",
+                r.held
             );
             Ok(ExitCode::SUCCESS)
         }

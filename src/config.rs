@@ -81,6 +81,10 @@ pub struct Config {
     pub edge: crate::edge::config::EdgeConfig,
     /// How often the reconciler compares the database with the world, in seconds.
     pub reconcile_secs: u64,
+    /// Hours between scheduled database backups into `<data_dir>/backups` (0: none).
+    pub backup_interval_hours: u64,
+    /// Scheduled backups kept (the oldest are deleted).
+    pub backup_keep: u32,
     /// Port pool of the local node (game and agent ports), set when it is first created.
     pub local_port_min: u16,
     pub local_port_max: u16,
@@ -156,6 +160,8 @@ impl Default for Config {
             artifacts: ArtifactsConfig::default(),
             edge: Default::default(),
             reconcile_secs: 60,
+            backup_interval_hours: 24,
+            backup_keep: 7,
             local_port_min: 30000,
             local_port_max: 30999,
         }
@@ -471,6 +477,12 @@ impl Config {
             key: e.key,
             message: e.message,
         })?;
+        check(self.backup_keep >= 1, "backup_keep", "must be at least 1")?;
+        check(
+            self.backup_interval_hours <= 24 * 365,
+            "backup_interval_hours",
+            "must be at most 8760 (0 turns scheduled backups off)",
+        )?;
         check(
             self.local_port_min >= 1024 && self.local_port_min <= self.local_port_max,
             "local_port_min",

@@ -15,6 +15,13 @@ pub const NOOP: &str = "noop";
 /// Deletes finished jobs past their retention (hourly).
 pub const QUEUE_PRUNE: &str = "queue.prune";
 
+/// Takes a consistent copy of the database into `<data_dir>/backups` (cron).
+pub const DB_BACKUP: &str = "db.backup";
+
+/// Job kinds that touch nothing outside this database: they may run again after a
+/// restore or a host move without an operator looking first.
+pub const REPLAY_SAFE: &[&str] = &[NOOP, QUEUE_PRUNE, DB_BACKUP, reconcile::RECONCILE];
+
 pub fn noop() -> Arc<dyn Handler> {
     Arc::new(handler_fn(NOOP, |_| async { Ok(Outcome::Complete) }).replay_safe(true))
 }
@@ -46,16 +53,47 @@ pub fn queue_prune(config: &Config) -> Arc<dyn Handler> {
     )
 }
 
+/// Scheduled backups of the control plane into `<data_dir>/backups`, keeping the
+/// newest `backup_keep`.
+pub fn db_backup(config: &Config) -> Arc<dyn Handler> {
+    let data_dir = config.data_dir.clone();
+    let keep = config.backup_keep as usize;
+    Arc::new(
+        handler_fn(DB_BACKUP, move |_ctx| {
+            let data_dir = data_dir.clone();
+            async move {
+                let written = tokio::task::spawn_blocking(move || {
+                    crate::backup::scheduled(&data_dir, keep)
+                })
+                .await
+                .map_err(|e| JobFailure::retry(format!("backup task: {e}")))??;
+                tracing::info!(path = %written.path.display(), bytes = written.bytes, "database backed up");
+                Ok(Outcome::Complete)
+            }
+        })
+        .replay_safe(true)
+        .timeout(Duration::from_secs(1800)),
+    )
+}
+
 /// Every built-in handler.
 pub fn builtin_handlers(config: &Config) -> Vec<Arc<dyn Handler>> {
-    vec![noop(), queue_prune(config)]
+    vec![noop(), queue_prune(config), db_backup(config)]
 }
 
 /// Every built-in periodic job.
-pub fn builtin_crons() -> Vec<CronSpec> {
-    vec![CronSpec::new(
+pub fn builtin_crons(config: &Config) -> Vec<CronSpec> {
+    let mut crons = vec![CronSpec::new(
         QUEUE_PRUNE,
         Duration::from_secs(3600),
         QUEUE_PRUNE,
-    )]
+    )];
+    if config.backup_interval_hours > 0 {
+        crons.push(CronSpec::new(
+            DB_BACKUP,
+            Duration::from_secs(config.backup_interval_hours * 3600),
+            DB_BACKUP,
+        ));
+    }
+    crons
 }

@@ -458,6 +458,22 @@ pub fn rescue(conn: &Connection, current_boot_prefix: &str, now: i64) -> Result<
     Ok(n)
 }
 
+/// Parks every unfinished job — running ones too, as after a restore nobody runs them —
+/// whose kind is not in `except_kinds` as `held` with `reason`. Returns how many.
+pub fn hold_unfinished(
+    conn: &Connection,
+    reason: &str,
+    except_kinds: &[&str],
+) -> Result<usize, QueueError> {
+    let except = serde_json::to_string(except_kinds).unwrap_or_else(|_| "[]".into());
+    Ok(conn.execute(
+        "UPDATE jobs SET state = 'held', held_reason = ?1, lock_by = NULL, lease_until = NULL
+         WHERE state IN ('scheduled', 'available', 'running', 'retryable')
+           AND kind NOT IN (SELECT value FROM json_each(?2))",
+        params![reason, except],
+    )?)
+}
+
 /// Parks every waiting job (not running, not finished) whose kind is not in
 /// `except_kinds` as `held` with `reason`. Returns how many were held.
 pub fn hold_waiting(
