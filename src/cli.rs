@@ -44,6 +44,21 @@ pub enum Command {
     /// Restore the database from FILE (refused while `zlh serve` runs); unfinished
     /// side-effecting jobs are held until released.
     Restore { file: PathBuf },
+    /// Check the world against the database: duplicates, orphans, stuck servers and
+    /// jobs, drift, the executor. Exits non-zero when something is wrong.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+        /// Also count one server's rows, jobs, containers and installs.
+        #[arg(long, value_name = "ID")]
+        server: Option<i64>,
+        /// Perform the safe repairs and say what was done.
+        #[arg(long)]
+        fix: bool,
+        /// With --fix: destroy containers no server owns (they may hold a world).
+        #[arg(long, requires = "fix")]
+        delete_orphans: bool,
+    },
     /// Inspect and steer the job queue.
     Jobs {
         #[command(subcommand)]
@@ -375,6 +390,43 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 info.bytes
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor {
+            json,
+            server,
+            fix,
+            delete_orphans,
+        } => {
+            let config = load_config(&cli, None)?;
+            let db = open_existing(&config)?;
+            let opts = crate::doctor::Options {
+                server: *server,
+                fix: *fix,
+                delete_orphans: *delete_orphans,
+            };
+            let report = runtime()?.block_on(async move {
+                let config = std::sync::Arc::new(config);
+                let mirror =
+                    crate::artifacts::Mirror::new(&config.data_dir, db.clone(), &config.artifacts)
+                        .map_err(|e| {
+                            CliError::Domain(crate::domain::DomainError::Conflict(e.to_string()))
+                        })?;
+                let svc = crate::services::Services::new(db, config, mirror);
+                Ok::<_, CliError>(crate::doctor::run(&svc, &opts).await?)
+            })?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print!("{}", crate::doctor::render_text(&report));
+            }
+            Ok(if report.has_problems() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Restore { file } => {
             let config = load_config(&cli, None)?;

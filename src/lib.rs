@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod doctor;
 pub mod domain;
 pub mod edge;
 pub mod error;

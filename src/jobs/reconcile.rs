@@ -138,7 +138,7 @@ async fn poll_agents(svc: &Services) -> Result<(), DomainError> {
 
 /// Servers in a transitional status past its deadline with no job that could move
 /// them on are failed with a reason (retry, reinstall and delete stay possible).
-async fn fail_stuck(svc: &Services) -> Result<(), DomainError> {
+pub async fn fail_stuck(svc: &Services) -> Result<usize, DomainError> {
     let n = svc
         .db
         .write(|tx| {
@@ -168,5 +168,5 @@ async fn fail_stuck(svc: &Services) -> Result<(), DomainError> {
     svc.reconcile
         .stuck_failed
         .fetch_add(n as u64, Ordering::Relaxed);
-    Ok(())
+    Ok(n)
 }

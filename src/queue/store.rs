@@ -437,25 +437,49 @@ pub fn cancel_requested(conn: &Connection, lock_by: &str) -> Result<Vec<i64>, Qu
 /// `current_boot_prefix` (a worker of an earlier boot), and every row whose lease
 /// expired before `now`. Returns how many were rescued.
 pub fn rescue(conn: &Connection, current_boot_prefix: &str, now: i64) -> Result<usize, QueueError> {
+    rescue_where(
+        conn,
+        "(lock_by IS NULL OR substr(lock_by, 1, length(?1)) <> ?1 OR lease_until < ?2)",
+        current_boot_prefix,
+        now,
+    )
+}
+
+/// Hands back the running jobs matching `condition` (SQL over `?1` = a boot prefix and
+/// `?2` = now): retryable again, discarded when out of attempts, cancelled when a cancel
+/// was requested; the rescue is recorded on the row and counted.
+fn rescue_where(
+    conn: &Connection,
+    condition: &str,
+    prefix: &str,
+    now: i64,
+) -> Result<usize, QueueError> {
     let n = conn.execute(
-        "UPDATE jobs SET
-           state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
-                        WHEN attempt >= max_attempts THEN 'discarded'
-                        ELSE 'retryable' END,
-           finished_at = CASE WHEN cancel_requested_at IS NOT NULL OR attempt >= max_attempts
-                              THEN ?2 END,
-           run_at = ?2, lease_until = NULL,
-           errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', ?2, 'error',
-             'rescued: worker ' || coalesce(lock_by, '?') ||
-             CASE WHEN lease_until < ?2 THEN ' lost its lease' ELSE ' belonged to an earlier boot' END))
-         WHERE state = 'running'
-           AND (lock_by IS NULL OR substr(lock_by, 1, length(?1)) <> ?1 OR lease_until < ?2)",
-        params![current_boot_prefix, now],
+        &format!(
+            "UPDATE jobs SET
+               state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                            WHEN attempt >= max_attempts THEN 'discarded'
+                            ELSE 'retryable' END,
+               finished_at = CASE WHEN cancel_requested_at IS NOT NULL OR attempt >= max_attempts
+                                  THEN ?2 END,
+               run_at = ?2, lease_until = NULL,
+               errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', ?2, 'error',
+                 'rescued: worker ' || coalesce(lock_by, '?') ||
+                 CASE WHEN lease_until < ?2 THEN ' lost its lease' ELSE ' belonged to an earlier boot' END))
+             WHERE state = 'running' AND {condition}"
+        ),
+        params![prefix, now],
     )?;
     if n > 0 {
         crate::db::counter_add(conn, "jobs_rescued", n as i64)?;
     }
     Ok(n)
+}
+
+/// Hands back running jobs whose lease expired before `now` (their worker is hung or
+/// gone), whoever held them. Returns how many.
+pub fn rescue_expired(conn: &Connection, now: i64) -> Result<usize, QueueError> {
+    rescue_where(conn, "lease_until < ?2", "", now)
 }
 
 /// Parks every unfinished job — running ones too, as after a restore nobody runs them —

@@ -16,6 +16,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/jobs", get(list))
         .route("/api/v1/jobs/{id}", get(show))
         .route("/api/v1/jobs/{id}/{action}", post(action))
+        .route("/api/v1/doctor", get(doctor))
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,4 +96,28 @@ async fn action(
     };
     let job = st.queue.get(id).await?;
     Ok(Json(json!({"result": result, "job": job})))
+}
+
+/// `GET /api/v1/doctor[?server=ID]`: the doctor's report (checks only; repairs are
+/// `zlh doctor --fix`).
+async fn doctor(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(q): Query<DoctorQuery>,
+) -> Result<Json<Value>, AppError> {
+    require_admin(&caller)?;
+    let opts = crate::doctor::Options {
+        server: q.server,
+        ..Default::default()
+    };
+    let report = crate::doctor::run(&st.services, &opts).await?;
+    Ok(Json(
+        json!({"ok": !report.has_problems(), "report": report}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct DoctorQuery {
+    #[serde(default)]
+    server: Option<i64>,
 }

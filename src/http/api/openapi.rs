@@ -95,6 +95,7 @@ pub fn document() -> Value {
                 "get": op("List nodes with free memory (admin)", "200", None),
                 "post": op("Add a node (admin)", "201", Some("NewNode"))
             },
+            "/api/v1/doctor": {"get": op("The doctor's report: duplicates, orphans, stuck servers and jobs, drift (admin). Query: server", "200", None)},
             "/api/v1/openapi.json": {"get": op("This document", "200", None)}
         },
         "components": {

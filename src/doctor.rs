@@ -1,0 +1,566 @@
+//! `zlh doctor`: the checks an operator used to do by hand after a host move, as one
+//! command (and `GET /api/v1/doctor`). Each finding has a verdict and what to do;
+//! `--fix` performs only the safe repairs and says what it did.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::agent::client::AgentClient;
+use crate::db::now_ms;
+use crate::domain::DomainError;
+use crate::domain::nodes;
+use crate::domain::servers::{self, ServerStatus};
+use crate::runtime::{ContainerSpec, Runtime, server_tag};
+use crate::services::Services;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Ok,
+    Warn,
+    Problem,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub check: &'static str,
+    pub verdict: Verdict,
+    pub subject: String,
+    pub detail: String,
+    /// What to do about it.
+    pub action: String,
+}
+
+/// The "1 / 1 / 1" check of one server.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerCheck {
+    pub server_id: i64,
+    pub name: String,
+    pub rows_with_name: i64,
+    pub provision_jobs: i64,
+    pub jobs_by_state: BTreeMap<String, i64>,
+    pub containers: Vec<i64>,
+    pub installs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub executor: Option<crate::instance::Instance>,
+    pub executor_running: Option<String>,
+    pub findings: Vec<Finding>,
+    pub fixed: Vec<String>,
+    pub server: Option<ServerCheck>,
+}
+
+impl Report {
+    pub fn has_problems(&self) -> bool {
+        self.findings.iter().any(|f| f.verdict == Verdict::Problem)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub server: Option<i64>,
+    pub fix: bool,
+    /// Destroy orphan containers (they may hold a world): only with this.
+    pub delete_orphans: bool,
+}
+
+fn finding(
+    check: &'static str,
+    verdict: Verdict,
+    subject: String,
+    detail: String,
+    action: &str,
+) -> Finding {
+    Finding {
+        check,
+        verdict,
+        subject,
+        detail,
+        action: action.into(),
+    }
+}
+
+struct LiveServer {
+    id: i64,
+    name: String,
+    node_id: i64,
+    vmid: i64,
+    status: ServerStatus,
+    has_container: bool,
+    agent_state: Option<String>,
+    ready: bool,
+}
+
+pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> {
+    let mut findings = Vec::new();
+    let mut fixed = Vec::new();
+
+    // Executor: who serves this database.
+    let executor = svc
+        .db
+        .call(|c| crate::instance::get(c).map_err(DomainError::from))
+        .await?;
+    let executor_running = crate::instance::is_held(&svc.config.data_dir)
+        .ok()
+        .flatten();
+    if let Some(i) = &executor {
+        let verdict = if executor_running.is_none() && i.stopped_at.is_none() {
+            Verdict::Warn
+        } else {
+            Verdict::Ok
+        };
+        findings.push(finding(
+            "executor",
+            verdict,
+            format!("host {} pid {}", i.host, i.pid),
+            format!(
+                "boot {}, since {}, last heartbeat {}{}",
+                i.boot_epoch,
+                crate::util::format_ts(i.started_at),
+                crate::util::format_ts(i.heartbeat_at),
+                match (&executor_running, i.stopped_at) {
+                    (Some(_), _) => ", serving now".to_string(),
+                    (None, Some(t)) => format!(", stopped cleanly {}", crate::util::format_ts(t)),
+                    (None, None) => ", not running and did not stop cleanly".to_string(),
+                }
+            ),
+            if verdict == Verdict::Ok {
+                ""
+            } else {
+                "start zlh serve; its running jobs are rescued at start"
+            },
+        ));
+    }
+
+    // Duplicates in the database (the constraints should make these impossible).
+    let (dupes, live) = svc
+        .db
+        .call(|c| {
+            let mut out = Vec::new();
+            for (check, sql) in [
+                ("name twice", "SELECT name, count(*) FROM servers WHERE deleted_at IS NULL GROUP BY name HAVING count(*) > 1"),
+                ("VMID twice", "SELECT node_id || '/' || vmid, count(*) FROM servers WHERE deleted_at IS NULL GROUP BY node_id, vmid HAVING count(*) > 1"),
+                ("port twice", "SELECT node_id || '/' || game_port, count(*) FROM servers s JOIN nodes n ON n.id = s.node_id WHERE deleted_at IS NULL AND n.kind = 'local' GROUP BY node_id, game_port HAVING count(*) > 1"),
+            ] {
+                let mut s = c.prepare(sql)?;
+                let rows = s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+                for row in rows {
+                    let (what, n) = row?;
+                    out.push((check, what, n));
+                }
+            }
+            let mut s = c.prepare(
+                "SELECT id, name, node_id, vmid, status, json_extract(checkpoints, '$.container') IS NOT NULL,
+                        agent_state, ready FROM servers WHERE deleted_at IS NULL ORDER BY id",
+            )?;
+            let live = s
+                .query_map([], |r| {
+                    Ok(LiveServer {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        node_id: r.get(2)?,
+                        vmid: r.get(3)?,
+                        status: r.get(4)?,
+                        has_container: r.get(5)?,
+                        agent_state: r.get(6)?,
+                        ready: r.get(7)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, DomainError>((out, live))
+        })
+        .await?;
+    for (check, what, n) in dupes {
+        findings.push(finding(
+            "duplicates",
+            Verdict::Problem,
+            what,
+            format!("{check}: {n} live servers"),
+            "delete all but one of them",
+        ));
+    }
+
+    // The world: containers on every node.
+    let node_list = svc.db.call(|c| nodes::list(c)).await?;
+    let mut containers_of: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for node in &node_list {
+        let rt = match svc.runtime(node) {
+            Ok(rt) => rt,
+            Err(e) => {
+                findings.push(finding(
+                    "runtime",
+                    Verdict::Warn,
+                    format!("node {}", node.name),
+                    e.to_string(),
+                    "check the node's settings",
+                ));
+                continue;
+            }
+        };
+        let list = match rt.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                findings.push(finding(
+                    "runtime",
+                    Verdict::Warn,
+                    format!("node {}", node.name),
+                    format!("cannot list containers: {e}"),
+                    "check that the node is reachable",
+                ));
+                continue;
+            }
+        };
+        let mut by_server: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+        for ct in &list {
+            let owner = ct
+                .tags
+                .iter()
+                .find_map(|t| t.strip_prefix("srv-").and_then(|n| n.parse::<i64>().ok()));
+            match owner {
+                Some(id) if live.iter().any(|s| s.id == id && s.node_id == node.id) => {
+                    by_server.entry(id).or_default().push(ct.vmid);
+                }
+                _ => {
+                    let subject = format!("node {} CT {}", node.name, ct.vmid);
+                    let detail = format!(
+                        "tagged zlh ({}) but no live server owns it",
+                        ct.description.clone().unwrap_or_default()
+                    );
+                    if opts.fix && opts.delete_orphans {
+                        let spec = ContainerSpec {
+                            server_id: owner.unwrap_or(0),
+                            name: String::new(),
+                            vmid: ct.vmid,
+                            cores: 1,
+                            memory_mb: 256,
+                            agent_port: crate::agent::DEFAULT_PORT,
+                            agent_token: String::new(),
+                        };
+                        match rt.destroy(&spec).await {
+                            Ok(()) => {
+                                fixed.push(format!("destroyed orphan {subject}"));
+                                continue;
+                            }
+                            Err(e) => findings.push(finding(
+                                "orphans",
+                                Verdict::Problem,
+                                subject.clone(),
+                                format!("{detail}; destroying it failed: {e}"),
+                                "destroy it by hand",
+                            )),
+                        }
+                    } else {
+                        findings.push(finding(
+                            "orphans",
+                            Verdict::Problem,
+                            subject,
+                            detail,
+                            "it may hold a world: back it up, then `zlh doctor --fix --delete-orphans` destroys it",
+                        ));
+                    }
+                }
+            }
+        }
+        for s in live.iter().filter(|s| s.node_id == node.id) {
+            let cts = by_server.remove(&s.id).unwrap_or_default();
+            if cts.len() > 1 {
+                findings.push(finding(
+                    "duplicates",
+                    Verdict::Problem,
+                    format!("server {} ({})", s.id, s.name),
+                    format!(
+                        "{} containers carry its tag {}: {:?}",
+                        cts.len(),
+                        server_tag(s.id),
+                        cts
+                    ),
+                    "keep the one on its VMID; destroy the others after checking their worlds",
+                ));
+            }
+            if s.has_container && !cts.contains(&s.vmid) && s.status != ServerStatus::Deleting {
+                findings.push(finding(
+                    "orphans",
+                    Verdict::Problem,
+                    format!("server {} ({})", s.id, s.name),
+                    format!("its container {} is gone from node {}", s.vmid, node.name),
+                    "reinstall it, or delete the server",
+                ));
+            }
+            containers_of.insert(s.id, cts);
+        }
+    }
+
+    // Stuck servers and jobs.
+    let now = now_ms();
+    let (stuck, expired, held) = svc
+        .db
+        .call(move |c| {
+            let mut s = c.prepare(
+                "SELECT id, name, status FROM servers s
+                 WHERE deleted_at IS NULL AND status_deadline IS NOT NULL AND status_deadline < ?1
+                   AND status IN ('pending', 'provisioning', 'installing', 'starting', 'stopping', 'deleting')
+                   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.lane = 'server:' || s.id
+                                   AND j.state IN ('scheduled', 'available', 'running', 'retryable', 'held'))",
+            )?;
+            let stuck = s
+                .query_map([now], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut s = c.prepare("SELECT id, kind, coalesce(lock_by, '') FROM jobs WHERE state = 'running' AND lease_until < ?1")?;
+            let expired = s
+                .query_map([now], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut s = c.prepare("SELECT id, kind, coalesce(held_reason, '') FROM jobs WHERE state = 'held' ORDER BY id")?;
+            let held = s
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, DomainError>((stuck, expired, held))
+        })
+        .await?;
+    if opts.fix && !stuck.is_empty() {
+        let n = crate::jobs::reconcile::fail_stuck(svc).await?;
+        fixed.push(format!(
+            "failed {n} stuck server(s) with a reason (retry, reinstall or delete stay possible)"
+        ));
+    } else {
+        for (id, name, status) in stuck {
+            findings.push(finding(
+                "stuck",
+                Verdict::Problem,
+                format!("server {id} ({name})"),
+                format!("{status} past its deadline with no job working on it"),
+                "`zlh doctor --fix` fails it with a reason; then retry or delete",
+            ));
+        }
+    }
+    if opts.fix && !expired.is_empty() {
+        let n = svc
+            .db
+            .write(|tx| crate::queue::store::rescue_expired(tx, now_ms()))
+            .await?;
+        fixed.push(format!(
+            "handed back {n} running job(s) whose lease had expired"
+        ));
+    } else {
+        for (id, kind, by) in expired {
+            findings.push(finding(
+                "stuck",
+                Verdict::Problem,
+                format!("job {id} ({kind})"),
+                format!("running with an expired lease (worker {by})"),
+                "`zlh doctor --fix` hands it back to run again",
+            ));
+        }
+    }
+    for (id, kind, reason) in held {
+        findings.push(finding(
+            "held",
+            Verdict::Warn,
+            format!("job {id} ({kind})"),
+            reason,
+            "after checking the world: `zlh jobs release` or `zlh jobs cancel`",
+        ));
+    }
+
+    // Drift between the database and agents / edge targets.
+    for s in live.iter().filter(|s| s.status == ServerStatus::Running) {
+        if s.agent_state.as_deref().is_some_and(|a| a != "running")
+            || (s.agent_state.is_some() && !s.ready)
+        {
+            findings.push(finding(
+                "drift",
+                Verdict::Warn,
+                format!("server {} ({})", s.id, s.name),
+                format!(
+                    "running in the database, the agent last said {} (ready: {})",
+                    s.agent_state.clone().unwrap_or_default(),
+                    s.ready
+                ),
+                "see the server's events; restart or reinstall it",
+            ));
+        }
+    }
+    if let Some(v) = &svc.velocity {
+        let published = svc
+            .db
+            .call(|c| crate::domain::edge::published(c, crate::domain::edge::VELOCITY))
+            .await?;
+        match v.list().await {
+            Ok(registered) => {
+                let missing: Vec<_> = published
+                    .iter()
+                    .filter(|r| {
+                        !registered
+                            .iter()
+                            .any(|g| g.server_name.eq_ignore_ascii_case(&r.name))
+                    })
+                    .collect();
+                if !missing.is_empty() && opts.fix {
+                    crate::jobs::edge::reconcile_edge(svc).await?;
+                    fixed.push(format!(
+                        "registered {} server(s) with Velocity again",
+                        missing.len()
+                    ));
+                } else {
+                    for r in missing {
+                        findings.push(finding(
+                            "drift",
+                            Verdict::Problem,
+                            format!("velocity {}", r.name),
+                            "published in the database, unknown to the proxy (restarted?)".into(),
+                            "`zlh doctor --fix` (or the next reconcile) registers it again",
+                        ));
+                    }
+                }
+            }
+            Err(e) => findings.push(finding(
+                "drift",
+                Verdict::Warn,
+                "velocity".into(),
+                format!("cannot list registrations: {e}"),
+                "check the bridge",
+            )),
+        }
+    }
+    let failed_edge: Vec<crate::domain::edge::EdgeRecord> = svc
+        .db
+        .call(|c| {
+            let mut s = c.prepare("SELECT id FROM edge_records WHERE state = 'failed'")?;
+            let ids: Vec<i64> = s.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            ids.into_iter()
+                .map(|id| crate::domain::edge::get(c, id))
+                .collect()
+        })
+        .await?;
+    for r in failed_edge {
+        findings.push(finding(
+            "drift",
+            Verdict::Warn,
+            format!("{} {}", r.target, r.name),
+            r.last_error.unwrap_or_default(),
+            "the reconciler retries it; check the target",
+        ));
+    }
+
+    // One server, counted.
+    let server = match opts.server {
+        Some(id) => {
+            Some(server_check(svc, id, containers_of.get(&id).cloned().unwrap_or_default()).await?)
+        }
+        None => None,
+    };
+    if let Some(sc) = &server {
+        let verdict = if sc.rows_with_name > 1
+            || sc.provision_jobs > 1
+            || sc.containers.len() > 1
+            || sc.installs.unwrap_or(0) > 1
+        {
+            Verdict::Problem
+        } else {
+            Verdict::Ok
+        };
+        findings.push(finding(
+            "server",
+            verdict,
+            format!("server {} ({})", sc.server_id, sc.name),
+            format!(
+                "{} row(s), {} provisioning job(s), {} container(s), {} install(s) reported by its agent",
+                sc.rows_with_name,
+                sc.provision_jobs,
+                sc.containers.len(),
+                sc.installs.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
+            ),
+            if verdict == Verdict::Ok { "" } else { "investigate the duplicates before anything else" },
+        ));
+    }
+    Ok(Report {
+        executor,
+        executor_running,
+        findings,
+        fixed,
+        server,
+    })
+}
+
+async fn server_check(
+    svc: &Services,
+    id: i64,
+    containers: Vec<i64>,
+) -> Result<ServerCheck, DomainError> {
+    let (s, rows, provision_jobs, by_state) = svc
+        .db
+        .call(move |c| {
+            let s = servers::get(c, id)?
+                .ok_or_else(|| DomainError::NotFound(format!("server {id}")))?;
+            let rows: i64 = c.query_row(
+                "SELECT count(*) FROM servers WHERE name = ?1",
+                [&s.name],
+                |r| r.get(0),
+            )?;
+            let lane = format!("server:{id}");
+            let provision: i64 = c.query_row(
+                "SELECT count(*) FROM jobs WHERE lane = ?1 AND kind = 'server.provision'",
+                [&lane],
+                |r| r.get(0),
+            )?;
+            let mut st =
+                c.prepare("SELECT state, count(*) FROM jobs WHERE lane = ?1 GROUP BY state")?;
+            let by_state = st
+                .query_map([&lane], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })?
+                .collect::<Result<BTreeMap<_, _>, _>>()?;
+            Ok::<_, DomainError>((s, rows, provision, by_state))
+        })
+        .await?;
+    let url = s
+        .checkpoints
+        .get("address")
+        .and_then(|a| a["agent_url"].as_str())
+        .map(String::from);
+    let installs = match url {
+        Some(u) => AgentClient::new(u, s.agent_token.clone(), format!("agent of server {id}"))
+            .status()
+            .await
+            .ok()
+            .map(|st| st.install_count),
+        None => None,
+    };
+    Ok(ServerCheck {
+        server_id: id,
+        name: s.name,
+        rows_with_name: rows,
+        provision_jobs,
+        jobs_by_state: by_state,
+        containers,
+        installs,
+    })
+}
+
+/// The report as text for a terminal.
+pub fn render_text(r: &Report) -> String {
+    let mut out = String::new();
+    for f in &r.findings {
+        let mark = match f.verdict {
+            Verdict::Ok => "ok     ",
+            Verdict::Warn => "WARN   ",
+            Verdict::Problem => "PROBLEM",
+        };
+        out.push_str(&format!(
+            "{mark} [{}] {}: {}\n",
+            f.check, f.subject, f.detail
+        ));
+        if !f.action.is_empty() {
+            out.push_str(&format!("        → {}\n", f.action));
+        }
+    }
+    for f in &r.fixed {
+        out.push_str(&format!("fixed   {f}\n"));
+    }
+    if !r.findings.iter().any(|f| f.verdict != Verdict::Ok) && r.fixed.is_empty() {
+        out.push_str("all checks passed\n");
+    }
+    out
+}
