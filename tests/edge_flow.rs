@@ -173,6 +173,29 @@ fn after_a_proxy_restart_the_reconciler_registers_every_running_server_again() {
         .api
         .call("GET", &format!("/api/v1/servers/{a}/events"), None);
     assert!(events.to_string().contains("registered again"), "{events}");
+    // The reconciler keeps each agent's view on the server row, not in a cache.
+    let conn = support::open_db(&e.api.served.data_dir);
+    let seen_before: i64 = conn
+        .query_row(
+            "SELECT coalesce(agent_seen_at, 0) FROM servers WHERE id = ?1",
+            [a],
+            |r| r.get(0),
+        )
+        .unwrap();
+    wait_for(
+        "the reconciler to poll the agent again",
+        Duration::from_secs(20),
+        || {
+            let (state, ready, seen): (Option<String>, bool, i64) = conn
+            .query_row(
+                "SELECT agent_state, ready, coalesce(agent_seen_at, 0) FROM servers WHERE id = ?1",
+                [a],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .ok()?;
+            (state.as_deref() == Some("running") && ready && seen > seen_before).then_some(())
+        },
+    );
     let (_, metrics) = support::http_get(&e.api.served.url("/metrics")).unwrap();
     assert!(
         metrics.contains("zlh_reconcile_total{action=\"edge_republished\"}"),
