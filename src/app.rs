@@ -164,7 +164,7 @@ impl Prepared {
                          check the world with `zlh doctor`, then release or cancel"
                     );
                     let kinds: Vec<&str> = replay_safe.iter().map(String::as_str).collect();
-                    held = store::hold_waiting(tx, &reason, &kinds)?;
+                    held = store::hold_unfinished(tx, &reason, &kinds)?;
                     crate::db::meta_set(tx, "jobs_held_reason", &reason).map_err(DbError::from)?;
                 }
                 Ok::<_, QueueError>((boot, rescued, held))

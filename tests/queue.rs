@@ -616,7 +616,7 @@ async fn held_jobs_run_only_after_release() {
     let held = db
         .write(move |tx| {
             let k: Vec<&str> = kinds.iter().map(String::as_str).collect();
-            store::hold_waiting(tx, "restored from backup", &k)
+            store::hold_unfinished(tx, "restored from backup", &k)
         })
         .await
         .unwrap();

@@ -498,21 +498,6 @@ pub fn hold_unfinished(
     )?)
 }
 
-/// Parks every waiting job (not running, not finished) whose kind is not in
-/// `except_kinds` as `held` with `reason`. Returns how many were held.
-pub fn hold_waiting(
-    conn: &Connection,
-    reason: &str,
-    except_kinds: &[&str],
-) -> Result<usize, QueueError> {
-    let except = serde_json::to_string(except_kinds).unwrap_or_else(|_| "[]".into());
-    Ok(conn.execute(
-        "UPDATE jobs SET state = 'held', held_reason = ?1
-         WHERE state IN ('scheduled', 'available', 'retryable')
-           AND kind NOT IN (SELECT value FROM json_each(?2))",
-        params![reason, except],
-    )?)
-}
 
 /// Releases a held job (or all held jobs with `None`) to run now. Returns how many.
 pub fn release(conn: &Connection, id: Option<i64>, now: i64) -> Result<usize, QueueError> {
