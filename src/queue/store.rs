@@ -498,7 +498,6 @@ pub fn hold_unfinished(
     )?)
 }
 
-
 /// Releases a held job (or all held jobs with `None`) to run now. Returns how many.
 pub fn release(conn: &Connection, id: Option<i64>, now: i64) -> Result<usize, QueueError> {
     if let Some(id) = id {
