@@ -127,6 +127,15 @@ pub fn backup_to(src: &Path, dest: &Path, overwrite: bool) -> Result<BackupInfo,
 /// A scheduled backup: `<data_dir>/backups/zlh-<UTC time>.db`, keeping the newest `keep`.
 pub fn scheduled(data_dir: &Path, keep: usize) -> Result<BackupInfo, BackupError> {
     let dir = data_dir.join("backups");
+    // Only one executor makes scheduled backups: a partial file here is what a crash
+    // left of an earlier one.
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().contains(".partial-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let now = crate::db::now_ms();
     let stamp = crate::util::format_ts(now).replace(':', "");
     let dest = dir.join(format!("zlh-{stamp}-{:03}.db", now % 1000));

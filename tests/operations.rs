@@ -162,7 +162,12 @@ fn scheduled_backups_land_in_the_data_dir_with_retention() {
         "the first scheduled backup",
         Duration::from_secs(30),
         || {
-            let n = std::fs::read_dir(data.join("backups")).ok()?.count();
+            // A finished one (a `.partial-*` file is a backup still being written).
+            let n = std::fs::read_dir(data.join("backups"))
+                .ok()?
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".db"))
+                .count();
             (n >= 1).then_some(())
         },
     );
@@ -172,17 +177,20 @@ fn scheduled_backups_land_in_the_data_dir_with_retention() {
         "zlh-2020-01-01T000000Z-000.db",
         "zlh-2020-01-02T000000Z-000.db",
     ] {
-        std::fs::copy(
-            std::fs::read_dir(data.join("backups"))
-                .unwrap()
-                .next()
-                .unwrap()
-                .unwrap()
-                .path(),
-            data.join("backups").join(name),
-        )
-        .unwrap();
+        let first = std::fs::read_dir(data.join("backups"))
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(".db"))
+            .unwrap()
+            .path();
+        std::fs::copy(first, data.join("backups").join(name)).unwrap();
     }
+    // A backup cut short by a crash leaves a partial file: the next run clears it.
+    std::fs::write(
+        data.join("backups/zlh-2026-01-01T000000Z-000.partial-4242"),
+        b"half",
+    )
+    .unwrap();
     zlh::backup::scheduled(&data, 2).unwrap();
     let mut names: Vec<String> = std::fs::read_dir(data.join("backups"))
         .unwrap()

@@ -671,6 +671,9 @@ async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
 async fn wait_ready(w: &Work, agent: &AgentClient, deadline: Duration) -> Result<(), StepError> {
     let last_step = std::sync::Mutex::new(String::new());
     let last = &last_step;
+    // What was last written to the row: polls that change nothing write nothing.
+    let last_seen = std::sync::Mutex::new(None::<(AgentState, bool, u64)>);
+    let seen = &last_seen;
     poll(
         &w.ctx,
         "waiting for the game to answer its readiness probe",
@@ -683,7 +686,14 @@ async fn wait_ready(w: &Work, agent: &AgentClient, deadline: Duration) -> Result
                     Err(e) if e.is_transient() => return Ok(None),
                     Err(e) => return Err(e.into()),
                 };
-                record_agent(w, &st).await;
+                let now_seen = Some((st.state, st.ready, st.crash_count));
+                let changed = seen
+                    .lock()
+                    .map(|mut l| std::mem::replace(&mut *l, now_seen) != now_seen)
+                    .unwrap_or(true);
+                if changed {
+                    record_agent(w, &st).await;
+                }
                 if st.state == AgentState::Error {
                     return Err(StepError::Fatal(format!(
                         "the agent reports an error: {}",
