@@ -103,7 +103,7 @@ impl Served {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = cwd.join(format!("serve-{port}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
-        // A random 400-port window in 20000..60000 (kept across restarts of the same dir).
+        // A 300-port window in 20000..32600 (kept across restarts of the same dir).
         let window_file = data_dir.with_extension("ports");
         let window: u32 = std::fs::read_to_string(&window_file)
             .ok()
@@ -112,7 +112,9 @@ impl Served {
                 // Distinct within this test process (tests run side by side in threads).
                 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
                 let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                20_000 + ((std::process::id() * 7 + n) % 100) * 400
+                // Below the kernel's ephemeral range (32768+), where 127.0.0.1:0
+                // listeners and outgoing connections of other tests get their ports.
+                20_000 + ((std::process::id() * 7 + n) % 42) * 300
             });
         let _ = std::fs::write(&window_file, window.to_string());
         let child = zlh(cwd)
@@ -121,7 +123,7 @@ impl Served {
             .args(extra)
             // Tests run side by side: each local node gets a port window of its own.
             .env("ZLH_LOCAL_PORT_MIN", window.to_string())
-            .env("ZLH_LOCAL_PORT_MAX", (window + 399).to_string())
+            .env("ZLH_LOCAL_PORT_MAX", (window + 299).to_string())
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file)
