@@ -84,6 +84,7 @@ impl From<crate::domain::DomainError> for AppError {
             D::NotFound(what) => AppError::NotFound(format!("{what} not found")),
             D::Db(d) => AppError::Db(d),
             D::Queue(q) => q.into(),
+            D::Random(m) => AppError::Internal(m),
         }
     }
 }

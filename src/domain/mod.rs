@@ -22,6 +22,9 @@ pub enum DomainError {
     Db(#[from] crate::db::DbError),
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
+    /// No secret could be made (the OS random source failed).
+    #[error("{0}")]
+    Random(String),
 }
 
 /// Domain work done inside a queue transaction (a job's fenced write, a boot step).
@@ -62,11 +65,8 @@ pub fn is_dns_label(s: &str) -> bool {
 /// A random secret as 64 hex digits (256 bits from the OS).
 pub fn random_secret() -> Result<String, DomainError> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| {
-        DomainError::Db(crate::db::DbError::Join(format!(
-            "the OS random source failed: {e}"
-        )))
-    })?;
+    getrandom::fill(&mut bytes)
+        .map_err(|e| DomainError::Random(format!("the OS random source failed: {e}")))?;
     Ok(crate::agent::server::install::hex(&bytes))
 }
 

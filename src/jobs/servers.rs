@@ -41,9 +41,9 @@ enum StepError {
     Fatal(String),
 }
 
-impl From<RuntimeError> for StepError {
-    fn from(e: RuntimeError) -> Self {
-        if e.is_transient() {
+impl StepError {
+    fn classify(transient: bool, e: impl std::fmt::Display) -> StepError {
+        if transient {
             StepError::Transient(e.to_string())
         } else {
             StepError::Fatal(e.to_string())
@@ -51,13 +51,15 @@ impl From<RuntimeError> for StepError {
     }
 }
 
+impl From<RuntimeError> for StepError {
+    fn from(e: RuntimeError) -> Self {
+        StepError::classify(e.is_transient(), e)
+    }
+}
+
 impl From<AgentClientError> for StepError {
     fn from(e: AgentClientError) -> Self {
-        if e.is_transient() {
-            StepError::Transient(e.to_string())
-        } else {
-            StepError::Fatal(e.to_string())
-        }
+        StepError::classify(e.is_transient(), e)
     }
 }
 

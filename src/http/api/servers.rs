@@ -139,24 +139,35 @@ async fn list(
     Ok(Json(body))
 }
 
-async fn show(
-    State(st): State<AppState>,
-    caller: Caller,
-    Path(id): Path<i64>,
-) -> Result<Json<Value>, AppError> {
+/// Runs `f` on a server the caller may see (others' servers are "not found").
+async fn visible<F>(st: &AppState, caller: &Caller, id: i64, f: F) -> Result<Json<Value>, AppError>
+where
+    F: FnOnce(&rusqlite::Connection, Server) -> Result<Value, DomainError> + Send + 'static,
+{
     let user = caller.0.clone();
     let body = st
         .db
         .call(move |c| {
             let s = servers::get_visible(c, &user, id)?;
-            let mut v = render(c, &[s])?.remove(0);
-            // What is published for players, with any edge problem in plain sight.
-            v["edge"] = serde_json::to_value(crate::domain::edge::for_server(c, id)?)
-                .unwrap_or(Value::Null);
-            Ok::<_, DomainError>(v)
+            f(c, s)
         })
         .await?;
     Ok(Json(body))
+}
+
+async fn show(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, AppError> {
+    visible(&st, &caller, id, move |c, s| {
+        let mut v = render(c, &[s])?.remove(0);
+        // What is published for players, with any edge problem in plain sight.
+        v["edge"] =
+            serde_json::to_value(crate::domain::edge::for_server(c, id)?).unwrap_or(Value::Null);
+        Ok(v)
+    })
+    .await
 }
 
 async fn events(
@@ -164,15 +175,10 @@ async fn events(
     caller: Caller,
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, AppError> {
-    let user = caller.0.clone();
-    let body = st
-        .db
-        .call(move |c| {
-            servers::get_visible(c, &user, id)?;
-            Ok::<_, DomainError>(json!({"events": servers::events(c, id, 1000)?}))
-        })
-        .await?;
-    Ok(Json(body))
+    visible(&st, &caller, id, move |c, _| {
+        Ok(json!({"events": servers::events(c, id, 1000)?}))
+    })
+    .await
 }
 
 async fn run_action(
