@@ -377,6 +377,25 @@ pub fn transition(
     Ok(from)
 }
 
+/// Stores what a server's agent last said on its row (`crash_count` and the time seen
+/// only when the agent answered): the UI and doctor read it there, not from a cache.
+pub fn record_agent_view(
+    conn: &Connection,
+    server_id: i64,
+    agent_state: &str,
+    ready: bool,
+    crash_count: Option<i64>,
+) -> Result<(), DomainError> {
+    conn.execute(
+        "UPDATE servers SET agent_state = ?2, ready = ?3,
+           crash_count = coalesce(?4, crash_count),
+           agent_seen_at = CASE WHEN ?4 IS NOT NULL THEN ?5 ELSE agent_seen_at END
+         WHERE id = ?1",
+        params![server_id, agent_state, ready, crash_count, now_ms()],
+    )?;
+    Ok(())
+}
+
 /// Marks a server `failed` at `step` with `reason`.
 pub fn fail(
     conn: &Connection,

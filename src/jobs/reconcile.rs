@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rusqlite::params;
-
 use crate::agent::AgentState;
 use crate::agent::client::AgentClient;
 use crate::db::now_ms;
@@ -77,8 +75,13 @@ async fn poll_agents(svc: &Services) -> Result<(), DomainError> {
         let client = AgentClient::new(url, token, format!("agent of server {id} ({name})"));
         let seen = client.status().await;
         let (agent_state, ready, crashes, reachable) = match &seen {
-            Ok(st) => (st.state.to_string(), st.ready, st.crash_count as i64, true),
-            Err(_) => ("unreachable".to_string(), false, -1, false),
+            Ok(st) => (
+                st.state.to_string(),
+                st.ready,
+                Some(st.crash_count as i64),
+                true,
+            ),
+            Err(_) => ("unreachable".to_string(), false, None, false),
         };
         if !reachable {
             svc.reconcile
@@ -98,13 +101,7 @@ async fn poll_agents(svc: &Services) -> Result<(), DomainError> {
                     [id],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
-                tx.execute(
-                    "UPDATE servers SET agent_state = ?2, ready = ?3,
-                       crash_count = CASE WHEN ?4 >= 0 THEN ?4 ELSE crash_count END,
-                       agent_seen_at = CASE WHEN ?5 THEN ?6 ELSE agent_seen_at END
-                     WHERE id = ?1",
-                    params![id, agent_state, ready, crashes, reachable, now_ms()],
-                )?;
+                servers::record_agent_view(tx, id, &agent_state, ready, crashes)?;
                 // Report changes once, not every minute.
                 if before.0.as_deref() != Some(agent_state.as_str()) {
                     let message = match &error {

@@ -745,17 +745,15 @@ async fn record_agent(w: &Work, st: &crate::agent::AgentStatus) {
         st.ready,
         st.crash_count as i64,
     );
-    let _ = w
+    if let Err(e) = w
         .svc
         .db
-        .write(move |tx| {
-            tx.execute(
-                "UPDATE servers SET agent_state = ?2, ready = ?3, crash_count = ?4, agent_seen_at = ?5 WHERE id = ?1",
-                rusqlite::params![sid, state, ready, crashes, crate::db::now_ms()],
-            )
-            .map_err(crate::db::DbError::from)
-        })
-        .await;
+        .write(move |tx| servers::record_agent_view(tx, sid, &state, ready, Some(crashes)))
+        .await
+    {
+        // Only the UI's view lags; the job goes on.
+        tracing::warn!(server = sid, error = %e, "recording the agent's state");
+    }
 }
 
 /// Start (or restart) the game: the container first, then the agent, then ready.
