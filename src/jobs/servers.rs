@@ -163,7 +163,7 @@ impl Work {
     /// A progress note on the status line, without an event per note.
     async fn note(&self, reason: String) {
         let sid = self.server.id;
-        let _ = self
+        let written = self
             .ctx
             .fenced(move |tx| {
                 tx.execute(
@@ -173,15 +173,22 @@ impl Work {
                 Ok(())
             })
             .await;
+        // A note is informational: the step that follows reports real trouble.
+        if let Err(e) = written {
+            tracing::warn!(server = sid, error = %e, "writing a progress note");
+        }
     }
 
     async fn event(&self, message: String) {
         let (sid, jid) = (self.server.id, self.ctx.id);
-        let _ = self
+        let written = self
             .fenced(move |tx, _, _| {
                 servers::add_event(tx, sid, None, None, Some(jid), "system", &message)
             })
             .await;
+        if let Err(StepError::Transient(e) | StepError::Fatal(e)) = written {
+            tracing::warn!(server = sid, error = %e, "writing a server event");
+        }
     }
 
     /// Ends the job: a transient error retries (the last attempt fails the server);
