@@ -2,6 +2,7 @@
 # Installs the third-party pieces the end-to-end agent tests need, into one folder:
 #   $ZLH_TEST_DEPS/node_modules/flying-squid   (npm: flying-squid@1.12, a Minecraft 1.21.4 server in Node.js)
 #   $ZLH_TEST_DEPS/venv                         (python venv with mcstatus, an independent SLP client)
+#   /usr/bin/chromium, /usr/bin/chromedriver    (Debian: chromium, chromium-driver; the UI tests' headless browser)
 # Default folder: <repo>/target/test-deps. Idempotent: a second run only checks and prints paths.
 # See tests/support/FLYING_SQUID.md for how the server is started and configured.
 set -euo pipefail
@@ -29,6 +30,13 @@ command -v python3 >/dev/null || apt_install python3
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
   pyver="$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
   apt_install "python${pyver}-venv" || apt_install python3-venv
+fi
+
+# ---- headless Chromium + chromedriver (Debian packages; tests/support/browser.rs) ----
+CHROMIUM=/usr/bin/chromium
+CHROMEDRIVER=/usr/bin/chromedriver
+if [ ! -x "$CHROMIUM" ] || [ ! -x "$CHROMEDRIVER" ]; then
+  apt_install chromium chromium-driver
 fi
 
 mkdir -p "$DEPS"
@@ -71,3 +79,7 @@ echo "NODE_PATH=$DEPS/node_modules"
 echo "NODE_VERSION=$(node --version)"
 echo "MCSTATUS_PYTHON=$VENV/bin/python"
 echo "MCSTATUS_VERSION=$MC_VERSION"
+echo "CHROMIUM=$CHROMIUM"
+echo "CHROMIUM_VERSION=$("$CHROMIUM" --version 2>/dev/null | grep -oE '[0-9]+(\.[0-9]+){3}' | head -n1)"
+echo "CHROMEDRIVER=$CHROMEDRIVER"
+echo "CHROMEDRIVER_VERSION=$("$CHROMEDRIVER" --version 2>/dev/null | grep -oE '[0-9]+(\.[0-9]+){3}' | head -n1)"

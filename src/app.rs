@@ -32,6 +32,8 @@ pub struct AppState {
     /// True while the app is ready for traffic (false while starting or draining).
     pub ready: Arc<AtomicBool>,
     pub started_at: i64,
+    /// Admin UI state kept in memory (login rate limits).
+    pub ui: Arc<crate::http::ui::UiState>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +222,7 @@ impl Prepared {
             host: Arc::from(self.host.as_str()),
             ready: Arc::new(AtomicBool::new(false)),
             started_at: now_ms(),
+            ui: Arc::default(),
         };
         let ready = state.ready.clone();
         let app = crate::http::router(state);
@@ -234,7 +237,20 @@ impl Prepared {
 
         let drain = stop.clone();
         let ready_flag = ready.clone();
-        let http = axum::serve(listener, app).with_graceful_shutdown(async move {
+        match crate::http::ui::prepare_setup(&self.db).await {
+            Ok(Some(token)) => tracing::warn!(
+                "first-run setup: no account can sign in yet. Open http://{addr}/setup and \
+                 enter the one-time setup token {token} (a new one is made at every start \
+                 until setup is done)"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "preparing the first-run setup token"),
+        }
+        let http = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: draining HTTP and running jobs");
             ready_flag.store(false, Ordering::SeqCst);

@@ -194,7 +194,13 @@ pub enum UserCommand {
         /// Give the user every right (see every server, manage nodes and templates).
         #[arg(long)]
         admin: bool,
+        /// Read a password for the admin UI from standard input (first line).
+        #[arg(long)]
+        password_stdin: bool,
     },
+    /// Set a user's UI password, read from standard input (first line); ends the
+    /// user's UI sessions.
+    Passwd { username: String },
     /// List users.
     List,
 }
@@ -284,6 +290,8 @@ pub enum CliError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Agent(#[from] crate::agent::server::AgentError),
+    #[error("reading a password from standard input: {0}")]
+    PasswordInput(String),
     #[error("reading the agent token file {path}: {source}")]
     TokenFile {
         path: PathBuf,
@@ -332,6 +340,22 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// The first line of standard input, without its line ending (for `--password-stdin`
+/// and `user passwd`: never an argument, which `ps` would show).
+fn read_password() -> Result<String, CliError> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| CliError::PasswordInput(e.to_string()))?;
+    let password = line.trim_end_matches(['\n', '\r']).to_string();
+    if password.is_empty() {
+        return Err(CliError::PasswordInput(
+            "nothing was read: pipe the password in, e.g. `read -rs P; printf '%s\\n' \"$P\" | zlh user passwd NAME`".into(),
+        ));
+    }
+    Ok(password)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -467,9 +491,18 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let db = open_or_create(&config)?;
             let mut conn = db.conn()?;
             match command {
-                UserCommand::Add { username, admin } => {
+                UserCommand::Add {
+                    username,
+                    admin,
+                    password_stdin,
+                } => {
+                    let password = password_stdin.then(read_password).transpose()?;
                     let u = crate::db::write_tx(&mut conn, |tx| {
-                        crate::domain::users::create_user(tx, username, *admin, None)
+                        let phc = password
+                            .as_deref()
+                            .map(crate::domain::users::hash_password)
+                            .transpose()?;
+                        crate::domain::users::create_user(tx, username, *admin, phc.as_deref())
                     })?;
                     println!(
                         "user {} added (id {}{})",
@@ -477,6 +510,18 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                         u.id,
                         if u.is_admin { ", admin" } else { "" }
                     );
+                }
+                UserCommand::Passwd { username } => {
+                    let password = read_password()?;
+                    let ended = crate::db::write_tx(&mut conn, |tx| {
+                        let u =
+                            crate::domain::users::get_by_name(tx, username)?.ok_or_else(|| {
+                                crate::domain::DomainError::NotFound(format!("user '{username}'"))
+                            })?;
+                        crate::domain::users::set_password(tx, u.id, &password)?;
+                        crate::domain::sessions::delete_for_user(tx, u.id)
+                    })?;
+                    println!("password of {username} set; {ended} UI session(s) ended");
                 }
                 UserCommand::List => {
                     for u in crate::domain::users::list(&conn)? {

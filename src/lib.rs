@@ -1,6 +1,9 @@
 //! zlh: the control plane of a game-server hosting platform in one binary with one
 //! SQLite file. See DESIGN.md (shared) and README.md.
 
+/// This build's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub mod agent;
 pub mod app;
 pub mod artifacts;

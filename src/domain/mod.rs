@@ -3,6 +3,7 @@
 pub mod edge;
 pub mod nodes;
 pub mod servers;
+pub mod sessions;
 pub mod templates;
 pub mod users;
 

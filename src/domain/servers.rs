@@ -135,12 +135,12 @@ pub struct Server {
     pub deleted_at: Option<i64>,
 }
 
-const COLUMNS: &str = "id, name, owner_id, template_id, version, node_id, vmid, ip, game_port, agent_port, \
+pub const COLUMNS: &str = "id, name, owner_id, template_id, version, node_id, vmid, ip, game_port, agent_port, \
      memory_mb, cores, eula_accepted, agent_token, install_id, payload, desired_state, status, \
      status_reason, failed_step, status_deadline, checkpoints, agent_state, agent_seen_at, ready, \
      crash_count, created_at, updated_at, deleted_at";
 
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Server> {
+pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Server> {
     let payload: Option<String> = r.get(15)?;
     let checkpoints: String = r.get(21)?;
     Ok(Server {
@@ -224,6 +224,27 @@ impl Server {
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "deleted_at": self.deleted_at,
+        })
+    }
+}
+
+impl Server {
+    /// Where the control plane reaches this server's agent (recorded by provisioning).
+    pub fn agent_url(&self) -> Option<String> {
+        self.checkpoints
+            .get("address")
+            .and_then(|a| a["agent_url"].as_str())
+            .map(String::from)
+    }
+
+    /// A client for this server's agent, once its address is known.
+    pub fn agent_client(&self) -> Option<crate::agent::client::AgentClient> {
+        self.agent_url().map(|url| {
+            crate::agent::client::AgentClient::new(
+                url,
+                self.agent_token.clone(),
+                format!("agent of server {} ({})", self.id, self.name),
+            )
         })
     }
 }

@@ -150,3 +150,120 @@ pub fn revoke_token(conn: &Connection, user_id: i64, token_id: i64) -> Result<()
     }
     Ok(())
 }
+
+/// Shortest password accepted for a UI account.
+pub const MIN_PASSWORD_LEN: usize = 10;
+
+/// An argon2id PHC string for `password` (random salt, the crate's default cost).
+pub fn hash_password(password: &str) -> Result<String, DomainError> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err(invalid(
+            "password",
+            format!("at least {MIN_PASSWORD_LEN} characters"),
+        ));
+    }
+    if password.len() > 1024 {
+        return Err(invalid("password", "at most 1024 bytes"));
+    }
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt)
+        .map_err(|e| DomainError::Random(format!("the OS random source failed: {e}")))?;
+    let salt = SaltString::encode_b64(&salt)
+        .map_err(|e| DomainError::Random(format!("encoding a password salt: {e}")))?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| DomainError::Random(format!("hashing a password: {e}")))
+}
+
+/// True when `password` matches the stored PHC string (constant-time inside argon2).
+pub fn password_matches(phc: &str, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(phc)
+        .map(|h| {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// Sets (or replaces) a user's password.
+pub fn set_password(conn: &Connection, user_id: i64, password: &str) -> Result<(), DomainError> {
+    let phc = hash_password(password)?;
+    let n = conn.execute(
+        "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+        params![user_id, phc],
+    )?;
+    if n == 0 {
+        return Err(DomainError::NotFound(format!("user {user_id}")));
+    }
+    Ok(())
+}
+
+/// The stored password hash of `username`, with the user (None: no such user, or no
+/// password set).
+pub fn password_hash_of(
+    conn: &Connection,
+    username: &str,
+) -> Result<Option<(User, String)>, DomainError> {
+    Ok(conn
+        .query_row(
+            "SELECT id, username, is_admin, created_at, password_hash FROM users
+             WHERE username = ?1 AND password_hash IS NOT NULL",
+            [username],
+            |r| Ok((user_from_row(r)?, r.get::<_, String>(4)?)),
+        )
+        .optional()?)
+}
+
+/// True while no account can log in to the UI (first-run setup is open).
+pub fn setup_needed(conn: &Connection) -> Result<bool, DomainError> {
+    Ok(!conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM users WHERE password_hash IS NOT NULL)",
+        [],
+        |r| r.get::<_, bool>(0),
+    )?)
+}
+
+pub fn get(conn: &Connection, id: i64) -> Result<Option<User>, DomainError> {
+    Ok(conn
+        .query_row(
+            "SELECT id, username, is_admin, created_at FROM users WHERE id = ?1",
+            [id],
+            user_from_row,
+        )
+        .optional()?)
+}
+
+/// A user's tokens, newest first (never the secrets).
+pub fn tokens(conn: &Connection, user_id: i64) -> Result<Vec<TokenInfo>, DomainError> {
+    let mut s = conn.prepare(
+        "SELECT id, name, prefix, created_at, last_used_at, revoked_at FROM api_tokens
+         WHERE user_id = ?1 ORDER BY id DESC",
+    )?;
+    let rows = s.query_map([user_id], |r| {
+        Ok(TokenInfo {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            prefix: r.get(2)?,
+            created_at: r.get(3)?,
+            last_used_at: r.get(4)?,
+            revoked_at: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Whether a user has a password (can log in to the UI).
+pub fn has_password(conn: &Connection, user_id: i64) -> Result<bool, DomainError> {
+    Ok(conn
+        .query_row(
+            "SELECT password_hash IS NOT NULL FROM users WHERE id = ?1",
+            [user_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(false))
+}

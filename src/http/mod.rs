@@ -3,6 +3,7 @@
 pub mod api;
 mod ops;
 mod traefik;
+pub mod ui;
 
 use axum::Router;
 use axum::extract::Request;
@@ -16,6 +17,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ops::router())
         .merge(crate::artifacts::router())
         .merge(api::router(state.clone()))
+        .merge(ui::router(state.clone()))
         .merge(traefik::router())
         .with_state(state)
         .layer(middleware::from_fn(log_request))

@@ -3,8 +3,6 @@
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use askama::Template;
-use askama_web::WebTemplate;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -17,7 +15,6 @@ use crate::queue::JobState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/", get(home))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -182,42 +179,4 @@ fn escape_label(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
-}
-
-#[derive(Template, WebTemplate)]
-#[template(path = "index.html")]
-struct HomePage {
-    version: &'static str,
-    host: String,
-    boot_epoch: i64,
-    started: String,
-    counts: Vec<(String, i64)>,
-    held_reason: Option<String>,
-}
-
-async fn home(State(st): State<AppState>) -> Result<HomePage, AppError> {
-    let (counts, held_reason) = st
-        .db
-        .call(|c| {
-            let counts = crate::queue::count_by_state(c)?;
-            let held = crate::db::meta_get(c, "jobs_held_reason")?;
-            Ok::<_, crate::queue::QueueError>((counts, held))
-        })
-        .await?;
-    let held_count = counts
-        .iter()
-        .find(|(s, _)| *s == JobState::Held)
-        .map(|(_, n)| *n)
-        .unwrap_or(0);
-    Ok(HomePage {
-        version: env!("CARGO_PKG_VERSION"),
-        host: st.host.to_string(),
-        boot_epoch: st.boot.boot_epoch,
-        started: crate::util::format_ts(st.started_at),
-        counts: counts
-            .into_iter()
-            .map(|(s, n)| (s.to_string(), n))
-            .collect(),
-        held_reason: held_reason.filter(|_| held_count > 0),
-    })
 }

@@ -48,6 +48,7 @@ where
 }
 
 pub mod api;
+pub mod browser;
 pub mod cloudflare_sim;
 pub mod fileserver;
 pub mod pve_sim;
@@ -223,6 +224,18 @@ pub fn http_get(url: &str) -> Option<(u16, String)> {
         let body = resp.text().await.ok()?;
         Some((status, body))
     })
+}
+
+/// The status of a GET with a bearer token (0 when nothing answers).
+pub fn http_get_with_bearer(url: &str, token: &str) -> u16 {
+    let client = reqwest_blocking_client();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()
+        .and_then(|rt| rt.block_on(async { client.get(url).bearer_auth(token).send().await.ok() }))
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
 }
 
 fn reqwest_blocking_client() -> reqwest::Client {

@@ -1,0 +1,383 @@
+//! Login, logout and the first-run setup. The setup token is printed to the log once
+//! per start while no account has a password; only its SHA-256 is stored.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use askama::Template;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::{
+    LOGIN_CSRF_COOKIE, Page, SESSION_COOKIE, Sess, UiError, UiForm, cookie, render_status,
+    see_other, set_cookie,
+};
+use crate::agent::constant_time_eq;
+use crate::app::AppState;
+use crate::db::{Db, DbError};
+use crate::domain::sessions::{self, SESSION_TTL_MS};
+use crate::domain::{DomainError, random_secret, sha256_hex, users};
+
+/// Meta key holding the SHA-256 of the current setup token.
+const SETUP_TOKEN_KEY: &str = "setup_token_hash";
+
+/// At start: while no account can log in, makes a new one-time setup token, stores its
+/// hash and returns it (to be printed to the log). None once an account exists.
+pub async fn prepare_setup(db: &Db) -> Result<Option<String>, DomainError> {
+    db.write(|tx| {
+        if !users::setup_needed(tx)? {
+            crate::db::meta_delete(tx, SETUP_TOKEN_KEY).map_err(DbError::from)?;
+            return Ok(None);
+        }
+        let token = random_secret()?[..32].to_string();
+        crate::db::meta_set(tx, SETUP_TOKEN_KEY, &sha256_hex(&token)).map_err(DbError::from)?;
+        Ok(Some(token))
+    })
+    .await
+}
+
+/// Where to go after logging in: a local path only (never another site).
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.into(),
+        _ => "/".into(),
+    }
+}
+
+/// A fresh CSRF token for a form shown before there is a session, and its cookie.
+fn login_csrf(headers: &HeaderMap) -> Result<(String, header::HeaderValue), UiError> {
+    let token = random_secret()?;
+    let c = set_cookie(headers, LOGIN_CSRF_COOKIE, &token, 3600);
+    Ok((token, c))
+}
+
+fn check_login_csrf(headers: &HeaderMap, sent: &str) -> Result<(), UiError> {
+    match cookie(headers, LOGIN_CSRF_COOKIE) {
+        Some(c) if !sent.is_empty() && constant_time_eq(c.as_bytes(), sent.as_bytes()) => Ok(()),
+        _ => Err(UiError::Forbidden(
+            "missing or wrong CSRF token: reload the page and try again".into(),
+        )),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    page: Page,
+    next: String,
+    username: String,
+    error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NextQuery {
+    #[serde(default)]
+    next: Option<String>,
+}
+
+fn with_cookie(
+    status: StatusCode,
+    html: Result<Response, UiError>,
+    c: header::HeaderValue,
+) -> Result<Response, UiError> {
+    let mut resp = html?;
+    *resp.status_mut() = status;
+    resp.headers_mut().append(header::SET_COOKIE, c);
+    Ok(resp)
+}
+
+async fn has_session(st: &AppState, headers: &HeaderMap) -> Result<bool, UiError> {
+    let Some(secret) = cookie(headers, SESSION_COOKIE).map(str::to_string) else {
+        return Ok(false);
+    };
+    Ok(st
+        .db
+        .call(move |c| sessions::lookup(c, &secret))
+        .await?
+        .is_some())
+}
+
+pub async fn login_form(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<NextQuery>,
+) -> Result<Response, UiError> {
+    if st.db.call(|c| users::setup_needed(c)).await? {
+        return Ok(see_other("/setup"));
+    }
+    if has_session(&st, &headers).await? {
+        return Ok(see_other(&safe_next(q.next.as_deref())));
+    }
+    login_page(
+        &headers,
+        StatusCode::OK,
+        safe_next(q.next.as_deref()),
+        String::new(),
+        None,
+    )
+}
+
+fn login_page(
+    headers: &HeaderMap,
+    status: StatusCode,
+    next: String,
+    username: String,
+    error: Option<String>,
+) -> Result<Response, UiError> {
+    let (csrf, c) = login_csrf(headers)?;
+    let mut page = Page::bare("Sign in");
+    page.csrf = csrf;
+    let html = render_status(
+        status,
+        &LoginPage {
+            page,
+            next,
+            username,
+            error,
+        },
+    );
+    with_cookie(status, html, c)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    next: Option<String>,
+}
+
+/// Verifying against this when the user does not exist keeps the answer's timing the
+/// same as for a wrong password.
+fn dummy_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| users::hash_password("not-a-real-password-at-all").unwrap_or_default())
+}
+
+pub async fn login(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    UiForm(f): UiForm<LoginForm>,
+) -> Result<Response, UiError> {
+    check_login_csrf(&headers, &f.csrf)?;
+    let next = safe_next(f.next.as_deref());
+    let username = f.username.trim().to_string();
+    let keys = vec![format!("ip:{}", peer.ip()), format!("user:{username}")];
+    if let Some(wait) = st.ui.locked_for(&keys) {
+        tracing::warn!(user = %username, peer = %peer.ip(), "login refused: too many failed attempts");
+        return login_page(
+            &headers,
+            StatusCode::TOO_MANY_REQUESTS,
+            next,
+            username,
+            Some(format!("Too many failed sign-ins. Try again in {wait} s.")),
+        );
+    }
+    let (name, password) = (username.clone(), f.password.clone());
+    let user = st
+        .db
+        .call(move |c| {
+            let found = users::password_hash_of(c, &name)?;
+            let ok = match &found {
+                Some((_, phc)) => users::password_matches(phc, &password),
+                None => {
+                    let _ = users::password_matches(dummy_hash(), &password);
+                    false
+                }
+            };
+            Ok::<_, DomainError>(found.filter(|_| ok).map(|(u, _)| u))
+        })
+        .await?;
+    let Some(user) = user else {
+        st.ui.record_failure(&keys);
+        tracing::info!(user = %username, peer = %peer.ip(), "failed sign-in");
+        return login_page(
+            &headers,
+            StatusCode::UNAUTHORIZED,
+            next,
+            username,
+            Some("Wrong user name or password.".into()),
+        );
+    };
+    st.ui.clear(&keys);
+    let uid = user.id;
+    let secret = st.db.write(move |tx| sessions::create(tx, uid)).await?;
+    tracing::info!(user = %user.username, "signed in");
+    Ok(session_redirect(&headers, &next, &secret))
+}
+
+/// The redirect that starts a session: sets its cookie, drops the login CSRF cookie.
+fn session_redirect(headers: &HeaderMap, to: &str, secret: &str) -> Response {
+    let mut resp = see_other(to);
+    let h = resp.headers_mut();
+    h.append(
+        header::SET_COOKIE,
+        set_cookie(headers, SESSION_COOKIE, secret, SESSION_TTL_MS / 1000),
+    );
+    h.append(
+        header::SET_COOKIE,
+        set_cookie(headers, LOGIN_CSRF_COOKIE, "", 0),
+    );
+    resp
+}
+
+pub async fn logout(
+    State(st): State<AppState>,
+    sess: Sess,
+    headers: HeaderMap,
+) -> Result<Response, UiError> {
+    let id = sess.0.id;
+    st.db.write(move |tx| sessions::delete(tx, id)).await?;
+    let mut resp = see_other("/login");
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&headers, SESSION_COOKIE, "", 0),
+    );
+    Ok(resp)
+}
+
+#[derive(Template)]
+#[template(path = "setup.html")]
+struct SetupPage {
+    page: Page,
+    username: String,
+    error: Option<(String, String)>,
+}
+
+pub async fn setup_form(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, UiError> {
+    if !st.db.call(|c| users::setup_needed(c)).await? {
+        return Ok(see_other("/login"));
+    }
+    setup_page(&headers, StatusCode::OK, "admin".into(), None)
+}
+
+fn setup_page(
+    headers: &HeaderMap,
+    status: StatusCode,
+    username: String,
+    error: Option<(String, String)>,
+) -> Result<Response, UiError> {
+    let (csrf, c) = login_csrf(headers)?;
+    let mut page = Page::bare("First-run setup");
+    page.csrf = csrf;
+    let html = render_status(
+        status,
+        &SetupPage {
+            page,
+            username,
+            error,
+        },
+    );
+    with_cookie(status, html, c)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SetupForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    password2: String,
+}
+
+pub async fn setup(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    UiForm(f): UiForm<SetupForm>,
+) -> Result<Response, UiError> {
+    check_login_csrf(&headers, &f.csrf)?;
+    let keys = vec![format!("setup-ip:{}", peer.ip()), "setup".to_string()];
+    let username = f.username.trim().to_string();
+    if let Some(wait) = st.ui.locked_for(&keys) {
+        return setup_page(
+            &headers,
+            StatusCode::TOO_MANY_REQUESTS,
+            username,
+            Some((
+                "token".into(),
+                format!("Too many wrong tokens. Try again in {wait} s."),
+            )),
+        );
+    }
+    if f.password != f.password2 {
+        return setup_page(
+            &headers,
+            StatusCode::BAD_REQUEST,
+            username,
+            Some(("password2".into(), "The two passwords differ.".into())),
+        );
+    }
+    let (name, password, token) = (
+        username.clone(),
+        f.password.clone(),
+        f.token.trim().to_string(),
+    );
+    let outcome = st
+        .db
+        .write(move |tx| {
+            if !users::setup_needed(tx)? {
+                return Ok(Err((
+                    "token".to_string(),
+                    "Setup is already done: sign in.".to_string(),
+                )));
+            }
+            let stored = crate::db::meta_get(tx, SETUP_TOKEN_KEY).map_err(DbError::from)?;
+            let matches = stored
+                .is_some_and(|h| constant_time_eq(h.as_bytes(), sha256_hex(&token).as_bytes()));
+            if !matches {
+                return Ok(Err((
+                    "token".to_string(),
+                    "Wrong setup token: copy it from the log of `zlh serve`.".to_string(),
+                )));
+            }
+            // The password is checked before the account exists: nothing half-made.
+            let phc = match users::hash_password(&password) {
+                Ok(p) => p,
+                Err(DomainError::Invalid { field, message }) => return Ok(Err((field, message))),
+                Err(e) => return Err(e),
+            };
+            let user = match users::create_user(tx, &name, true, Some(&phc)) {
+                Ok(u) => u,
+                Err(DomainError::Invalid { field, message }) => return Ok(Err((field, message))),
+                Err(DomainError::Conflict(m)) => return Ok(Err(("username".into(), m))),
+                Err(e) => return Err(e),
+            };
+            crate::db::meta_delete(tx, SETUP_TOKEN_KEY).map_err(DbError::from)?;
+            let secret = sessions::create(tx, user.id)?;
+            Ok::<_, DomainError>(Ok((user, secret)))
+        })
+        .await?;
+    match outcome {
+        Ok((user, secret)) => {
+            tracing::info!(user = %user.username, "first-run setup done: admin account created");
+            Ok(session_redirect(&headers, "/", &secret))
+        }
+        Err((field, message)) => {
+            if field == "token" {
+                st.ui.record_failure(&keys);
+            }
+            setup_page(
+                &headers,
+                StatusCode::BAD_REQUEST,
+                username,
+                Some((field, message)),
+            )
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! Live updates without reloads: server-sent events for status and timeline (read
+//! from the database, where every change lands), and the agent's console stream
+//! relayed through `zlh serve` over a WebSocket.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use askama::Template;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::servers::{EventRow, JobRow, ServerView, server_events, view};
+use super::{Sess, UiError};
+use crate::app::AppState;
+use crate::domain::servers::{self, ServerStatus};
+use crate::domain::users::User;
+use crate::domain::{DomainError, edge};
+use crate::queue;
+
+/// How often a live page looks for changes. Changes are written by jobs in this
+/// process and by CLI commands in others; the database is where they all meet.
+const LIVE_EVERY: Duration = Duration::from_millis(500);
+
+#[derive(Template)]
+#[template(path = "partials/server_live.html")]
+struct ServerLive<'a> {
+    s: &'a ServerView,
+    jobs: &'a [JobRow],
+    edge: &'a [super::servers::EdgeRow],
+    actions: Vec<(&'static str, &'static str)>,
+    csrf: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "partials/events.html")]
+struct EventsPartial<'a> {
+    events: &'a [EventRow],
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AfterQuery {
+    #[serde(default)]
+    after: i64,
+}
+
+/// What one look at a server found.
+struct Snapshot {
+    key: String,
+    status_json: serde_json::Value,
+    events: Vec<EventRow>,
+}
+
+fn snapshot(
+    c: &rusqlite::Connection,
+    user: &User,
+    id: i64,
+    after: i64,
+    csrf: &str,
+) -> Result<Snapshot, UiError> {
+    let s = servers::get_visible(c, user, id)?;
+    let v = view(c, &s)?;
+    let jobs: Vec<JobRow> = queue::list(
+        c,
+        &queue::JobFilter {
+            lane: Some(format!("server:{id}")),
+            limit: 20,
+            ..Default::default()
+        },
+    )?
+    .iter()
+    .map(JobRow::from_job)
+    .collect();
+    let edge: Vec<super::servers::EdgeRow> = edge::for_server(c, id)?
+        .into_iter()
+        .filter(|e| e.state != "removed")
+        .map(|e| super::servers::EdgeRow {
+            target: e.target,
+            name: e.name,
+            state: e.state,
+            last_error: e.last_error.unwrap_or_default(),
+        })
+        .collect();
+    let actions = if v.deleted {
+        vec![]
+    } else {
+        super::servers::allowed_actions(s.status)
+    };
+    let html = ServerLive {
+        s: &v,
+        jobs: &jobs,
+        edge: &edge,
+        actions,
+        csrf,
+    }
+    .render()?;
+    let status_json = json!({
+        "status": v.row.status,
+        "reason": v.row.reason,
+        "html": html,
+    });
+    // Changes of anything the page shows (the uptime ticks in the page itself).
+    let key = format!("{}|{}|{}", v.row.status, v.row.reason, sha_of(&html));
+    let events = server_events(c, id, after, 200)?;
+    Ok(Snapshot {
+        key,
+        status_json,
+        events,
+    })
+}
+
+fn sha_of(s: &str) -> String {
+    crate::domain::sha256_hex(s)
+}
+
+/// `GET /servers/{id}/live?after=<event id>`: `status` events (the badge, reason and the
+/// server-rendered facts, actions, jobs and edge panel) when anything changes, and
+/// `events` with the timeline rows after `after`.
+pub async fn server_live(
+    State(st): State<AppState>,
+    sess: Sess,
+    Path(id): Path<i64>,
+    Query(q): Query<AfterQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, UiError> {
+    let user = sess.user().clone();
+    // Not visible → 404 now, not an empty stream.
+    {
+        let user = user.clone();
+        st.db
+            .call(move |c| servers::get_visible(c, &user, id))
+            .await?;
+    }
+    let csrf = sess.0.csrf.clone();
+    let init = (st, user, csrf, q.after, String::new(), true);
+    let stream = futures_util::stream::unfold(
+        init,
+        move |(st, user, csrf, after, last_key, first)| async move {
+            if !first {
+                tokio::time::sleep(LIVE_EVERY).await;
+            }
+            loop {
+                let (u, c2) = (user.clone(), csrf.clone());
+                let snap = st.db.call(move |c| snapshot(c, &u, id, after, &c2)).await;
+                let snap = match snap {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let ev = Event::default().event("error").data(e.to_string());
+                        return Some((vec![ev], (st, user, csrf, after, last_key, false)));
+                    }
+                };
+                let mut out = vec![];
+                let mut after = after;
+                if let Some(last) = snap.events.last() {
+                    after = last.id;
+                    let html = EventsPartial {
+                        events: &snap.events,
+                    }
+                    .render()
+                    .unwrap_or_default();
+                    out.push(
+                        Event::default()
+                            .event("events")
+                            .id(after.to_string())
+                            .data(html),
+                    );
+                }
+                if snap.key != last_key {
+                    out.push(
+                        Event::default()
+                            .event("status")
+                            .data(snap.status_json.to_string()),
+                    );
+                }
+                if !out.is_empty() {
+                    return Some((out, (st, user, csrf, after, snap.key, false)));
+                }
+                tokio::time::sleep(LIVE_EVERY).await;
+            }
+        },
+    )
+    .flat_map(|events| futures_util::stream::iter(events.into_iter().map(Ok)));
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IdsQuery {
+    #[serde(default)]
+    ids: String,
+}
+
+/// `GET /servers/live?ids=1,2,3`: `statuses` events with `{id: {status, reason}}` for
+/// the listed servers, and `counts` (servers by status, for the dashboard), whenever
+/// they change.
+pub async fn servers_live(
+    State(st): State<AppState>,
+    sess: Sess,
+    Query(q): Query<IdsQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, UiError> {
+    let ids: Vec<i64> = q
+        .ids
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .take(500)
+        .map(|s| {
+            s.trim()
+                .parse()
+                .map_err(|_| UiError::BadRequest(format!("ids: '{s}' is not a server id")))
+        })
+        .collect::<Result<_, _>>()?;
+    let user = sess.user().clone();
+    let init = (st, user, ids, String::new(), true);
+    let stream = futures_util::stream::unfold(init, |(st, user, ids, last, first)| async move {
+        if !first {
+            tokio::time::sleep(LIVE_EVERY).await;
+        }
+        loop {
+            let (u, list) = (user.clone(), ids.clone());
+            let found = st.db.call(move |c| statuses(c, &u, &list)).await;
+            let data = match found {
+                Ok(d) => d.to_string(),
+                Err(e) => {
+                    let ev = Event::default().event("error").data(e.to_string());
+                    return Some((ev, (st, user, ids, last, false)));
+                }
+            };
+            if data != last {
+                let ev = Event::default().event("statuses").data(data.clone());
+                return Some((ev, (st, user, ids, data, false)));
+            }
+            tokio::time::sleep(LIVE_EVERY).await;
+        }
+    })
+    .map(Ok);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+fn statuses(
+    c: &rusqlite::Connection,
+    user: &User,
+    ids: &[i64],
+) -> Result<serde_json::Value, DomainError> {
+    let list = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+    let mut s = c.prepare_cached(
+        "SELECT id, status, coalesce(status_reason, '') FROM servers
+         WHERE id IN (SELECT value FROM json_each(?1)) AND (?2 OR owner_id = ?3)",
+    )?;
+    let mut servers = serde_json::Map::new();
+    for r in s.query_map(rusqlite::params![list, user.is_admin, user.id], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })? {
+        let (id, status, reason) = r?;
+        servers.insert(id.to_string(), json!({"status": status, "reason": reason}));
+    }
+    let mut s = c.prepare_cached(
+        "SELECT status, count(*) FROM servers WHERE deleted_at IS NULL AND (?1 OR owner_id = ?2)
+         GROUP BY status",
+    )?;
+    let mut counts = serde_json::Map::new();
+    for st in ServerStatus::ALL {
+        counts.insert(st.as_str().into(), json!(0));
+    }
+    for r in s.query_map(rusqlite::params![user.is_admin, user.id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })? {
+        let (status, n) = r?;
+        counts.insert(status, json!(n));
+    }
+    Ok(json!({"servers": servers, "counts": counts}))
+}
+
+/// `GET /servers/{id}/console/stream` (WebSocket): the agent's recent console lines,
+/// then live ones. `zlh serve` connects to the agent with the server's token, which
+/// never reaches the browser.
+pub async fn console_stream(
+    State(st): State<AppState>,
+    sess: Sess,
+    Path(id): Path<i64>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, UiError> {
+    let user = sess.user().clone();
+    let server = st
+        .db
+        .call(move |c| servers::get_visible(c, &user, id))
+        .await?;
+    let client = server.agent_client();
+    let label = server.name.clone();
+    Ok(ws
+        .on_upgrade(move |socket| async move {
+            match client {
+                Some(client) => relay(socket, client, label).await,
+                None => {
+                    let mut socket = socket;
+                    let _ = socket
+                        .send(Message::Text(
+                            format!("[zlh] {label} has no agent yet: nothing to show").into(),
+                        ))
+                        .await;
+                }
+            }
+        })
+        .into_response())
+}
+
+async fn relay(mut browser: WebSocket, client: crate::agent::client::AgentClient, label: String) {
+    use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+    let url = client.console_stream_url();
+    let request = url.as_str().into_client_request().map(|mut r| {
+        if let Ok(v) = format!("Bearer {}", client.token()).parse() {
+            r.headers_mut().insert("authorization", v);
+        }
+        r
+    });
+    let connected = match request {
+        Ok(r) => tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(r))
+            .await
+            .map_err(|_| "timed out".to_string())
+            .and_then(|r| r.map_err(|e| e.to_string())),
+        Err(e) => Err(e.to_string()),
+    };
+    let mut agent = match connected {
+        Ok((stream, _)) => stream,
+        Err(e) => {
+            tracing::warn!(server = %label, error = %e, "console relay: agent unreachable");
+            let _ = browser
+                .send(Message::Text(
+                    format!("[zlh] the console of {label} is unavailable: {e}").into(),
+                ))
+                .await;
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            from_agent = agent.next() => match from_agent {
+                Some(Ok(tungstenite::Message::Text(line))) => {
+                    if browser.send(Message::Text(line.as_str().into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(tungstenite::Message::Close(_))) | None => {
+                    let _ = browser
+                        .send(Message::Text(format!("[zlh] the agent of {label} closed the console").into()))
+                        .await;
+                    break;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    let _ = browser
+                        .send(Message::Text(format!("[zlh] console of {label} lost: {e}").into()))
+                        .await;
+                    break;
+                }
+            },
+            from_browser = browser.recv() => match from_browser {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                _ => {}
+            },
+        }
+    }
+    let _ = agent.close(None).await;
+}

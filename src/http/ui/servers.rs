@@ -1,0 +1,909 @@
+//! Dashboard, server list, create form, server detail with its actions and console.
+
+use std::collections::HashMap;
+
+use askama::Template;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rusqlite::{Connection, params};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Page, Sess, UiError, UiForm, render, render_status, see_other};
+use crate::app::AppState;
+use crate::db::now_ms;
+use crate::domain::servers::{self, Action, CreateServer, Server, ServerStatus};
+use crate::domain::users::User;
+use crate::domain::{DomainError, edge, is_dns_label, nodes, random_secret, sha256_hex, templates};
+use crate::queue::{self, Job, JobState};
+use crate::util::format_ts;
+
+/// Servers on one page of the list.
+pub const PAGE_SIZE: i64 = 50;
+
+/// Percent-encodes a query-string value.
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// "3d 4h", "2h 5m", "40s": how long ago `ms` was.
+pub fn ago(ms: i64) -> String {
+    let s = ((now_ms() - ms) / 1000).max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d {}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+/// One server as the list and the dashboard show it.
+pub struct ServerRow {
+    pub id: i64,
+    pub name: String,
+    pub status: &'static str,
+    pub reason: String,
+    pub template: String,
+    pub version: String,
+    pub node: String,
+    /// How players connect: the published DNS name, else address and port.
+    pub connect: String,
+    /// How long it has been running (running servers only).
+    pub uptime: String,
+}
+
+/// The template slugs and node names by id, and for `ids` the published DNS names
+/// and the time each last became `running`: what a list row needs besides the row.
+struct RowContext {
+    templates: HashMap<i64, String>,
+    nodes: HashMap<i64, String>,
+    dns: HashMap<i64, String>,
+    running_since: HashMap<i64, i64>,
+}
+
+fn row_context(c: &Connection, ids: &[i64]) -> Result<RowContext, DomainError> {
+    let templates = templates::list(c)?
+        .into_iter()
+        .map(|t| (t.id, t.slug))
+        .collect();
+    let nodes = nodes::list(c)?
+        .into_iter()
+        .map(|n| (n.id, n.name))
+        .collect();
+    let mut dns = HashMap::new();
+    let mut running_since = HashMap::new();
+    if !ids.is_empty() {
+        let list = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+        let mut s = c.prepare_cached(
+            "SELECT server_id, name FROM edge_records
+             WHERE state = 'published' AND target = ?2
+               AND server_id IN (SELECT value FROM json_each(?1))",
+        )?;
+        for r in s.query_map(params![list, edge::DNS_A], |r| Ok((r.get(0)?, r.get(1)?)))? {
+            let (id, name): (i64, String) = r?;
+            dns.insert(id, name);
+        }
+        let mut s = c.prepare_cached(
+            "SELECT e.server_id, max(e.id) FROM server_events e
+             WHERE e.server_id IN (SELECT value FROM json_each(?1)) AND e.to_status = 'running'
+             GROUP BY e.server_id",
+        )?;
+        let last: Vec<(i64, i64)> = s
+            .query_map([&list], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut at = c.prepare_cached("SELECT at FROM server_events WHERE id = ?1")?;
+        for (sid, eid) in last {
+            running_since.insert(sid, at.query_row([eid], |r| r.get(0))?);
+        }
+    }
+    Ok(RowContext {
+        templates,
+        nodes,
+        dns,
+        running_since,
+    })
+}
+
+impl RowContext {
+    fn row(&self, s: &Server) -> ServerRow {
+        let connect = match (self.dns.get(&s.id), &s.ip) {
+            (Some(name), _) => name.clone(),
+            (None, Some(ip)) => format!("{ip}:{}", s.game_port),
+            (None, None) => "—".into(),
+        };
+        let uptime = match (s.status, self.running_since.get(&s.id)) {
+            (ServerStatus::Running, Some(at)) => ago(*at),
+            _ => String::new(),
+        };
+        ServerRow {
+            id: s.id,
+            name: s.name.clone(),
+            status: s.status.as_str(),
+            reason: s.status_reason.clone().unwrap_or_default(),
+            template: self
+                .templates
+                .get(&s.template_id)
+                .cloned()
+                .unwrap_or_default(),
+            version: s.version.clone(),
+            node: self.nodes.get(&s.node_id).cloned().unwrap_or_default(),
+            connect,
+            uptime,
+        }
+    }
+}
+
+/// Rows for `list` (one query for the context of all of them).
+pub fn rows(c: &Connection, list: &[Server]) -> Result<Vec<ServerRow>, DomainError> {
+    let ids: Vec<i64> = list.iter().map(|s| s.id).collect();
+    let ctx = row_context(c, &ids)?;
+    Ok(list.iter().map(|s| ctx.row(s)).collect())
+}
+
+/// An event as the timelines show it.
+pub struct EventRow {
+    pub id: i64,
+    pub server_id: i64,
+    pub server: String,
+    pub at: String,
+    pub from: String,
+    pub to: String,
+    pub actor: String,
+    pub message: String,
+    pub job_id: Option<i64>,
+}
+
+/// The newest `limit` events on servers `user` may see, newest first.
+fn recent_events(c: &Connection, user: &User, limit: i64) -> Result<Vec<EventRow>, DomainError> {
+    let mut s = c.prepare_cached(
+        "SELECT e.id, e.server_id, s.name, e.at, e.from_status, e.to_status, e.actor, e.message, e.job_id
+         FROM server_events e JOIN servers s ON s.id = e.server_id
+         WHERE ?1 OR s.owner_id = ?2
+         ORDER BY e.id DESC LIMIT ?3",
+    )?;
+    let rows = s.query_map(params![user.is_admin, user.id, limit], event_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok(EventRow {
+        id: r.get(0)?,
+        server_id: r.get(1)?,
+        server: r.get(2)?,
+        at: format_ts(r.get(3)?),
+        from: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+        to: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+        actor: r.get(6)?,
+        message: r.get(7)?,
+        job_id: r.get(8)?,
+    })
+}
+
+/// Events of one server after `after_id`, oldest first (at most `limit`, the newest).
+pub fn server_events(
+    c: &Connection,
+    server_id: i64,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<EventRow>, DomainError> {
+    let mut s = c.prepare_cached(
+        "SELECT e.id, e.server_id, s.name, e.at, e.from_status, e.to_status, e.actor, e.message, e.job_id
+         FROM server_events e JOIN servers s ON s.id = e.server_id
+         WHERE e.server_id = ?1 AND e.id > ?2 ORDER BY e.id DESC LIMIT ?3",
+    )?;
+    let mut out: Vec<EventRow> = s
+        .query_map(params![server_id, after_id, limit], event_row)?
+        .collect::<Result<_, _>>()?;
+    out.reverse();
+    Ok(out)
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct DashboardPage {
+    page: Page,
+    total: i64,
+    by_status: Vec<(&'static str, i64)>,
+    queue: Vec<(&'static str, i64)>,
+    oldest_available: String,
+    attention: Vec<ServerRow>,
+    events: Vec<EventRow>,
+}
+
+pub async fn dashboard(State(st): State<AppState>, sess: Sess) -> Result<Response, UiError> {
+    let page = sess.page(&st, "dashboard", "Dashboard").await?;
+    let user = sess.user().clone();
+    let (by_status, queue_counts, oldest, attention, events) = st
+        .db
+        .call(move |c| {
+            let mut s = c.prepare_cached(
+                "SELECT status, count(*) FROM servers WHERE deleted_at IS NULL AND (?1 OR owner_id = ?2)
+                 GROUP BY status",
+            )?;
+            let counts: HashMap<String, i64> = s
+                .query_map(params![user.is_admin, user.id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let by_status: Vec<(&'static str, i64)> = ServerStatus::ALL
+                .iter()
+                .filter(|s| **s != ServerStatus::Deleted)
+                .map(|s| (s.as_str(), counts.get(s.as_str()).copied().unwrap_or(0)))
+                .collect();
+            let q = queue::count_by_state(c)?;
+            let n = |state: JobState| q.iter().find(|(s, _)| *s == state).map(|(_, n)| *n).unwrap_or(0);
+            let queue_counts = vec![
+                ("available", n(JobState::Available) + n(JobState::Scheduled)),
+                ("running", n(JobState::Running)),
+                ("retrying", n(JobState::Retryable)),
+                ("failed", n(JobState::Discarded)),
+                ("held", n(JobState::Held)),
+            ];
+            let oldest: Option<i64> = c.query_row(
+                "SELECT min(run_at) FROM jobs WHERE state = 'available'",
+                [],
+                |r| r.get(0),
+            )?;
+            // Servers that need a look: failed, crashed, or past their deadline.
+            let mut s = c.prepare_cached(&format!(
+                "SELECT {} FROM servers WHERE deleted_at IS NULL AND (?1 OR owner_id = ?2)
+                   AND (status IN ('failed', 'crashed') OR status_deadline < ?3)
+                 ORDER BY updated_at DESC LIMIT 10",
+                servers::COLUMNS
+            ))?;
+            let list: Vec<Server> = s
+                .query_map(params![user.is_admin, user.id, now_ms()], servers::from_row)?
+                .collect::<Result<_, _>>()?;
+            let attention = rows(c, &list)?;
+            let events = recent_events(c, &user, 15)?;
+            Ok::<_, DomainError>((by_status, queue_counts, oldest, attention, events))
+        })
+        .await?;
+    render(&DashboardPage {
+        page,
+        total: by_status.iter().map(|(_, n)| n).sum(),
+        by_status,
+        queue: queue_counts,
+        oldest_available: oldest.map(ago).unwrap_or_default(),
+        attention,
+        events,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    q: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    after: Option<i64>,
+}
+
+#[derive(Template)]
+#[template(path = "servers.html")]
+struct ServersPage {
+    page: Page,
+    rows: Vec<ServerRow>,
+    q: String,
+    status: String,
+    statuses: Vec<&'static str>,
+    matching: i64,
+    first: bool,
+    next_url: Option<String>,
+}
+
+fn parse_status(s: Option<&str>) -> Result<Option<ServerStatus>, UiError> {
+    match s {
+        None | Some("") => Ok(None),
+        Some(s) => ServerStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .map(Some)
+            .ok_or_else(|| UiError::BadRequest(format!("status: unknown status '{s}'"))),
+    }
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    sess: Sess,
+    Query(lq): Query<ListQuery>,
+) -> Result<Response, UiError> {
+    let page = sess.page(&st, "servers", "Servers").await?;
+    let status = parse_status(lq.status.as_deref())?;
+    let q = lq.q.clone().unwrap_or_default().trim().to_string();
+    let user = sess.user().clone();
+    let after = lq.after.unwrap_or(0);
+    let search = q.clone();
+    let (rows, matching) = st
+        .db
+        .call(move |c| {
+            let search = (!search.is_empty()).then_some(search.as_str());
+            let list = servers::list_visible(c, &user, after, PAGE_SIZE, status, search)?;
+            let matching: i64 = c
+                .prepare_cached(
+                    "SELECT count(*) FROM servers WHERE deleted_at IS NULL AND (?1 OR owner_id = ?2)
+                       AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR instr(name, ?4) > 0)",
+                )?
+                .query_row(
+                    params![user.is_admin, user.id, status.map(ServerStatus::as_str), search],
+                    |r| r.get(0),
+                )?;
+            Ok::<_, DomainError>((rows(c, &list)?, matching))
+        })
+        .await?;
+    let next_url = (rows.len() as i64 == PAGE_SIZE)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten()
+        .map(|last| {
+            format!(
+                "/servers?q={}&status={}&after={last}",
+                url_encode(&q),
+                status.map(ServerStatus::as_str).unwrap_or("")
+            )
+        });
+    render(&ServersPage {
+        page,
+        rows,
+        q,
+        status: status.map(|s| s.as_str().to_string()).unwrap_or_default(),
+        statuses: ServerStatus::ALL
+            .iter()
+            .filter(|s| **s != ServerStatus::Deleted)
+            .map(|s| s.as_str())
+            .collect(),
+        matching,
+        first: after == 0,
+        next_url,
+    })
+}
+
+/// A template as the create form offers it.
+pub struct TemplateOption {
+    pub slug: String,
+    pub name: String,
+    pub versions: Vec<String>,
+    pub memory_mb: u32,
+    pub cores: u32,
+    pub eula_required: bool,
+}
+
+pub struct NodeOption {
+    pub name: String,
+    pub kind: String,
+    pub free_mb: i64,
+}
+
+/// What the create form was filled with (kept when it is shown again with errors).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CreateForm {
+    #[serde(default)]
+    pub idempotency_key: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub template: String,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub memory_mb: String,
+    #[serde(default)]
+    pub cores: String,
+    #[serde(default)]
+    pub node: String,
+    #[serde(default)]
+    pub eula: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "server_new.html")]
+struct NewServerPage {
+    page: Page,
+    templates: Vec<TemplateOption>,
+    nodes: Vec<NodeOption>,
+    form: CreateForm,
+    error_field: String,
+    error: String,
+}
+
+impl NewServerPage {
+    fn err(&self, field: &str) -> &str {
+        if self.error_field == field {
+            &self.error
+        } else {
+            ""
+        }
+    }
+}
+
+async fn new_page(
+    st: &AppState,
+    sess: &Sess,
+    form: CreateForm,
+    error: Option<(String, String)>,
+) -> Result<NewServerPage, UiError> {
+    let page = sess.page(st, "new", "New server").await?;
+    let (templates, nodes) = st
+        .db
+        .call(|c| {
+            let t: Vec<TemplateOption> = templates::list(c)?
+                .into_iter()
+                .map(|t| TemplateOption {
+                    slug: t.slug,
+                    name: t.name,
+                    versions: t.spec.versions.clone(),
+                    memory_mb: t.spec.default_memory_mb,
+                    cores: t.spec.default_cores,
+                    eula_required: t.spec.eula_required,
+                })
+                .collect();
+            let n: Vec<NodeOption> = nodes::free_memory(c)?
+                .into_iter()
+                .filter(|(n, _)| n.enabled)
+                .map(|(n, free)| NodeOption {
+                    name: n.name,
+                    kind: n.kind,
+                    free_mb: free,
+                })
+                .collect();
+            Ok::<_, DomainError>((t, n))
+        })
+        .await?;
+    let (error_field, error) = error.unwrap_or_default();
+    Ok(NewServerPage {
+        page,
+        templates,
+        nodes,
+        form,
+        error_field,
+        error,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NewQuery {
+    #[serde(default)]
+    template: Option<String>,
+}
+
+pub async fn new_form(
+    State(st): State<AppState>,
+    sess: Sess,
+    Query(q): Query<NewQuery>,
+) -> Result<Response, UiError> {
+    // The key is made when the page is rendered: a double click or a resubmit of this
+    // page sends it again and gets the same server.
+    let form = CreateForm {
+        idempotency_key: format!("ui-{}", &random_secret()?[..24]),
+        template: q.template.unwrap_or_default(),
+        ..Default::default()
+    };
+    render(&new_page(&st, &sess, form, None).await?)
+}
+
+fn parse_opt_u32(field: &str, v: &str) -> Result<Option<u32>, (String, String)> {
+    let v = v.trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.parse()
+        .map(Some)
+        .map_err(|_| (field.to_string(), "a whole number".to_string()))
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    sess: Sess,
+    UiForm(form): UiForm<CreateForm>,
+) -> Result<Response, UiError> {
+    let parsed = (|| {
+        let key = form.idempotency_key.trim();
+        if key.is_empty() || key.len() > 200 {
+            return Err((
+                "idempotency_key".to_string(),
+                "missing: reload the form".to_string(),
+            ));
+        }
+        Ok((
+            key.to_string(),
+            CreateServer {
+                name: form.name.trim().to_string(),
+                template: form.template.trim().to_string(),
+                version: form.version.trim().to_string(),
+                memory_mb: parse_opt_u32("memory_mb", &form.memory_mb)?,
+                cores: parse_opt_u32("cores", &form.cores)?,
+                node: Some(form.node.trim().to_string()).filter(|n| !n.is_empty()),
+                eula: form.eula.is_some(),
+            },
+        ))
+    })();
+    let (key, req) = match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            let page = new_page(&st, &sess, form, Some(e)).await?;
+            return render_status(StatusCode::BAD_REQUEST, &page);
+        }
+    };
+    // The same hash as the API's: a key means the same thing from both.
+    let hash = sha256_hex(&serde_json::to_string(&req).unwrap_or_default());
+    let user = sess.user().clone();
+    let result = st
+        .db
+        .write(move |tx| servers::create(tx, &user, &req, Some((&key, &hash))))
+        .await;
+    match result {
+        Ok(created) => {
+            if created.created {
+                st.queue.wake();
+            }
+            Ok(see_other(&format!("/servers/{}", created.server.id)))
+        }
+        Err(e) => {
+            let (status, field, message) = match e {
+                DomainError::Invalid { field, message } => {
+                    (StatusCode::BAD_REQUEST, field, message)
+                }
+                DomainError::Taken { field, message } => (StatusCode::CONFLICT, field, message),
+                DomainError::Conflict(m) => (StatusCode::CONFLICT, String::new(), m),
+                other => return Err(other.into()),
+            };
+            let page = new_page(&st, &sess, form, Some((field, message))).await?;
+            render_status(status, &page)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NameQuery {
+    #[serde(default)]
+    name: String,
+}
+
+/// `{ok, message}` for the create form's as-you-type check of a name.
+pub async fn name_check(
+    State(st): State<AppState>,
+    _sess: Sess,
+    Query(q): Query<NameQuery>,
+) -> Result<Response, UiError> {
+    let name = q.name.trim().to_string();
+    if !is_dns_label(&name) {
+        return Ok(Json(json!({
+            "ok": false,
+            "message": "1–63 of a–z, 0–9 and '-', not starting or ending with '-'"
+        }))
+        .into_response());
+    }
+    let taken: bool = st
+        .db
+        .call(move |c| {
+            c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM servers WHERE name = ?1 AND deleted_at IS NULL)",
+                [&name],
+                |r| r.get(0),
+            )
+            .map_err(crate::db::DbError::from)
+        })
+        .await?;
+    Ok(Json(if taken {
+        json!({"ok": false, "message": "a server with this name exists"})
+    } else {
+        json!({"ok": true, "message": "available"})
+    })
+    .into_response())
+}
+
+/// A server's detail page data.
+pub struct ServerView {
+    pub row: ServerRow,
+    pub desired: String,
+    pub vmid: i64,
+    pub memory_mb: i64,
+    pub cores: i64,
+    pub agent_state: String,
+    pub agent_seen: String,
+    pub ready: bool,
+    pub crash_count: i64,
+    pub failed_step: String,
+    pub deadline: String,
+    pub created: String,
+    pub deleted: bool,
+    pub checkpoints: Vec<String>,
+}
+
+pub struct JobRow {
+    pub id: i64,
+    pub kind: String,
+    pub state: String,
+    pub attempt: i64,
+    pub max_attempts: i64,
+    pub created: String,
+    pub last_error: String,
+    pub held_reason: String,
+}
+
+impl JobRow {
+    pub fn from_job(j: &Job) -> JobRow {
+        JobRow {
+            id: j.id,
+            kind: j.kind.clone(),
+            state: j.state.to_string(),
+            attempt: j.attempt,
+            max_attempts: j.max_attempts,
+            created: format_ts(j.created_at),
+            last_error: j.errors.last().map(|e| e.error.clone()).unwrap_or_default(),
+            held_reason: j.held_reason.clone().unwrap_or_default(),
+        }
+    }
+}
+
+pub struct EdgeRow {
+    pub target: String,
+    pub name: String,
+    pub state: String,
+    pub last_error: String,
+}
+
+#[derive(Template)]
+#[template(path = "server.html")]
+struct ServerPage {
+    page: Page,
+    s: ServerView,
+    events: Vec<EventRow>,
+    last_event_id: i64,
+    jobs: Vec<JobRow>,
+    edge: Vec<EdgeRow>,
+    actions: Vec<(&'static str, &'static str)>,
+    csrf: String,
+}
+
+/// The actions a server's status allows, as (action, label); the same rules as the API.
+pub fn allowed_actions(status: ServerStatus) -> Vec<(&'static str, &'static str)> {
+    use ServerStatus as S;
+    let mut out = vec![];
+    if matches!(status, S::Stopped | S::Crashed) {
+        out.push(("start", "Start"));
+    }
+    if matches!(status, S::Running | S::Starting | S::Crashed) {
+        out.push(("stop", "Stop"));
+    }
+    if matches!(status, S::Running | S::Crashed | S::Stopped) {
+        out.push(("restart", "Restart"));
+    }
+    if status == S::Failed {
+        out.push(("retry", "Retry"));
+    }
+    if matches!(status, S::Running | S::Stopped | S::Failed | S::Crashed) {
+        out.push(("reinstall", "Reinstall"));
+    }
+    out
+}
+
+pub fn view(c: &Connection, s: &Server) -> Result<ServerView, DomainError> {
+    let row = rows(c, std::slice::from_ref(s))?.remove(0);
+    let mut checkpoints: Vec<String> = s
+        .checkpoints
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default();
+    checkpoints.sort();
+    Ok(ServerView {
+        row,
+        desired: s.desired_state.clone(),
+        vmid: s.vmid,
+        memory_mb: s.memory_mb,
+        cores: s.cores,
+        agent_state: s.agent_state.clone().unwrap_or_default(),
+        agent_seen: s.agent_seen_at.map(format_ts).unwrap_or_default(),
+        ready: s.ready,
+        crash_count: s.crash_count,
+        failed_step: s.failed_step.clone().unwrap_or_default(),
+        deadline: s.status_deadline.map(format_ts).unwrap_or_default(),
+        created: format_ts(s.created_at),
+        deleted: s.deleted_at.is_some(),
+        checkpoints,
+    })
+}
+
+pub async fn detail(
+    State(st): State<AppState>,
+    sess: Sess,
+    Path(id): Path<i64>,
+) -> Result<Response, UiError> {
+    let user = sess.user().clone();
+    let (view, events, jobs, edge) = st
+        .db
+        .call(move |c| {
+            let s = servers::get_visible(c, &user, id)?;
+            let view = view(c, &s)?;
+            let events = server_events(c, id, 0, 200)?;
+            let jobs: Vec<JobRow> = queue::list(
+                c,
+                &queue::JobFilter {
+                    lane: Some(format!("server:{id}")),
+                    limit: 20,
+                    ..Default::default()
+                },
+            )?
+            .iter()
+            .map(JobRow::from_job)
+            .collect();
+            let edge = edge::for_server(c, id)?
+                .into_iter()
+                .filter(|e| e.state != "removed")
+                .map(|e| EdgeRow {
+                    target: e.target,
+                    name: e.name,
+                    state: e.state,
+                    last_error: e.last_error.unwrap_or_default(),
+                })
+                .collect();
+            Ok::<_, DomainError>((view, events, jobs, edge))
+        })
+        .await?;
+    let page = sess.page(&st, "servers", &view.row.name).await?;
+    let status = ServerStatus::ALL
+        .into_iter()
+        .find(|s| s.as_str() == view.row.status)
+        .unwrap_or(ServerStatus::Failed);
+    render(&ServerPage {
+        page,
+        actions: if view.deleted {
+            vec![]
+        } else {
+            allowed_actions(status)
+        },
+        last_event_id: events.last().map(|e| e.id).unwrap_or(0),
+        csrf: sess.0.csrf.clone(),
+        s: view,
+        events,
+        jobs,
+        edge,
+    })
+}
+
+pub async fn action(
+    State(st): State<AppState>,
+    sess: Sess,
+    Path((id, action)): Path<(i64, String)>,
+) -> Result<Response, UiError> {
+    let action = Action::parse(&action)
+        .filter(|a| *a != Action::Delete)
+        .ok_or_else(|| UiError::NotFound(format!("no action '{action}'")))?;
+    let user = sess.user().clone();
+    st.db
+        .write(move |tx| servers::request_action(tx, &user, id, action))
+        .await?;
+    st.queue.wake();
+    Ok(see_other(&format!("/servers/{id}")))
+}
+
+#[derive(Template)]
+#[template(path = "server_delete.html")]
+struct DeletePage {
+    page: Page,
+    id: i64,
+    name: String,
+    error: String,
+}
+
+async fn delete_page(
+    st: &AppState,
+    sess: &Sess,
+    id: i64,
+    error: String,
+) -> Result<DeletePage, UiError> {
+    let user = sess.user().clone();
+    let s = st
+        .db
+        .call(move |c| servers::get_visible(c, &user, id))
+        .await?;
+    Ok(DeletePage {
+        page: sess
+            .page(st, "servers", &format!("Delete {}", s.name))
+            .await?,
+        id,
+        name: s.name,
+        error,
+    })
+}
+
+pub async fn delete_form(
+    State(st): State<AppState>,
+    sess: Sess,
+    Path(id): Path<i64>,
+) -> Result<Response, UiError> {
+    render(&delete_page(&st, &sess, id, String::new()).await?)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeleteForm {
+    #[serde(default)]
+    confirm_name: String,
+}
+
+/// Deletes only when the server's name was typed: a world is not lost to a stray click.
+pub async fn delete(
+    State(st): State<AppState>,
+    sess: Sess,
+    Path(id): Path<i64>,
+    UiForm(f): UiForm<DeleteForm>,
+) -> Result<Response, UiError> {
+    let user = sess.user().clone();
+    let typed = f.confirm_name.trim().to_string();
+    let outcome = st
+        .db
+        .write(move |tx| {
+            let s = servers::get_visible(tx, &user, id)?;
+            if s.name != typed {
+                return Ok(None);
+            }
+            servers::request_action(tx, &user, id, Action::Delete).map(Some)
+        })
+        .await?;
+    match outcome {
+        Some(_) => {
+            st.queue.wake();
+            Ok(see_other(&format!("/servers/{id}")))
+        }
+        None => {
+            let page = delete_page(
+                &st,
+                &sess,
+                id,
+                "The name typed does not match: nothing was deleted.".into(),
+            )
+            .await?;
+            render_status(StatusCode::BAD_REQUEST, &page)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ConsoleForm {
+    #[serde(default)]
+    command: String,
+}
+
+/// Sends one line to the game's console. Scripts get 204 (or the error as text);
+/// a plain form goes back to the console.
+pub async fn console_command(
+    State(st): State<AppState>,
+    sess: Sess,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    UiForm(f): UiForm<ConsoleForm>,
+) -> Result<Response, UiError> {
+    let command = f.command.trim().to_string();
+    if command.is_empty() || command.contains(['\n', '\r']) || command.len() > 1000 {
+        return Err(UiError::BadRequest(
+            "command: one line of 1 to 1000 characters".into(),
+        ));
+    }
+    let user = sess.user().clone();
+    let server = st
+        .db
+        .call(move |c| servers::get_visible(c, &user, id))
+        .await?;
+    let client = server
+        .agent_client()
+        .ok_or_else(|| UiError::Conflict(format!("server {} has no agent yet", server.name)))?;
+    client
+        .console_command(&command)
+        .await
+        .map_err(|e| UiError::Conflict(format!("sending '{command}' to {}: {e}", server.name)))?;
+    let actor = format!("user:{}", sess.user().username);
+    tracing::info!(server = id, %actor, "console command sent");
+    if headers.get("x-requested-with").is_some() {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Ok(see_other(&format!("/servers/{id}#console")))
+    }
+}

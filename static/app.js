@@ -1,0 +1,177 @@
+// zlh admin UI: progressive enhancement only. Every action also works as a plain form.
+"use strict";
+
+function $(sel, root) { return (root || document).querySelector(sel); }
+function $all(sel, root) { return Array.from((root || document).querySelectorAll(sel)); }
+
+function setBadge(el, status) {
+  if (!el) return;
+  el.textContent = status;
+  el.className = el.className.replace(/\bbadge-[a-z]+\b/g, "").trim() + " badge-" + status;
+}
+
+// A submitted form is not sent twice by a double click (the idempotency key would
+// return the same server anyway; this keeps the page calm).
+function guardDoubleSubmit(root) {
+  $all("form", root).forEach(function (form) {
+    form.addEventListener("submit", function () {
+      var button = form.querySelector("button[type=submit]:not([formaction])");
+      if (!button || form.hasAttribute("data-no-guard")) return;
+      setTimeout(function () { button.disabled = true; }, 0);
+    });
+  });
+}
+
+// Create form: the name is checked as you type; template defaults fill the hints.
+function createForm() {
+  var form = $("form[data-create]");
+  if (!form) return;
+  var name = $("#name", form), msg = $("#name-check", form), timer = null;
+  name.addEventListener("input", function () {
+    clearTimeout(timer);
+    timer = setTimeout(function () {
+      var v = name.value.trim();
+      if (!v) { msg.textContent = ""; return; }
+      fetch("/servers/name-check?name=" + encodeURIComponent(v), { credentials: "same-origin" })
+        .then(function (r) { return r.json(); })
+        .then(function (j) {
+          msg.textContent = j.ok ? "✓ " + j.message : j.message;
+          msg.classList.toggle("good", !!j.ok);
+          name.setCustomValidity(j.ok ? "" : j.message);
+        })
+        .catch(function () { msg.textContent = ""; });
+    }, 200);
+  });
+  var tpl = $("#template", form);
+  function applyTemplate() {
+    var o = tpl.options[tpl.selectedIndex];
+    if (!o) return;
+    $("#memory_mb", form).placeholder = o.dataset.memory;
+    $("#cores", form).placeholder = o.dataset.cores;
+    var versions = (o.dataset.versions || "").split(",").filter(Boolean);
+    var version = $("#version", form);
+    if (!version.value && versions.length) version.placeholder = versions[0];
+    $all("#versions option").forEach(function (opt) {
+      opt.disabled = opt.dataset.template !== o.value;
+    });
+  }
+  tpl.addEventListener("change", applyTemplate);
+  applyTemplate();
+}
+
+// Server detail: status, facts, actions and timeline follow the server live (SSE).
+function serverLive() {
+  var root = $("[data-server-live]");
+  if (!root || !window.EventSource) return;
+  var src = new EventSource(root.dataset.serverLive);
+  src.addEventListener("status", function (ev) {
+    var d = JSON.parse(ev.data);
+    setBadge($("#status"), d.status);
+    $("#status-reason").textContent = d.reason;
+    var live = $("#live");
+    // Keep focus on the page when the panel is redrawn under it.
+    var focused = document.activeElement && live.contains(document.activeElement)
+      ? document.activeElement.getAttribute("data-action") : null;
+    live.innerHTML = d.html;
+    if (focused) { var again = live.querySelector('[data-action="' + focused + '"]'); if (again) again.focus(); }
+    guardDoubleSubmit(live);
+  });
+  src.addEventListener("events", function (ev) {
+    var list = $("#timeline");
+    var tmp = document.createElement("ol");
+    tmp.innerHTML = ev.data;
+    $all("li", tmp).forEach(function (li) {
+      if (!list.querySelector('[data-event-id="' + li.dataset.eventId + '"]')) list.appendChild(li);
+    });
+  });
+}
+
+// Console: lines streamed from the agent through zlh serve; commands sent without a reload.
+function consoleView() {
+  var log = $("#console-log");
+  if (!log) return;
+  var maxLines = 1000, lines = [];
+  function add(line) {
+    var atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    lines.push(line);
+    if (lines.length > maxLines) lines.splice(0, lines.length - maxLines);
+    log.textContent = lines.join("\n");
+    if (atBottom) log.scrollTop = log.scrollHeight;
+  }
+  function connect(delay) {
+    var proto = location.protocol === "https:" ? "wss://" : "ws://";
+    var ws = new WebSocket(proto + location.host + log.dataset.consoleWs);
+    ws.onopen = function () { lines = []; log.textContent = ""; delay = 1000; };
+    ws.onmessage = function (ev) { add(ev.data); };
+    ws.onclose = function () { setTimeout(function () { connect(Math.min(delay * 2, 15000)); }, delay); };
+  }
+  log.textContent = "";
+  connect(1000);
+  var form = $("#console-form"), msg = $("#console-msg");
+  form.setAttribute("data-no-guard", "");
+  form.addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    var input = $("#console-command", form);
+    fetch(form.action, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "X-Requested-With": "fetch", "Content-Type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams(new FormData(form)).toString()
+    }).then(function (r) {
+      if (r.ok) { msg.textContent = ""; input.value = ""; input.focus(); return; }
+      return r.text().then(function (t) {
+        var doc = new DOMParser().parseFromString(t, "text/html");
+        var e = doc.querySelector(".error");
+        msg.textContent = e ? e.textContent : "sending failed (" + r.status + ")";
+      });
+    }).catch(function (e) { msg.textContent = "sending failed: " + e; });
+  });
+}
+
+// Lists and dashboard: badges and counts follow the servers live (SSE).
+function listsLive() {
+  var rows = $all("[data-server-id]");
+  var counts = $("[data-live-counts]");
+  if ((!rows.length && !counts) || !window.EventSource) return;
+  var ids = rows.map(function (r) { return r.dataset.serverId; }).join(",");
+  var src = new EventSource("/servers/live?ids=" + ids);
+  src.addEventListener("statuses", function (ev) {
+    var d = JSON.parse(ev.data);
+    rows.forEach(function (r) {
+      var s = d.servers[r.dataset.serverId];
+      if (!s) return;
+      setBadge($("[data-status]", r), s.status);
+      var reason = $("[data-reason]", r);
+      if (reason) reason.textContent = s.reason;
+    });
+    if (counts) {
+      var total = 0;
+      Object.keys(d.counts).forEach(function (k) {
+        if (k !== "deleted") total += d.counts[k];
+        var el = counts.querySelector('[data-count="' + k + '"]');
+        if (el) el.textContent = d.counts[k];
+      });
+      var t = $("#count-total");
+      if (t) t.textContent = total;
+    }
+  });
+}
+
+// Delete: the button is enabled once the name is typed (the server checks it too).
+function deleteConfirm() {
+  var input = $("#confirm_name"), button = $("#confirm-delete");
+  if (!input || !button) return;
+  var want = button.textContent.replace(/^Delete /, "");
+  function check() { button.disabled = input.value.trim() !== want; }
+  input.addEventListener("input", check);
+  check();
+}
+
+document.addEventListener("DOMContentLoaded", function () {
+  guardDoubleSubmit();
+  createForm();
+  serverLive();
+  if (!$("[data-server-live]")) listsLive();
+  consoleView();
+  deleteConfirm();
+});
