@@ -34,6 +34,9 @@ pub struct AppState {
     pub started_at: i64,
     /// Admin UI state kept in memory (login rate limits).
     pub ui: Arc<crate::http::ui::UiState>,
+    /// Cancelled when shutdown begins: long-lived responses (live pages, console
+    /// relays) end, so draining HTTP does not wait for browsers to close them.
+    pub shutdown: CancellationToken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +226,7 @@ impl Prepared {
             ready: Arc::new(AtomicBool::new(false)),
             started_at: now_ms(),
             ui: Arc::default(),
+            shutdown: stop.clone(),
         };
         let ready = state.ready.clone();
         let app = crate::http::router(state);

@@ -167,6 +167,21 @@ function deleteConfirm() {
   check();
 }
 
+// "Running since" as a ticking uptime (the page itself stays as it was rendered).
+function uptimes() {
+  function tick() {
+    $all("time[data-since]").forEach(function (t) {
+      var s = Math.max(0, Math.floor((Date.now() - Date.parse(t.dateTime)) / 1000));
+      var text = s < 60 ? s + "s" : s < 3600 ? Math.floor(s / 60) + "m " + (s % 60) + "s"
+        : s < 86400 ? Math.floor(s / 3600) + "h " + Math.floor(s % 3600 / 60) + "m"
+        : Math.floor(s / 86400) + "d " + Math.floor(s % 86400 / 3600) + "h";
+      t.textContent = text + " (since " + t.dateTime + ")";
+    });
+  }
+  tick();
+  setInterval(tick, 1000);
+}
+
 document.addEventListener("DOMContentLoaded", function () {
   guardDoubleSubmit();
   createForm();
@@ -174,4 +189,5 @@ document.addEventListener("DOMContentLoaded", function () {
   if (!$("[data-server-live]")) listsLive();
   consoleView();
   deleteConfirm();
+  uptimes();
 });

@@ -185,6 +185,20 @@ fn doctor_finds_each_planted_problem_and_fixes_only_the_safe_ones() {
         "{left:?}"
     );
 
+    // The doctor's page in the admin UI shows what is left, with what to do.
+    let mut served = Served::start_with_env(tmp.path(), &data, &[], &env_ref);
+    let (code, page) = support::ui_get(&served, &format!("/doctor?server={id}"));
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("Problems found"), "{page}");
+    assert!(page.contains("CT 5101"), "the orphan is listed: {page}");
+    assert!(page.contains("verdict-problem"), "{page}");
+    assert!(
+        page.contains("Containers with its tag"),
+        "the 1/1/1 check: {page}"
+    );
+    assert!(served.signal_and_wait(libc::SIGTERM).success());
+    served.keep_agents = true;
+
     // Only an explicit --delete-orphans destroys a container nobody owns.
     let (_, report) = doctor(tmp.path(), &data, &env, &["--fix", "--delete-orphans"]);
     assert!(

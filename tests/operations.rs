@@ -125,8 +125,8 @@ fn host_move_holds_the_in_flight_job_until_released_and_clones_once() {
         "nothing replayed before the release"
     );
     assert_eq!(job_state(&conn), "held");
-    let (_, home) = support::http_get(&api.served.url("/")).unwrap();
-    assert!(home.contains("Jobs are held"));
+    let (_, home) = support::ui_get(&api.served, "/");
+    assert!(home.contains("Jobs are held"), "{home}");
 
     // Restoring again while B serves is refused.
     let out = run(&dir_b, &["restore", backup.to_str().unwrap()], &data_b);

@@ -511,6 +511,23 @@ fn not_reloaded(b: &Browser) -> bool {
     b.execute("return window.zlhMarker === 42;", vec![]) == json!(true)
 }
 
+/// Clicks what submits a form and waits until the next page has loaded.
+fn click_to_new_page(b: &Browser, css: &str) {
+    b.execute("window.zlhOldPage = true;", vec![]);
+    b.find(css).click();
+    b.wait_until(
+        &format!("the page after clicking {css}"),
+        Duration::from_secs(30),
+        |b| {
+            (b.execute(
+                "return window.zlhOldPage !== true && document.readyState === 'complete';",
+                vec![],
+            ) == json!(true))
+            .then_some(())
+        },
+    );
+}
+
 #[test]
 fn browser_setup_create_watch_console_stop_delete() {
     let tmp = tempfile::tempdir().unwrap();
@@ -665,12 +682,8 @@ fn browser_setup_create_watch_console_stop_delete() {
     assert_eq!(text(&b, "#status"), "running");
 
     // Stop, live.
-    b.find("button[data-action=stop]").click();
-    b.wait_until("the page after stop", long, |b| {
-        b.current_url()
-            .ends_with(&format!("/servers/{id}"))
-            .then_some(())
-    });
+    click_to_new_page(&b, "button[data-action=stop]");
+    assert!(b.current_url().ends_with(&format!("/servers/{id}")));
     b.execute("window.zlhMarker = 42;", vec![]);
     b.wait_text("#status", "stopped", long);
     assert!(not_reloaded(&b));
@@ -724,7 +737,7 @@ fn browser_setup_create_watch_console_stop_delete() {
     b.find("#confirm_name").clear();
     b.find("#confirm_name").send_keys("alpha");
     b.screenshot("delete-confirm");
-    b.find("#confirm-delete").click();
+    click_to_new_page(&b, "#confirm-delete");
     b.wait_until("back on the server page", long, |b| {
         b.current_url()
             .ends_with(&format!("/servers/{id}"))
@@ -738,4 +751,44 @@ fn browser_setup_create_watch_console_stop_delete() {
         count("SELECT count(*) FROM servers WHERE deleted_at IS NULL"),
         0
     );
+}
+
+#[test]
+fn open_live_pages_do_not_hold_up_a_shutdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut served = start(tmp.path());
+    let session = support::ui_session(&served);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = support::ui_client();
+    // An open live stream, its first event read: the browser tab stays open.
+    let mut resp = rt
+        .block_on(
+            client
+                .get(served.url("/servers/live?ids="))
+                .header("cookie", &session)
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = rt.block_on(resp.chunk()).unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("event: statuses"));
+    let started = std::time::Instant::now();
+    assert!(served.signal_and_wait(libc::SIGTERM).success());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    // The stream ended with the server instead of holding it up.
+    let rest = rt.block_on(async {
+        let mut n = 0;
+        while let Ok(Some(_)) = resp.chunk().await {
+            n += 1;
+        }
+        n
+    });
+    assert!(rest < 100);
 }

@@ -238,6 +238,101 @@ pub fn http_get_with_bearer(url: &str, token: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// A session cookie (`zlh_session=…`) of an admin of the UI: adds the user
+/// `ui-viewer` (once, through the CLI) and signs in over HTTP.
+pub fn ui_session(served: &Served) -> String {
+    use std::io::Write;
+    const USER: &str = "ui-viewer";
+    const PASSWORD: &str = "ui-viewer-password";
+    let mut child = zlh(&served.data_dir)
+        .args([
+            "user",
+            "add",
+            USER,
+            "--admin",
+            "--password-stdin",
+            "--data-dir",
+        ])
+        .arg(&served.data_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning zlh user add");
+    let _ = child
+        .stdin
+        .take()
+        .map(|mut s| s.write_all(format!("{PASSWORD}\n").as_bytes()));
+    let _ = child.wait(); // "already exists" on a second call is fine
+    let client = ui_client();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let login = client
+            .get(served.url("/login"))
+            .send()
+            .await
+            .expect("GET /login");
+        let csrf_cookie = cookie_of(&login, "zlh_login_csrf").expect("a login CSRF cookie");
+        let csrf = csrf_cookie
+            .split_once('=')
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_default();
+        let resp = client
+            .post(served.url("/login"))
+            .header("cookie", &csrf_cookie)
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("username", USER),
+                ("password", PASSWORD),
+            ])
+            .send()
+            .await
+            .expect("POST /login");
+        cookie_of(&resp, "zlh_session").expect("signed in")
+    })
+}
+
+/// An HTTP client for UI pages: redirects are answers, not followed.
+pub fn ui_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("building an HTTP client")
+}
+
+/// `name=value` of a cookie the response sets.
+fn cookie_of(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .map(|c| c.split(';').next().unwrap_or_default().to_string())
+}
+
+/// A page of the admin UI as a signed-in admin sees it: (status, body).
+pub fn ui_get(served: &Served, path: &str) -> (u16, String) {
+    let session = ui_session(served);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let page = ui_client()
+            .get(served.url(path))
+            .header("cookie", session)
+            .send()
+            .await
+            .expect("GET a UI page");
+        let status = page.status().as_u16();
+        (status, page.text().await.unwrap_or_default())
+    })
+}
+
 fn reqwest_blocking_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(5))

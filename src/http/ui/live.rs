@@ -14,7 +14,7 @@ use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::servers::{EventRow, JobRow, ServerView, server_events, view};
+use super::servers::{EdgeRow, EventRow, JobRow, ServerView, server_events, view};
 use super::{Sess, UiError};
 use crate::app::AppState;
 use crate::domain::servers::{self, ServerStatus};
@@ -31,7 +31,7 @@ const LIVE_EVERY: Duration = Duration::from_millis(500);
 struct ServerLive<'a> {
     s: &'a ServerView,
     jobs: &'a [JobRow],
-    edge: &'a [super::servers::EdgeRow],
+    edge: &'a [EdgeRow],
     actions: Vec<(&'static str, &'static str)>,
     csrf: &'a str,
 }
@@ -44,22 +44,27 @@ struct EventsPartial<'a> {
 
 #[derive(Debug, Deserialize)]
 pub struct AfterQuery {
+    /// The last timeline event the page has.
     #[serde(default)]
     after: i64,
-}
-
-/// What one look at a server found.
-struct Snapshot {
+    /// The key of the live panel the page has (see [`Snapshot::key`]).
+    #[serde(default)]
     key: String,
-    status_json: serde_json::Value,
-    events: Vec<EventRow>,
 }
 
-fn snapshot(
+/// What one look at a server found: its view, the live panel and its key.
+pub struct Snapshot {
+    pub view: ServerView,
+    pub html: String,
+    /// Changes with anything the panel or the status line shows.
+    pub key: String,
+}
+
+/// The server as its page shows it, now.
+pub fn snapshot(
     c: &rusqlite::Connection,
     user: &User,
     id: i64,
-    after: i64,
     csrf: &str,
 ) -> Result<Snapshot, UiError> {
     let s = servers::get_visible(c, user, id)?;
@@ -75,10 +80,10 @@ fn snapshot(
     .iter()
     .map(JobRow::from_job)
     .collect();
-    let edge: Vec<super::servers::EdgeRow> = edge::for_server(c, id)?
+    let edge: Vec<EdgeRow> = edge::for_server(c, id)?
         .into_iter()
         .filter(|e| e.state != "removed")
-        .map(|e| super::servers::EdgeRow {
+        .map(|e| EdgeRow {
             target: e.target,
             name: e.name,
             state: e.state,
@@ -98,23 +103,17 @@ fn snapshot(
         csrf,
     }
     .render()?;
-    let status_json = json!({
-        "status": v.row.status,
-        "reason": v.row.reason,
-        "html": html,
-    });
-    // Changes of anything the page shows (the uptime ticks in the page itself).
-    let key = format!("{}|{}|{}", v.row.status, v.row.reason, sha_of(&html));
-    let events = server_events(c, id, after, 200)?;
-    Ok(Snapshot {
-        key,
-        status_json,
-        events,
-    })
+    let key = crate::domain::sha256_hex(&format!("{}|{}|{html}", v.row.status, v.row.reason));
+    Ok(Snapshot { view: v, html, key })
 }
 
-fn sha_of(s: &str) -> String {
-    crate::domain::sha256_hex(s)
+/// Waits until the next look; false when the server is shutting down (the stream
+/// ends, and the browser's EventSource reconnects to the next `zlh serve`).
+async fn pause(st: &AppState) -> bool {
+    tokio::select! {
+        _ = st.shutdown.cancelled() => false,
+        _ = tokio::time::sleep(LIVE_EVERY) => true,
+    }
 }
 
 /// `GET /servers/{id}/live?after=<event id>`: `status` events (the badge, reason and the
@@ -135,50 +134,60 @@ pub async fn server_live(
             .await?;
     }
     let csrf = sess.0.csrf.clone();
-    let init = (st, user, csrf, q.after, String::new(), true);
+    // (state, user, csrf, last event id, last status key, first look, ended)
+    let init = (st, user, csrf, q.after, q.key, true, false);
     let stream = futures_util::stream::unfold(
         init,
-        move |(st, user, csrf, after, last_key, first)| async move {
-            if !first {
-                tokio::time::sleep(LIVE_EVERY).await;
+        move |(st, user, csrf, after, last_key, first, ended)| async move {
+            if ended || (!first && !pause(&st).await) {
+                return None;
             }
             loop {
                 let (u, c2) = (user.clone(), csrf.clone());
-                let snap = st.db.call(move |c| snapshot(c, &u, id, after, &c2)).await;
-                let snap = match snap {
+                let snap = st
+                    .db
+                    .call(move |c| {
+                        let snap = snapshot(c, &u, id, &c2)?;
+                        Ok::<_, UiError>((snap, server_events(c, id, after, 200)?))
+                    })
+                    .await;
+                let (snap, events) = match snap {
                     Ok(s) => s,
                     Err(e) => {
+                        // Said once, then the stream ends (the page reconnects).
+                        tracing::warn!(server = id, error = %e, "live page of a server");
                         let ev = Event::default().event("error").data(e.to_string());
-                        return Some((vec![ev], (st, user, csrf, after, last_key, false)));
+                        return Some((vec![ev], (st, user, csrf, after, last_key, false, true)));
                     }
                 };
                 let mut out = vec![];
                 let mut after = after;
-                if let Some(last) = snap.events.last() {
+                if let Some(last) = events.last() {
                     after = last.id;
-                    let html = EventsPartial {
-                        events: &snap.events,
+                    match (EventsPartial { events: &events }).render() {
+                        Ok(html) => out.push(
+                            Event::default()
+                                .event("events")
+                                .id(after.to_string())
+                                .data(html),
+                        ),
+                        Err(e) => tracing::error!(error = %e, "rendering timeline rows"),
                     }
-                    .render()
-                    .unwrap_or_default();
-                    out.push(
-                        Event::default()
-                            .event("events")
-                            .id(after.to_string())
-                            .data(html),
-                    );
                 }
                 if snap.key != last_key {
-                    out.push(
-                        Event::default()
-                            .event("status")
-                            .data(snap.status_json.to_string()),
-                    );
+                    let status = json!({
+                        "status": snap.view.row.status,
+                        "reason": snap.view.row.reason,
+                        "html": snap.html,
+                    });
+                    out.push(Event::default().event("status").data(status.to_string()));
                 }
                 if !out.is_empty() {
-                    return Some((out, (st, user, csrf, after, snap.key, false)));
+                    return Some((out, (st, user, csrf, after, snap.key, false, false)));
                 }
-                tokio::time::sleep(LIVE_EVERY).await;
+                if !pause(&st).await {
+                    return None;
+                }
             }
         },
     )
@@ -214,8 +223,8 @@ pub async fn servers_live(
     let user = sess.user().clone();
     let init = (st, user, ids, String::new(), true);
     let stream = futures_util::stream::unfold(init, |(st, user, ids, last, first)| async move {
-        if !first {
-            tokio::time::sleep(LIVE_EVERY).await;
+        if !first && !pause(&st).await {
+            return None;
         }
         loop {
             let (u, list) = (user.clone(), ids.clone());
@@ -223,15 +232,17 @@ pub async fn servers_live(
             let data = match found {
                 Ok(d) => d.to_string(),
                 Err(e) => {
-                    let ev = Event::default().event("error").data(e.to_string());
-                    return Some((ev, (st, user, ids, last, false)));
+                    tracing::warn!(error = %e, "live server list");
+                    return None;
                 }
             };
             if data != last {
                 let ev = Event::default().event("statuses").data(data.clone());
                 return Some((ev, (st, user, ids, data, false)));
             }
-            tokio::time::sleep(LIVE_EVERY).await;
+            if !pause(&st).await {
+                return None;
+            }
         }
     })
     .map(Ok);
@@ -295,7 +306,7 @@ pub async fn console_stream(
     Ok(ws
         .on_upgrade(move |socket| async move {
             match client {
-                Some(client) => relay(socket, client, label).await,
+                Some(client) => relay(socket, client, label, st.shutdown.clone()).await,
                 None => {
                     let mut socket = socket;
                     let _ = socket
@@ -309,7 +320,12 @@ pub async fn console_stream(
         .into_response())
 }
 
-async fn relay(mut browser: WebSocket, client: crate::agent::client::AgentClient, label: String) {
+async fn relay(
+    mut browser: WebSocket,
+    client: crate::agent::client::AgentClient,
+    label: String,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
     let url = client.console_stream_url();
     let request = url.as_str().into_client_request().map(|mut r| {
@@ -339,6 +355,13 @@ async fn relay(mut browser: WebSocket, client: crate::agent::client::AgentClient
     };
     loop {
         tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = browser
+                    .send(Message::Text("[zlh] zlh serve is shutting down; reconnecting…".into()))
+                    .await;
+                let _ = browser.send(Message::Close(None)).await;
+                break;
+            }
             from_agent = agent.next() => match from_agent {
                 Some(Ok(tungstenite::Message::Text(line))) => {
                     if browser.send(Message::Text(line.as_str().into())).await.is_err() {

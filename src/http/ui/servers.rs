@@ -60,6 +60,8 @@ pub struct ServerRow {
     pub connect: String,
     /// How long it has been running (running servers only).
     pub uptime: String,
+    /// Since when it has been running (RFC 3339; running servers only).
+    pub since: String,
 }
 
 /// The template slugs and node names by id, and for `ids` the published DNS names
@@ -121,9 +123,9 @@ impl RowContext {
             (None, Some(ip)) => format!("{ip}:{}", s.game_port),
             (None, None) => "—".into(),
         };
-        let uptime = match (s.status, self.running_since.get(&s.id)) {
-            (ServerStatus::Running, Some(at)) => ago(*at),
-            _ => String::new(),
+        let since = match (s.status, self.running_since.get(&s.id)) {
+            (ServerStatus::Running, Some(at)) => Some(*at),
+            _ => None,
         };
         ServerRow {
             id: s.id,
@@ -138,7 +140,8 @@ impl RowContext {
             version: s.version.clone(),
             node: self.nodes.get(&s.node_id).cloned().unwrap_or_default(),
             connect,
-            uptime,
+            uptime: since.map(ago).unwrap_or_default(),
+            since: since.map(format_ts).unwrap_or_default(),
         }
     }
 }
@@ -658,10 +661,10 @@ struct ServerPage {
     s: ServerView,
     events: Vec<EventRow>,
     last_event_id: i64,
-    jobs: Vec<JobRow>,
-    edge: Vec<EdgeRow>,
-    actions: Vec<(&'static str, &'static str)>,
-    csrf: String,
+    /// The live panel (facts, actions, jobs, edge) and its key: the live stream sends
+    /// it again only when it changed.
+    live_html: String,
+    live_key: String,
 }
 
 /// The actions a server's status allows, as (action, label); the same rules as the API.
@@ -718,54 +721,23 @@ pub async fn detail(
     Path(id): Path<i64>,
 ) -> Result<Response, UiError> {
     let user = sess.user().clone();
-    let (view, events, jobs, edge) = st
+    let csrf = sess.0.csrf.clone();
+    let (snap, events) = st
         .db
         .call(move |c| {
-            let s = servers::get_visible(c, &user, id)?;
-            let view = view(c, &s)?;
+            let snap = super::live::snapshot(c, &user, id, &csrf)?;
             let events = server_events(c, id, 0, 200)?;
-            let jobs: Vec<JobRow> = queue::list(
-                c,
-                &queue::JobFilter {
-                    lane: Some(format!("server:{id}")),
-                    limit: 20,
-                    ..Default::default()
-                },
-            )?
-            .iter()
-            .map(JobRow::from_job)
-            .collect();
-            let edge = edge::for_server(c, id)?
-                .into_iter()
-                .filter(|e| e.state != "removed")
-                .map(|e| EdgeRow {
-                    target: e.target,
-                    name: e.name,
-                    state: e.state,
-                    last_error: e.last_error.unwrap_or_default(),
-                })
-                .collect();
-            Ok::<_, DomainError>((view, events, jobs, edge))
+            Ok::<_, UiError>((snap, events))
         })
         .await?;
-    let page = sess.page(&st, "servers", &view.row.name).await?;
-    let status = ServerStatus::ALL
-        .into_iter()
-        .find(|s| s.as_str() == view.row.status)
-        .unwrap_or(ServerStatus::Failed);
+    let page = sess.page(&st, "servers", &snap.view.row.name).await?;
     render(&ServerPage {
         page,
-        actions: if view.deleted {
-            vec![]
-        } else {
-            allowed_actions(status)
-        },
         last_event_id: events.last().map(|e| e.id).unwrap_or(0),
-        csrf: sess.0.csrf.clone(),
-        s: view,
+        live_html: snap.html,
+        live_key: snap.key,
+        s: snap.view,
         events,
-        jobs,
-        edge,
     })
 }
 
