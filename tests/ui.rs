@@ -701,6 +701,18 @@ fn browser_setup_create_watch_console_stop_delete() {
         b.goto(&served.url(path));
         b.find("main h1");
         b.screenshot(name);
+        // Every form control has a label a screen reader can read.
+        let unlabelled = b.execute(
+            "return Array.from(document.querySelectorAll('input:not([type=hidden]), select, textarea')) \
+               .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')) \
+               .map(el => el.name || el.id);",
+            vec![],
+        );
+        assert_eq!(unlabelled, json!([]), "{path}: controls without a label");
+        assert_eq!(
+            b.execute("return document.documentElement.lang;", vec![]),
+            json!("en")
+        );
     }
     assert!(
         text(&b, "#doctor-verdict").contains("No problems"),
@@ -791,4 +803,119 @@ fn open_live_pages_do_not_hold_up_a_shutdown() {
         n
     });
     assert!(rest < 100);
+}
+
+#[test]
+fn nodes_page_tests_a_proxmox_connection_then_adds_the_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = support::pve_sim::PveSim::start();
+    let served = start(tmp.path());
+    let mut c = Client::new(&served);
+    setup_admin(&served, &mut c);
+    let csrf = c.get("/nodes").input("csrf");
+    let cfg = sim.proxmox_config();
+    let template_vmid = cfg.template_vmid.to_string();
+    let form = |secret: &str, url: &str| -> Vec<(String, String)> {
+        [
+            ("csrf", csrf.as_str()),
+            ("name", "pve"),
+            ("api_url", url),
+            ("token_id", cfg.token_id.as_str()),
+            ("token_secret", secret),
+            ("node", cfg.node.as_str()),
+            ("template_vmid", template_vmid.as_str()),
+            ("bootstrap_token", cfg.bootstrap_token.as_str()),
+            ("memory_mb", "65536"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    };
+    let post = |c: &mut Client, path: &str, f: &[(String, String)]| {
+        let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        c.post(path, &f)
+    };
+    let nodes = || -> i64 {
+        support::open_db(&served.data_dir)
+            .query_row("SELECT count(*) FROM nodes", [], |r| r.get(0))
+            .unwrap()
+    };
+
+    let ok = post(&mut c, "/nodes/test", &form(&cfg.token_secret, &sim.url()));
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert!(
+        ok.body
+            .contains(&format!("connected: node {} answers", cfg.node))
+            && ok
+                .body
+                .contains(&format!("base template {} found", cfg.template_vmid)),
+        "{}",
+        ok.body
+    );
+    assert!(
+        !ok.body.contains(&cfg.token_secret),
+        "secrets are not sent back"
+    );
+    let bad = post(&mut c, "/nodes/test", &form("wrong-secret", &sim.url()));
+    assert!(bad.body.contains("id=\"node-test\""), "{}", bad.body);
+    assert!(!bad.body.contains("connected:"), "{}", bad.body);
+    assert!(bad.body.contains("listing containers on"), "{}", bad.body);
+    let host = post(
+        &mut c,
+        "/nodes",
+        &form(&cfg.token_secret, "https://pve.example.com:8006"),
+    );
+    assert_eq!(host.status, 400);
+    assert!(host.body.contains("api_url"), "{}", host.body);
+    assert_eq!(nodes(), 1, "testing and refused forms save nothing");
+
+    let added = post(&mut c, "/nodes", &form(&cfg.token_secret, &sim.url()));
+    assert_eq!(added.status, 303, "{}", added.body);
+    assert_eq!(nodes(), 2);
+    let page = c.get("/nodes");
+    assert!(page.body.contains("proxmox"));
+    assert!(!page.body.contains(&cfg.token_secret) && !page.body.contains(&cfg.bootstrap_token));
+}
+
+#[test]
+fn assets_are_embedded_with_their_hash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let served = start(tmp.path());
+    let mut c = Client::new(&served);
+    let login = c.get("/setup");
+    let at = login
+        .body
+        .find("/static/app.css?v=")
+        .expect("a versioned asset URL");
+    let url = &login.body[at..at + login.body[at..].find('"').unwrap()];
+    let css = c.get(url);
+    assert_eq!(css.status, 200);
+    assert_eq!(
+        css.headers.get("content-type").unwrap(),
+        "text/css; charset=utf-8"
+    );
+    assert!(
+        css.headers
+            .get("cache-control")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+    let etag = css
+        .headers
+        .get("etag")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(etag.len(), 66, "the SHA-256 of the file: {etag}");
+    assert!(
+        etag.contains(&url[url.find("v=").unwrap() + 2..]),
+        "{etag} {url}"
+    );
+    let again = c.send("GET", "/static/app.css", None, &[("if-none-match", &etag)]);
+    assert_eq!(again.status, 304);
+    assert_eq!(c.get("/static/nope.js").status, 404);
+    assert_eq!(c.get("/static/app.js").status, 200);
 }
