@@ -7,6 +7,7 @@ pub mod artifacts;
 pub mod backup;
 pub mod bench;
 pub mod cli;
+pub mod cli_worlds;
 pub mod config;
 pub mod db;
 pub mod doctor;

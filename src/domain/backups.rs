@@ -254,7 +254,7 @@ pub fn request_backup(
 }
 
 /// Where a restore goes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreRequest {
     /// A new server (a clone) with this name; absent = back into the backup's server.

@@ -798,7 +798,11 @@ impl ProxmoxRuntime {
                 Err(e) => Err(to_runtime(e)),
             },
             Ok(None) => Ok(()),
-            Err(e) if e.cause() == Cause::DoesNotExist => Ok(()),
+            Err(e)
+                if e.cause() == Cause::DoesNotExist || e.message().contains("does not exist") =>
+            {
+                Ok(())
+            }
             Err(e) => Err(to_runtime(e)),
         }
     }
