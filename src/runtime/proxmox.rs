@@ -663,10 +663,62 @@ impl ProxmoxRuntime {
         }
     }
 
+    /// Submits a task for `spec`'s container and waits for it, retrying locks
+    /// (`CT is locked (…)`, flock timeouts), 5xx answers and network errors within the
+    /// retry budget. A container that is not this server's is refused; a missing one
+    /// too unless `may_be_missing`. A failed task is `Fatal` with its exit status.
+    async fn task_for<F, Fut>(
+        &self,
+        spec: &ContainerSpec,
+        what: &str,
+        may_be_missing: bool,
+        submit: F,
+    ) -> Result<(), RuntimeError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Upid, PveError>>,
+    {
+        let mut retry = self.retry(what.to_string());
+        loop {
+            match self.look_own(spec).await? {
+                Err(e) if e.is_transient() => {
+                    retry.again(e.to_string()).await?;
+                    continue;
+                }
+                Err(e) => return Err(to_runtime(e)),
+                Ok(None) if !may_be_missing => {
+                    return Err(RuntimeError::Fatal(format!(
+                        "{what}: the container does not exist"
+                    )));
+                }
+                Ok(_) => {}
+            }
+            let upid = match submit().await {
+                Ok(u) => u,
+                Err(e) if e.is_transient() => {
+                    retry.again(e.to_string()).await?;
+                    continue;
+                }
+                Err(e) => return Err(to_runtime(e)),
+            };
+            match self
+                .client
+                .wait_task(&upid, self.cfg.task_timeout(), what)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if matches!(e.cause(), Cause::Locked | Cause::LockTimeout) => {
+                    retry.again(e.to_string()).await?;
+                }
+                Err(e) if e.cause() == Cause::Timeout => return Err(to_runtime(e)),
+                Err(e) => return Err(RuntimeError::Fatal(e.to_string())),
+            }
+        }
+    }
+
     /// A `vzdump` of `spec`'s container to `storage` (snapshot mode), waited for; the
-    /// new backup's volume id is found in the storage's content listing by the marker
-    /// in its notes. A lock (`CT is locked (…)`) is retried within the retry budget; a
-    /// failed task is `Fatal` with the task's exit status.
+    /// new backup's volume is found in the storage's content listing by the marker in
+    /// its notes.
     pub async fn backup(
         &self,
         spec: &ContainerSpec,
@@ -681,42 +733,8 @@ impl ProxmoxRuntime {
             notes: format!("{{{{guestname}}}} ({marker})"),
         };
         let what = format!("backing up CT {vmid} on node {}", self.node());
-        let mut retry = self.retry(what.clone());
-        loop {
-            match self.look_own(spec).await? {
-                Err(e) if e.is_transient() => {
-                    retry.again(e.to_string()).await?;
-                    continue;
-                }
-                Err(e) => return Err(to_runtime(e)),
-                Ok(None) => {
-                    return Err(RuntimeError::Fatal(format!(
-                        "{what}: the container does not exist"
-                    )));
-                }
-                Ok(Some(_)) => {}
-            }
-            let upid = match self.client.vzdump(&params).await {
-                Ok(u) => u,
-                Err(e) if e.is_transient() => {
-                    retry.again(e.to_string()).await?;
-                    continue;
-                }
-                Err(e) => return Err(to_runtime(e)),
-            };
-            match self
-                .client
-                .wait_task(&upid, self.cfg.task_timeout(), &what)
-                .await
-            {
-                Ok(_) => break,
-                Err(e) if matches!(e.cause(), Cause::Locked | Cause::LockTimeout) => {
-                    retry.again(e.to_string()).await?;
-                }
-                Err(e) if e.cause() == Cause::Timeout => return Err(to_runtime(e)),
-                Err(e) => return Err(RuntimeError::Fatal(e.to_string())),
-            }
-        }
+        self.task_for(spec, &what, false, || self.client.vzdump(&params))
+            .await?;
         let entries = self
             .client
             .backup_content(storage, vmid)
@@ -728,13 +746,14 @@ impl ProxmoxRuntime {
             .max_by_key(|e| e.ctime.unwrap_or(0))
             .ok_or_else(|| {
                 RuntimeError::Fatal(format!(
-                    "{what}: the task ended OK but storage {storage} lists no backup of CT                      {vmid} noted '{marker}'"
+                    "{what}: the task ended OK but storage {storage} lists no backup of CT \
+                     {vmid} noted '{marker}'"
                 ))
             })
     }
 
     /// Restores `volid` over `spec`'s (stopped) container: `POST /nodes/{n}/lxc` with
-    /// `restore=1`, `force=1`, waited for. Locks are retried; a failed task is `Fatal`.
+    /// `restore=1`, `force=1`, waited for.
     pub async fn restore(
         &self,
         spec: &ContainerSpec,
@@ -752,36 +771,8 @@ impl ProxmoxRuntime {
             unique: false,
         };
         let what = format!("restoring CT {vmid} from {volid} on node {}", self.node());
-        let mut retry = self.retry(what.clone());
-        loop {
-            if let Err(e) = self.look_own(spec).await? {
-                if e.is_transient() {
-                    retry.again(e.to_string()).await?;
-                    continue;
-                }
-                return Err(to_runtime(e));
-            }
-            let upid = match self.client.restore_ct(&params).await {
-                Ok(u) => u,
-                Err(e) if e.is_transient() => {
-                    retry.again(e.to_string()).await?;
-                    continue;
-                }
-                Err(e) => return Err(to_runtime(e)),
-            };
-            match self
-                .client
-                .wait_task(&upid, self.cfg.task_timeout(), &what)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if matches!(e.cause(), Cause::Locked | Cause::LockTimeout) => {
-                    retry.again(e.to_string()).await?;
-                }
-                Err(e) if e.cause() == Cause::Timeout => return Err(to_runtime(e)),
-                Err(e) => return Err(RuntimeError::Fatal(e.to_string())),
-            }
-        }
+        self.task_for(spec, &what, true, || self.client.restore_ct(&params))
+            .await
     }
 
     /// Deletes a backup volume (already gone = success).
