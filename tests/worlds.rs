@@ -415,6 +415,7 @@ fn proxmox_vzdump_and_restore_tasks_and_a_failed_task() {
     assert_eq!(r["restore"], "1");
     assert_eq!(r["force"], "1");
     assert_eq!(r["unique"], "0");
+    assert_eq!(r["storage"], "local-lvm", "the disks stay on their storage");
     assert_eq!(read(&world.join("marker.txt")), "v1", "the world is back");
     let s = api.wait_status(sid, "running");
     assert_eq!(s["ready"], true);

@@ -761,11 +761,19 @@ impl ProxmoxRuntime {
         storage: Option<&str>,
     ) -> Result<(), RuntimeError> {
         let vmid = spec.vmid;
+        // PVE restores to `local` unless told otherwise: keep the disks where they are.
+        let rootfs_storage = match self.client.config(vmid).await {
+            Ok(c) => c
+                .get("rootfs")
+                .and_then(|r| r.split_once(':').map(|(s, _)| s.to_string())),
+            Err(_) => None,
+        };
         let params = RestoreParams {
             vmid,
             volid: volid.to_string(),
             storage: storage
                 .map(str::to_string)
+                .or(rootfs_storage)
                 .or_else(|| self.cfg.storage.clone()),
             force: true,
             unique: false,
