@@ -937,14 +937,17 @@ async fn fire_job(w: &mut Work, schedule_id: i64, slot: i64) -> JobResult {
                         format!("scheduled (schedule {schedule_id})"),
                         actor.clone(),
                     );
-                    let jid = w.ctx.id;
+                    let (jid, fence) = (w.ctx.id, w.ctx.fence().clone());
+                    // The row and the job's checkpoint naming it commit together.
                     let id = w
                         .fenced(move |tx, sid, _| {
-                            backups::insert_row(tx, sid, &kind, &note, &a, Some(jid))
+                            let id = backups::insert_row(tx, sid, &kind, &note, &a, Some(jid))?;
+                            crate::queue::store::checkpoint(tx, &fence, &json!({"backup_id": id}))?;
+                            Ok(id)
                         })
                         .await
                         .map_err(|e| JobFailure::retry(text(e)))?;
-                    w.ctx.checkpoint(json!({"backup_id": id})).await?;
+                    w.ctx.checkpoint = Some(json!({"backup_id": id}));
                     id
                 }
             };
