@@ -130,6 +130,7 @@ impl Prepared {
             .into_iter()
             .chain(crate::jobs::servers::handlers(services.clone()))
             .chain([crate::jobs::reconcile::handler(services.clone())])
+            .chain(crate::jobs::worlds::handlers(services.clone()))
             .chain(options.handlers)
         {
             registry.register_arc(h);
@@ -209,6 +210,12 @@ impl Prepared {
             .collect();
         let scheduler = Scheduler::new(self.db.clone(), crons, Some(handle.clone()));
         let scheduler_task = tokio::spawn(scheduler.run(stop.child_token()));
+        let schedules_task = tokio::spawn(crate::jobs::worlds::run_scheduler(
+            self.db.clone(),
+            Some(handle.clone()),
+            Duration::from_millis(config.schedule_tick_ms),
+            stop.child_token(),
+        ));
         let heartbeat_task = tokio::spawn(instance_heartbeat(
             self.db.clone(),
             boot.boot_epoch,
@@ -269,6 +276,7 @@ impl Prepared {
             Err(e) => tracing::error!(error = %e, "job worker task failed"),
         }
         let _ = scheduler_task.await;
+        let _ = schedules_task.await;
         let _ = heartbeat_task.await;
         let epoch = boot.boot_epoch;
         if let Err(e) = self

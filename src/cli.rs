@@ -64,6 +64,16 @@ pub enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// World backups of game servers: list, create, restore, protect, delete, retention.
+    Backups {
+        #[command(subcommand)]
+        command: crate::cli_worlds::BackupsCommand,
+    },
+    /// Server schedules (backup, restart with a warning, console command): list, add, remove.
+    Schedules {
+        #[command(subcommand)]
+        command: crate::cli_worlds::SchedulesCommand,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -470,6 +480,16 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let config = load_config(&cli, None)?;
             let db = open_existing(&config)?;
             jobs(&db, command)
+        }
+        Command::Backups { command } => {
+            let config = load_config(&cli, None)?;
+            let db = open_existing(&config)?;
+            Ok(crate::cli_worlds::backups(&db, command)?)
+        }
+        Command::Schedules { command } => {
+            let config = load_config(&cli, None)?;
+            let db = open_existing(&config)?;
+            Ok(crate::cli_worlds::schedules(&db, command)?)
         }
         Command::Artifacts { command } => {
             let config = load_config(&cli, None)?;

@@ -81,6 +81,8 @@ pub struct Config {
     pub edge: crate::edge::config::EdgeConfig,
     /// How often the reconciler compares the database with the world, in seconds.
     pub reconcile_secs: u64,
+    /// How often server schedules (backups, restarts, commands) are checked, in ms.
+    pub schedule_tick_ms: u64,
     /// Hours between scheduled database backups into `<data_dir>/backups` (0: none).
     pub backup_interval_hours: u64,
     /// Scheduled backups kept (the oldest are deleted).
@@ -160,6 +162,7 @@ impl Default for Config {
             artifacts: ArtifactsConfig::default(),
             edge: Default::default(),
             reconcile_secs: 60,
+            schedule_tick_ms: 1000,
             backup_interval_hours: 24,
             backup_keep: 7,
             local_port_min: 30000,
@@ -487,6 +490,11 @@ impl Config {
             self.local_port_min >= 1024 && self.local_port_min <= self.local_port_max,
             "local_port_min",
             "must be at least 1024 and not above local_port_max",
+        )?;
+        check(
+            (100..=60_000).contains(&self.schedule_tick_ms),
+            "schedule_tick_ms",
+            "must be between 100 and 60000",
         )?;
         check(
             (1..=86_400).contains(&self.reconcile_secs),

@@ -10,6 +10,7 @@ pub mod artifacts;
 pub mod backup;
 pub mod bench;
 pub mod cli;
+pub mod cli_worlds;
 pub mod config;
 pub mod db;
 pub mod doctor;

@@ -61,6 +61,11 @@ impl Services {
         }
     }
 
+    /// The local node's runtime (world backups read its server directories).
+    pub fn local(&self) -> &LocalRuntime {
+        &self.local
+    }
+
     /// The runtime for `node`.
     pub fn runtime(&self, node: &Node) -> Result<NodeRuntime, RuntimeError> {
         match node.kind.as_str() {

@@ -384,10 +384,8 @@ fn jobs_commands_retry_and_cancel() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!(
-        "schema version {}",
-        zlh::db::latest_schema_version()
-    )));
+    let schema = format!("schema version {}", zlh::db::latest_schema_version());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&schema));
     let conn = open_db(&data);
     let now = zlh::db::now_ms();
     let a = zlh::queue::enqueue(

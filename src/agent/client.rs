@@ -318,6 +318,23 @@ impl AgentClient {
         self.decode(&b, "restarting the game")
     }
 
+    /// `GET /console/tail?lines=N`: the game's most recent console lines.
+    pub async fn console_tail(&self, lines: usize) -> Result<Vec<String>, AgentClientError> {
+        let path = format!("/console/tail?lines={lines}");
+        let (_, b) = self
+            .send(
+                Method::GET,
+                &path,
+                None,
+                "reading the console",
+                Duration::from_secs(10),
+                true,
+            )
+            .await?;
+        let tail: crate::agent::ConsoleTail = self.decode(&b, "reading the console")?;
+        Ok(tail.lines)
+    }
+
     /// Writes one line to the game's console (not retried: a command must not run twice).
     pub async fn console_command(&self, command: &str) -> Result<(), AgentClientError> {
         let body = serde_json::to_value(ConsoleCommand {

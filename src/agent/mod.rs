@@ -236,6 +236,12 @@ pub struct ConsoleCommand {
     pub command: String,
 }
 
+/// `GET /console/tail?lines=N`: the game's most recent console lines, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsoleTail {
+    pub lines: Vec<String>,
+}
+
 /// `GET /version`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentVersion {

@@ -44,13 +44,14 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../migrations/0003_servers.sql")),
         M::up(include_str!("../../migrations/0004_edge.sql")),
         M::up(include_str!("../../migrations/0005_ui.sql")),
+        M::up(include_str!("../../migrations/0006_worlds.sql")),
     ])
 }
 
 /// Number of schema migrations embedded in this binary.
 pub fn latest_schema_version() -> usize {
     // Keep in step with the list in `migrations()`.
-    5
+    6
 }
 
 /// Applies the per-connection settings: WAL so readers never block the writer,

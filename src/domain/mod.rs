@@ -1,7 +1,10 @@
 //! The domain: users and tokens, nodes, templates, servers (DESIGN §5).
 
+pub mod backups;
+pub mod cron;
 pub mod edge;
 pub mod nodes;
+pub mod schedules;
 pub mod servers;
 pub mod sessions;
 pub mod templates;

@@ -60,6 +60,11 @@ async fn metrics(State(st): State<AppState>) -> Result<impl IntoResponse, AppErr
     );
     let _ = writeln!(
         out,
+        "# HELP zlh_schedule_ticks_total Scheduler ticks (server schedules) since start.\n# TYPE zlh_schedule_ticks_total counter\nzlh_schedule_ticks_total {}",
+        crate::jobs::worlds::scheduler_ticks()
+    );
+    let _ = writeln!(
+        out,
         "# HELP zlh_jobs Jobs by state and kind.\n# TYPE zlh_jobs gauge"
     );
     // Every state appears, even at zero, so alerts on e.g. `held` have a series.

@@ -3,6 +3,7 @@
 pub mod edge;
 pub mod reconcile;
 pub mod servers;
+pub mod worlds;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -24,9 +24,9 @@ const AGENT_DEADLINE: Duration = Duration::from_secs(120);
 /// How long an install plus the game's first start may take.
 const READY_DEADLINE: Duration = Duration::from_secs(15 * 60);
 /// How long a start or restart may take to become ready.
-const START_DEADLINE: Duration = Duration::from_secs(5 * 60);
+pub(crate) const START_DEADLINE: Duration = Duration::from_secs(5 * 60);
 /// How long the container may take to get an address.
-const ADDRESS_DEADLINE: Duration = Duration::from_secs(120);
+pub(crate) const ADDRESS_DEADLINE: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Deserialize)]
 struct ServerJob {
@@ -34,7 +34,7 @@ struct ServerJob {
 }
 
 /// Why a step did not finish.
-enum StepError {
+pub(crate) enum StepError {
     /// Retry the job later (the server keeps its status).
     Transient(String),
     /// The server fails at this step.
@@ -76,16 +76,19 @@ impl From<QueueError> for StepError {
 }
 
 /// The job's view of one server while it works on it.
-struct Work {
-    svc: Arc<Services>,
-    ctx: JobContext,
-    server: Server,
-    template: Template,
-    node: Node,
+pub(crate) struct Work {
+    pub(crate) svc: Arc<Services>,
+    pub(crate) ctx: JobContext,
+    pub(crate) server: Server,
+    pub(crate) template: Template,
+    pub(crate) node: Node,
 }
 
 impl Work {
-    async fn load(svc: Arc<Services>, ctx: JobContext) -> Result<Option<Work>, JobFailure> {
+    pub(crate) async fn load(
+        svc: Arc<Services>,
+        ctx: JobContext,
+    ) -> Result<Option<Work>, JobFailure> {
         let job: ServerJob = ctx.payload()?;
         let id = job.server_id;
         let loaded = svc
@@ -108,7 +111,7 @@ impl Work {
         }))
     }
 
-    fn spec(&self) -> ContainerSpec {
+    pub(crate) fn spec(&self) -> ContainerSpec {
         ContainerSpec {
             server_id: self.server.id,
             name: self.server.name.clone(),
@@ -120,13 +123,13 @@ impl Work {
         }
     }
 
-    fn done(&self, step: &str) -> bool {
+    pub(crate) fn done(&self, step: &str) -> bool {
         self.server.checkpoints.get(step).is_some()
     }
 
     /// Runs `f` on the server's row in a transaction that commits only while this
     /// job still holds its lease.
-    async fn fenced<R: Send + 'static>(
+    pub(crate) async fn fenced<R: Send + 'static>(
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>, i64, i64) -> Result<R, DomainError> + Send + 'static,
     ) -> Result<R, StepError> {
@@ -137,7 +140,11 @@ impl Work {
             .map_err(StepError::from)
     }
 
-    async fn checkpoint(&mut self, step: &'static str, detail: Value) -> Result<(), StepError> {
+    pub(crate) async fn checkpoint(
+        &mut self,
+        step: &'static str,
+        detail: Value,
+    ) -> Result<(), StepError> {
         let d = detail.clone();
         self.fenced(move |tx, sid, _| servers::checkpoint(tx, sid, step, d))
             .await?;
@@ -147,7 +154,11 @@ impl Work {
         Ok(())
     }
 
-    async fn status(&mut self, to: ServerStatus, reason: Option<String>) -> Result<(), StepError> {
+    pub(crate) async fn status(
+        &mut self,
+        to: ServerStatus,
+        reason: Option<String>,
+    ) -> Result<(), StepError> {
         if self.server.status == to && reason.is_none() {
             return Ok(());
         }
@@ -161,7 +172,7 @@ impl Work {
     }
 
     /// A progress note on the status line, without an event per note.
-    async fn note(&self, reason: String) {
+    pub(crate) async fn note(&self, reason: String) {
         let sid = self.server.id;
         let written = self
             .ctx
@@ -179,7 +190,7 @@ impl Work {
         }
     }
 
-    async fn event(&self, message: String) {
+    pub(crate) async fn event(&self, message: String) {
         let (sid, jid) = (self.server.id, self.ctx.id);
         let written = self
             .fenced(move |tx, _, _| {
@@ -193,7 +204,7 @@ impl Work {
 
     /// Ends the job: a transient error retries (the last attempt fails the server);
     /// a fatal one fails the server at `step`.
-    async fn finish(&mut self, step: &str, err: StepError) -> JobResult {
+    pub(crate) async fn finish(&mut self, step: &str, err: StepError) -> JobResult {
         let (message, fatal) = match err {
             StepError::Transient(m) => (m, self.ctx.attempt >= self.ctx.max_attempts),
             StepError::Fatal(m) => (m, true),
@@ -217,7 +228,7 @@ impl Work {
         Err(JobFailure::fatal(format!("{step}: {message}")))
     }
 
-    fn agent(&self, url: &str, token: &str) -> AgentClient {
+    pub(crate) fn agent(&self, url: &str, token: &str) -> AgentClient {
         AgentClient::new(
             url,
             token,
@@ -225,7 +236,7 @@ impl Work {
         )
     }
 
-    fn agent_url(&self) -> Option<String> {
+    pub(crate) fn agent_url(&self) -> Option<String> {
         self.server
             .checkpoints
             .get("address")
@@ -235,7 +246,7 @@ impl Work {
 }
 
 /// Polls `f` with backoff until it returns `Some`, `deadline` passes, or the job is cancelled.
-async fn poll<T, F, Fut>(
+pub(crate) async fn poll<T, F, Fut>(
     ctx: &JobContext,
     what: &str,
     deadline: Duration,
@@ -322,6 +333,12 @@ async fn provision(w: &mut Work) -> JobResult {
         && let Err(e) = ensure_container(w, &rt).await
     {
         return w.finish("container", e).await;
+    }
+    // A clone: its world is seeded from the backup before the game ever starts.
+    if !w.done("seeded")
+        && let Err(e) = crate::jobs::worlds::seed_world(w).await
+    {
+        return w.finish("seed world", e).await;
     }
     // 3. Resources, network, tags.
     if !w.done("configured") {
@@ -499,7 +516,7 @@ async fn ensure_container(w: &mut Work, rt: &impl Runtime) -> Result<(), StepErr
 
 /// Waits for the agent's /health, then finds the token it accepts: the server's
 /// own, or (a fresh Proxmox container) the node's bootstrap token.
-async fn reach_agent(w: &Work, url: &str) -> Result<AgentClient, StepError> {
+pub(crate) async fn reach_agent(w: &Work, url: &str) -> Result<AgentClient, StepError> {
     let own = w.agent(url, &w.server.agent_token);
     poll(
         &w.ctx,
@@ -677,7 +694,11 @@ async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
 }
 
 /// Polls the agent until the game is ready; an agent `error` fails at once.
-async fn wait_ready(w: &Work, agent: &AgentClient, deadline: Duration) -> Result<(), StepError> {
+pub(crate) async fn wait_ready(
+    w: &Work,
+    agent: &AgentClient,
+    deadline: Duration,
+) -> Result<(), StepError> {
     let last_step = std::sync::Mutex::new(String::new());
     let last = &last_step;
     // What was last written to the row: polls that change nothing write nothing.
@@ -732,7 +753,7 @@ async fn wait_ready(w: &Work, agent: &AgentClient, deadline: Duration) -> Result
 }
 
 /// Publishes the server to players (records every failure on its edge record).
-async fn publish(w: &Work) -> Result<(), StepError> {
+pub(crate) async fn publish(w: &Work) -> Result<(), StepError> {
     let id = w.server.id;
     let server = w
         .svc
@@ -745,7 +766,7 @@ async fn publish(w: &Work) -> Result<(), StepError> {
 }
 
 /// Stores what the agent said on the server row (the UI and doctor read it there).
-async fn record_agent(w: &Work, st: &crate::agent::AgentStatus) {
+pub(crate) async fn record_agent(w: &Work, st: &crate::agent::AgentStatus) {
     let (sid, state, ready, crashes) = (
         w.server.id,
         st.state.to_string(),
@@ -764,7 +785,7 @@ async fn record_agent(w: &Work, st: &crate::agent::AgentStatus) {
 }
 
 /// Start (or restart) the game: the container first, then the agent, then ready.
-async fn start(w: &mut Work, restart: bool) -> JobResult {
+pub(crate) async fn start(w: &mut Work, restart: bool) -> JobResult {
     let step = if restart { "restart" } else { "start" };
     if w.server.deleted_at.is_some() {
         return Ok(Outcome::Complete);

@@ -32,6 +32,11 @@ impl LocalRuntime {
         self.root.join(vmid.to_string())
     }
 
+    /// The game's server directory of a container (what a world backup copies).
+    pub fn game_dir(&self, vmid: i64) -> PathBuf {
+        self.dir(vmid).join("agent").join("server")
+    }
+
     fn read_meta(&self, vmid: i64) -> Option<ContainerInfo> {
         let text = std::fs::read_to_string(self.dir(vmid).join(META_FILE)).ok()?;
         let mut info: ContainerInfo = serde_json::from_str(&text).ok()?;

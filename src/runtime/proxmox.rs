@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 
 pub use client::{
     Cause, CloneParams, CtConfig, CtListEntry, CtStatus, Interface, PveClient, PveError,
-    TaskStatus, Upid, encode_segment, exitstatus_ok, split_tags,
+    RestoreParams, StorageEntry, TaskStatus, Upid, VzdumpParams, encode_segment, exitstatus_ok,
+    split_tags,
 };
 
 use super::{ContainerInfo, ContainerSpec, Created, Runtime, RuntimeError};
@@ -77,6 +78,10 @@ pub struct ProxmoxConfig {
     /// Longest pause between polls of a running task.
     #[serde(default = "default_task_poll_max")]
     pub task_poll_max_ms: u64,
+    /// Storage world backups (`vzdump`) go to, e.g. a Proxmox Backup Server storage.
+    /// Without it, servers on this node cannot be backed up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_storage: Option<String>,
 }
 
 fn default_bridge() -> String {
@@ -121,6 +126,7 @@ impl std::fmt::Debug for ProxmoxConfig {
             .field("address_timeout_secs", &self.address_timeout_secs)
             .field("retry_budget_secs", &self.retry_budget_secs)
             .field("task_poll_max_ms", &self.task_poll_max_ms)
+            .field("backup_storage", &self.backup_storage)
             .finish()
     }
 }
@@ -227,6 +233,14 @@ impl ProxmoxConfig {
             && !is_pve_name(s)
         {
             return Err(invalid("storage", format!("'{s}' is not a storage id")));
+        }
+        if let Some(s) = &self.backup_storage
+            && !is_pve_name(s)
+        {
+            return Err(invalid(
+                "backup_storage",
+                format!("'{s}' is not a storage id"),
+            ));
         }
         if !is_pve_name(&self.bridge) {
             return Err(invalid(
@@ -649,6 +663,149 @@ impl ProxmoxRuntime {
         }
     }
 
+    /// Submits a task for `spec`'s container and waits for it, retrying locks
+    /// (`CT is locked (…)`, flock timeouts), 5xx answers and network errors within the
+    /// retry budget. A container that is not this server's is refused; a missing one
+    /// too unless `may_be_missing`. A failed task is `Fatal` with its exit status.
+    async fn task_for<F, Fut>(
+        &self,
+        spec: &ContainerSpec,
+        what: &str,
+        may_be_missing: bool,
+        submit: F,
+    ) -> Result<(), RuntimeError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Upid, PveError>>,
+    {
+        let mut retry = self.retry(what.to_string());
+        loop {
+            match self.look_own(spec).await? {
+                Err(e) if e.is_transient() => {
+                    retry.again(e.to_string()).await?;
+                    continue;
+                }
+                Err(e) => return Err(to_runtime(e)),
+                Ok(None) if !may_be_missing => {
+                    return Err(RuntimeError::Fatal(format!(
+                        "{what}: the container does not exist"
+                    )));
+                }
+                Ok(_) => {}
+            }
+            let upid = match submit().await {
+                Ok(u) => u,
+                Err(e) if e.is_transient() => {
+                    retry.again(e.to_string()).await?;
+                    continue;
+                }
+                Err(e) => return Err(to_runtime(e)),
+            };
+            match self
+                .client
+                .wait_task(&upid, self.cfg.task_timeout(), what)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if matches!(e.cause(), Cause::Locked | Cause::LockTimeout) => {
+                    retry.again(e.to_string()).await?;
+                }
+                Err(e) if e.cause() == Cause::Timeout => return Err(to_runtime(e)),
+                Err(e) => return Err(RuntimeError::Fatal(e.to_string())),
+            }
+        }
+    }
+
+    /// A `vzdump` of `spec`'s container to `storage` (snapshot mode), waited for; the
+    /// new backup's volume is found in the storage's content listing by the marker in
+    /// its notes.
+    pub async fn backup(
+        &self,
+        spec: &ContainerSpec,
+        storage: &str,
+        marker: &str,
+    ) -> Result<StorageEntry, RuntimeError> {
+        let vmid = spec.vmid;
+        let params = VzdumpParams {
+            vmid,
+            storage: storage.to_string(),
+            mode: "snapshot".into(),
+            notes: format!("{{{{guestname}}}} ({marker})"),
+        };
+        let what = format!("backing up CT {vmid} on node {}", self.node());
+        self.task_for(spec, &what, false, || self.client.vzdump(&params))
+            .await?;
+        let entries = self
+            .client
+            .backup_content(storage, vmid)
+            .await
+            .map_err(to_runtime)?;
+        entries
+            .into_iter()
+            .filter(|e| e.notes.as_deref().is_some_and(|n| n.contains(marker)))
+            .max_by_key(|e| e.ctime.unwrap_or(0))
+            .ok_or_else(|| {
+                RuntimeError::Fatal(format!(
+                    "{what}: the task ended OK but storage {storage} lists no backup of CT \
+                     {vmid} noted '{marker}'"
+                ))
+            })
+    }
+
+    /// Restores `volid` over `spec`'s (stopped) container: `POST /nodes/{n}/lxc` with
+    /// `restore=1`, `force=1`, waited for.
+    pub async fn restore(
+        &self,
+        spec: &ContainerSpec,
+        volid: &str,
+        storage: Option<&str>,
+    ) -> Result<(), RuntimeError> {
+        let vmid = spec.vmid;
+        // PVE restores to `local` unless told otherwise: keep the disks where they are.
+        let rootfs_storage = match self.client.config(vmid).await {
+            Ok(c) => c
+                .get("rootfs")
+                .and_then(|r| r.split_once(':').map(|(s, _)| s.to_string())),
+            Err(_) => None,
+        };
+        let params = RestoreParams {
+            vmid,
+            volid: volid.to_string(),
+            storage: storage
+                .map(str::to_string)
+                .or(rootfs_storage)
+                .or_else(|| self.cfg.storage.clone()),
+            force: true,
+            unique: false,
+        };
+        let what = format!("restoring CT {vmid} from {volid} on node {}", self.node());
+        self.task_for(spec, &what, true, || self.client.restore_ct(&params))
+            .await
+    }
+
+    /// Deletes a backup volume (already gone = success).
+    pub async fn delete_backup(&self, storage: &str, volid: &str) -> Result<(), RuntimeError> {
+        let what = format!("deleting {volid} on node {}", self.node());
+        match self.client.delete_volume(storage, volid).await {
+            Ok(Some(upid)) => match self
+                .client
+                .wait_task(&upid, self.cfg.task_timeout(), &what)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if e.cause() == Cause::DoesNotExist => Ok(()),
+                Err(e) => Err(to_runtime(e)),
+            },
+            Ok(None) => Ok(()),
+            Err(e)
+                if e.cause() == Cause::DoesNotExist || e.message().contains("does not exist") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(to_runtime(e)),
+        }
+    }
+
     fn retry(&self, what: String) -> Retry {
         Retry::new(what, self.cfg.retry_budget())
     }
@@ -833,6 +990,7 @@ mod tests {
             address_timeout_secs: 120,
             retry_budget_secs: 60,
             task_poll_max_ms: 1000,
+            backup_storage: None,
         }
     }
 
@@ -873,6 +1031,10 @@ mod tests {
             ("template_vmid", Box::new(|c| c.template_vmid = 5)),
             ("bridge", Box::new(|c| c.bridge = "vmbr0,tag=5".into())),
             ("storage", Box::new(|c| c.storage = Some("a b".into()))),
+            (
+                "backup_storage",
+                Box::new(|c| c.backup_storage = Some("pbs/x".into())),
+            ),
             (
                 "tls_fingerprint",
                 Box::new(|c| c.tls_fingerprint = Some("abc".into())),

@@ -167,6 +167,24 @@ struct StateInner {
     counters: Counters,
     /// Set when the simulator is dropped: no new agents from then on.
     closed: bool,
+    /// Backup volumes (`vzdump` results) on the simulated storages.
+    dumps: Vec<Dump>,
+    /// Parameters of every `vzdump` and restore request, in order.
+    vzdump_calls: Vec<BTreeMap<String, String>>,
+    restore_calls: Vec<BTreeMap<String, String>>,
+}
+
+/// One backup volume: a tar of the container's "disk" and its config at dump time.
+#[derive(Clone)]
+struct Dump {
+    volid: String,
+    storage: String,
+    vmid: i64,
+    ctime: u64,
+    size: u64,
+    notes: String,
+    archive: PathBuf,
+    config: Map<String, Value>,
 }
 
 struct Shared {
@@ -251,6 +269,9 @@ impl PveSim {
             ip_delay: opts.ip_delay,
             counters: Counters::default(),
             closed: false,
+            dumps: Vec::new(),
+            vzdump_calls: Vec::new(),
+            restore_calls: Vec::new(),
         };
         let mut template = Ct {
             config: json!({
@@ -344,6 +365,7 @@ impl PveSim {
             address_timeout_secs: 20,
             retry_budget_secs: 10,
             task_poll_max_ms: 200,
+            backup_storage: Some("pbs".into()),
         }
     }
 
@@ -385,6 +407,27 @@ impl PveSim {
     /// What the container's agent wrote to stderr.
     pub fn agent_log(&self, vmid: i64) -> String {
         std::fs::read_to_string(self.shared.dir.join(format!("ct-{vmid}.log"))).unwrap_or_default()
+    }
+
+    /// Parameters of every `POST /nodes/{node}/vzdump`, in order.
+    pub fn vzdump_calls(&self) -> Vec<BTreeMap<String, String>> {
+        self.shared.lock().vzdump_calls.clone()
+    }
+
+    /// Parameters of every restore (`POST /nodes/{node}/lxc` with `restore=1`).
+    pub fn restore_calls(&self) -> Vec<BTreeMap<String, String>> {
+        self.shared.lock().restore_calls.clone()
+    }
+
+    /// Volume ids of the backups on `storage`.
+    pub fn backup_volumes(&self, storage: &str) -> Vec<String> {
+        self.shared
+            .lock()
+            .dumps
+            .iter()
+            .filter(|d| d.storage == storage)
+            .map(|d| d.volid.clone())
+            .collect()
     }
 
     // ----- fault injection ---------------------------------------------------------
@@ -607,7 +650,16 @@ fn next_host(st: &mut StateInner) -> u8 {
 fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
         .route("/cluster/nextid", get(nextid))
-        .route("/nodes/{node}/lxc", get(list))
+        .route("/nodes/{node}/lxc", get(list).post(create_ct))
+        .route("/nodes/{node}/vzdump", post(vzdump))
+        .route(
+            "/nodes/{node}/storage/{storage}/content",
+            get(storage_content),
+        )
+        .route(
+            "/nodes/{node}/storage/{storage}/content/{volume}",
+            delete(delete_volume),
+        )
         .route("/nodes/{node}/lxc/{vmid}", delete(destroy))
         .route("/nodes/{node}/lxc/{vmid}/clone", post(clone))
         .route(
@@ -1586,6 +1638,361 @@ async fn destroy(
             Ok(vec![format!(
                 "  Logical volume \"vm-{vmid}-disk-0\" successfully removed"
             )])
+        },
+    );
+    ok(json!(upid))
+}
+
+// ----- backups ---------------------------------------------------------------------
+
+fn sorted(params: &HashMap<String, String>) -> BTreeMap<String, String> {
+    params.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn run_tar(args: &[&std::ffi::OsStr]) -> Result<(), String> {
+    let out = Command::new("tar")
+        .args(args)
+        .output()
+        .map_err(|e| format!("tar: {e}"))?;
+    // GNU tar exits 1 when a file changed while it was read (the agent keeps logging).
+    if out.status.success() || out.status.code() == Some(1) {
+        Ok(())
+    } else {
+        Err(format!(
+            "tar failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// `POST /nodes/{node}/vzdump`: the container holds lock `backup` while the task runs;
+/// the task tars its "disk" into a volume `<storage>:backup/ct/<vmid>/<time>`.
+async fn vzdump(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(node): UrlPath<String>,
+    Form(params): Form<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = check_node(&shared, &node) {
+        return r;
+    }
+    let allowed = [
+        "vmid",
+        "storage",
+        "mode",
+        "notes-template",
+        "remove",
+        "protected",
+        "compress",
+    ];
+    if let Some(r) = unknown_params(&shared, &params, &allowed) {
+        return r;
+    }
+    let Some(vmid) = params.get("vmid").and_then(|v| v.parse::<i64>().ok()) else {
+        return param_error(&shared, &[("vmid", "property is missing".into())]);
+    };
+    let Some(storage) = params.get("storage").cloned() else {
+        return param_error(&shared, &[("storage", "property is missing".into())]);
+    };
+    if let Some(m) = params.get("mode")
+        && !["snapshot", "suspend", "stop"].contains(&m.as_str())
+    {
+        return param_error(
+            &shared,
+            &[(
+                "mode",
+                format!(
+                    "value '{m}' does not have a value in the enumeration 'snapshot, suspend, stop'"
+                ),
+            )],
+        );
+    }
+    let mut st = shared.lock();
+    st.vzdump_calls.push(sorted(&params));
+    let Some(ct) = st.cts.get_mut(&vmid) else {
+        return pve_error(
+            &shared,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &shared.conf_missing(vmid),
+        );
+    };
+    let locked = ct.lock();
+    if locked.is_none() {
+        ct.set_lock(Some("backup"));
+    }
+    let hostname = ct
+        .config
+        .get("hostname")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let notes = params
+        .get("notes-template")
+        .cloned()
+        .unwrap_or_default()
+        .replace("{{guestname}}", &hostname)
+        .replace("{{vmid}}", &vmid.to_string());
+    let injected = take_injected(&mut st, "vzdump");
+    let task_shared = shared.clone();
+    let upid = spawn_task(&shared, &mut st, "vzdump", &vmid.to_string(), async move {
+        if let Some(lock) = locked {
+            return Err(format!("CT is locked ({lock})"));
+        }
+        let unlock = |shared: &Shared| {
+            if let Some(ct) = shared.lock().cts.get_mut(&vmid)
+                && ct.lock().as_deref() == Some("backup")
+            {
+                ct.set_lock(None);
+            }
+        };
+        if let Some(exit) = injected {
+            unlock(&task_shared);
+            return Err(exit);
+        }
+        let dumps = task_shared.dir.join("dumps");
+        let n = fastrand::u64(..);
+        let archive = dumps.join(format!("{vmid}-{n:016x}.tar"));
+        let src = task_shared.ct_dir(vmid);
+        let a2 = archive.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(a2.parent().unwrap()).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(&src).map_err(|e| e.to_string())?;
+            run_tar(&[
+                "-cf".as_ref(),
+                a2.as_os_str(),
+                "-C".as_ref(),
+                src.as_os_str(),
+                ".".as_ref(),
+            ])
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(e) = made {
+            unlock(&task_shared);
+            return Err(format!("command 'tar' failed: {e}"));
+        }
+        let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
+        let mut st = task_shared.lock();
+        let config = st
+            .cts
+            .get(&vmid)
+            .map(|c| {
+                let mut c = c.config.clone();
+                c.remove("lock");
+                c
+            })
+            .unwrap_or_default();
+        let mut ctime = now_epoch();
+        let volid = loop {
+            let v = format!(
+                "{storage}:backup/ct/{vmid}/{}",
+                zlh::util::format_ts(ctime as i64 * 1000)
+            );
+            if !st.dumps.iter().any(|d| d.volid == v) {
+                break v;
+            }
+            ctime += 1;
+        };
+        st.dumps.push(Dump {
+            volid: volid.clone(),
+            storage,
+            vmid,
+            ctime,
+            size,
+            notes,
+            archive,
+            config,
+        });
+        drop(st);
+        unlock(&task_shared);
+        Ok(vec![
+            format!("INFO: Starting Backup of VM {vmid} (lxc)"),
+            format!(
+                "INFO: creating Proxmox Backup Server archive '{}'",
+                volid.split_once(":backup/").map(|(_, r)| r).unwrap_or("")
+            ),
+            format!("INFO: Finished Backup of VM {vmid}"),
+        ])
+    });
+    ok(json!(upid))
+}
+
+async fn storage_content(
+    State(shared): State<Arc<Shared>>,
+    UrlPath((node, storage)): UrlPath<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = check_node(&shared, &node) {
+        return r;
+    }
+    let vmid = q.get("vmid").and_then(|v| v.parse::<i64>().ok());
+    let st = shared.lock();
+    let list: Vec<Value> = st
+        .dumps
+        .iter()
+        .filter(|d| d.storage == storage && vmid.is_none_or(|v| v == d.vmid))
+        .map(|d| {
+            json!({
+                "volid": d.volid, "ctime": d.ctime, "size": d.size, "notes": d.notes,
+                "vmid": d.vmid, "format": "pbs-ct", "subtype": "lxc", "content": "backup",
+                "protected": 0
+            })
+        })
+        .collect();
+    ok(json!(list))
+}
+
+async fn delete_volume(
+    State(shared): State<Arc<Shared>>,
+    UrlPath((node, storage, volume)): UrlPath<(String, String, String)>,
+) -> Response {
+    if let Err(r) = check_node(&shared, &node) {
+        return r;
+    }
+    let mut st = shared.lock();
+    let Some(i) = st
+        .dumps
+        .iter()
+        .position(|d| d.storage == storage && d.volid == volume)
+    else {
+        return pve_error(
+            &shared,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("volume '{volume}' does not exist"),
+        );
+    };
+    let d = st.dumps.remove(i);
+    let _ = std::fs::remove_file(&d.archive);
+    let upid = spawn_task(&shared, &mut st, "imgdel", "", async move {
+        Ok(vec![format!("removed volume '{}'", d.volid)])
+    });
+    ok(json!(upid))
+}
+
+/// `POST /nodes/{node}/lxc` with `restore=1`: the container's "disk" and config are
+/// replaced by the backup's. A failed task (fault injection) leaves the container as
+/// it was.
+async fn create_ct(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(node): UrlPath<String>,
+    Form(params): Form<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = check_node(&shared, &node) {
+        return r;
+    }
+    let allowed = [
+        "vmid",
+        "ostemplate",
+        "restore",
+        "force",
+        "unique",
+        "storage",
+        "start",
+        "pool",
+    ];
+    if let Some(r) = unknown_params(&shared, &params, &allowed) {
+        return r;
+    }
+    let mut st = shared.lock();
+    st.restore_calls.push(sorted(&params));
+    if params.get("restore").and_then(|v| parse_bool(v)) != Some(true) {
+        return pve_error(
+            &shared,
+            StatusCode::NOT_IMPLEMENTED,
+            "creating containers from templates is not simulated",
+        );
+    }
+    let Some(vmid) = params.get("vmid").and_then(|v| v.parse::<i64>().ok()) else {
+        return param_error(&shared, &[("vmid", "property is missing".into())]);
+    };
+    let volid = params.get("ostemplate").cloned().unwrap_or_default();
+    let Some(dump) = st.dumps.iter().find(|d| d.volid == volid).cloned() else {
+        return pve_error(
+            &shared,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("volume '{volid}' does not exist"),
+        );
+    };
+    let force = params.get("force").and_then(|v| parse_bool(v)) == Some(true);
+    let unique = params.get("unique").and_then(|v| parse_bool(v)) == Some(true);
+    if let Some(ct) = st.cts.get_mut(&vmid) {
+        if !force {
+            let msg = format!("CT {vmid} already exists on node '{}'", shared.opts.node);
+            return pve_error(&shared, StatusCode::INTERNAL_SERVER_ERROR, &msg);
+        }
+        if let Some(lock) = ct.lock() {
+            return pve_error(
+                &shared,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("CT is locked ({lock})"),
+            );
+        }
+        if ct.running {
+            let msg = format!("unable to restore CT {vmid} - container is running");
+            return pve_error(&shared, StatusCode::INTERNAL_SERVER_ERROR, &msg);
+        }
+        ct.set_lock(Some("create"));
+    }
+    let injected = take_injected(&mut st, "vzrestore");
+    let task_shared = shared.clone();
+    let upid = spawn_task(
+        &shared,
+        &mut st,
+        "vzrestore",
+        &vmid.to_string(),
+        async move {
+            let unlock = |shared: &Shared| {
+                if let Some(ct) = shared.lock().cts.get_mut(&vmid) {
+                    ct.set_lock(None);
+                }
+            };
+            if let Some(exit) = injected {
+                unlock(&task_shared);
+                return Err(exit);
+            }
+            let dir = task_shared.ct_dir(vmid);
+            let archive = dump.archive.clone();
+            let d2 = dir.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                let _ = std::fs::remove_dir_all(&d2);
+                std::fs::create_dir_all(&d2).map_err(|e| e.to_string())?;
+                run_tar(&[
+                    "-xf".as_ref(),
+                    archive.as_os_str(),
+                    "-C".as_ref(),
+                    d2.as_os_str(),
+                ])
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            if let Err(e) = done {
+                unlock(&task_shared);
+                return Err(format!("unable to restore CT {vmid}: {e}"));
+            }
+            let mut st = task_shared.lock();
+            let mut config = dump.config.clone();
+            if unique && let Some(net) = config.get("net0").and_then(Value::as_str) {
+                let without: Vec<&str> = net
+                    .split(',')
+                    .filter(|kv| !kv.starts_with("hwaddr="))
+                    .collect();
+                let n = format!("{},hwaddr={}", without.join(","), random_mac());
+                config.insert("net0".into(), json!(n));
+            }
+            let host = match st.cts.get(&vmid) {
+                Some(ct) => ct.host,
+                None => next_host(&mut st),
+            };
+            let mut ct = Ct {
+                config,
+                digest: String::new(),
+                running: false,
+                started_at: None,
+                host,
+                agent: None,
+            };
+            ct.touch();
+            st.cts.insert(vmid, ct);
+            Ok(vec![format!("restoring '{}' to CT {vmid}", dump.volid)])
         },
     );
     ok(json!(upid))

@@ -210,6 +210,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/restart", post(restart))
         .route("/console/command", post(console_command))
         .route("/console/stream", get(console_stream))
+        .route("/console/tail", get(console_tail))
         .route("/version", get(version))
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
@@ -460,6 +461,21 @@ async fn console_command(State(shared): State<Arc<Shared>>, body: axum::body::By
         Some(Err(e)) => error(StatusCode::CONFLICT, "conflict", e),
         None => shutting_down(),
     }
+}
+
+/// The most recent console lines (`lines`, default 100, at most the ring's 1000).
+async fn console_tail(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Json<super::ConsoleTail> {
+    let n = q
+        .get("lines")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(100)
+        .min(1000);
+    Json(super::ConsoleTail {
+        lines: shared.console.tail(n),
+    })
 }
 
 async fn console_stream(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {

@@ -1,5 +1,6 @@
 //! The JSON API under `/api/v1` (DESIGN §9). Every route needs a bearer API token.
 
+mod backups;
 mod jobs;
 mod openapi;
 mod servers;
@@ -22,6 +23,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .merge(servers::router())
+        .merge(backups::router())
         .merge(jobs::router())
         .merge(templates_nodes::router())
         .merge(openapi::router())

@@ -95,6 +95,26 @@ pub fn document() -> Value {
                 "get": op("List nodes with free memory (admin)", "200", None),
                 "post": op("Add a node (admin)", "201", Some("NewNode"))
             },
+            "/api/v1/servers/{id}/backups": {
+                "get": with_id(op("A server's world backups, newest first, with its retention policy. Query: all (include deleted)", "200", None)),
+                "post": with_id(op("Back up the server's world (202: a job in the server's lane; body optional)", "202", Some("NewBackup")))
+            },
+            "/api/v1/servers/{id}/backups/retention": {
+                "get": with_id(op("The server's backup retention policy", "200", None)),
+                "put": with_id(op("Set the retention policy (protected backups are never pruned; 0/0 keeps everything)", "200", Some("Retention")))
+            },
+            "/api/v1/backups/{id}": {
+                "get": with_id(op("One world backup", "200", None)),
+                "delete": with_id(op("Delete a backup (202: a job; protected backups are refused with 409)", "202", None))
+            },
+            "/api/v1/backups/{id}/restore": {"post": with_id(op("Restore into the same server, or into a new server with `new_server` (202: a job)", "202", Some("Restore")))},
+            "/api/v1/backups/{id}/protect": {"post": with_id(op("Protect a backup from retention and deletion", "200", None))},
+            "/api/v1/backups/{id}/unprotect": {"post": with_id(op("Lift a backup's protection", "200", None))},
+            "/api/v1/servers/{id}/schedules": {
+                "get": with_id(op("A server's schedules with their next run", "200", None)),
+                "post": with_id(op("Add a schedule: backup, restart (with an in-game warning) or console command", "201", Some("NewSchedule")))
+            },
+            "/api/v1/schedules/{id}": {"delete": with_id(op("Remove a schedule (and those chained after it)", "200", None))},
             "/api/v1/doctor": {"get": op("The doctor's report: duplicates, orphans, stuck servers and jobs, drift (admin). Query: server", "200", None)},
             "/api/v1/openapi.json": {"get": op("This document", "200", None)}
         },
@@ -126,6 +146,38 @@ pub fn document() -> Value {
                         "cores": {"type": "integer", "minimum": 1, "maximum": 64},
                         "node": {"type": "string", "description": "node name; default: the one with the most free memory"},
                         "eula": {"type": "boolean", "description": "explicit acceptance of the game's EULA"}
+                    }
+                },
+                "NewBackup": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {"note": {"type": "string", "maxLength": 500}}
+                },
+                "Retention": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["keep_last", "keep_daily"],
+                    "properties": {
+                        "keep_last": {"type": "integer", "minimum": 0, "description": "keep the newest N backups"},
+                        "keep_daily": {"type": "integer", "minimum": 0, "description": "keep the newest backup of each of the last D days (UTC)"}
+                    }
+                },
+                "Restore": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {"new_server": {"type": "string", "description": "name of a new server (a clone) to restore into; absent: the backup's own server"}}
+                },
+                "NewSchedule": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["kind"],
+                    "properties": {
+                        "kind": {"type": "string", "enum": ["backup", "restart", "command"]},
+                        "cron": {"type": "string", "description": "5 fields (minute hour day-of-month month day-of-week) or 6 with a leading second, UTC; or @hourly, @daily, …", "example": "0 4 * * *"},
+                        "after": {"type": "integer", "description": "fire after this schedule's firing succeeded, instead of a cron"},
+                        "command": {"type": "string", "description": "kind command: the console command"},
+                        "warning_secs": {"type": "integer", "minimum": 0, "maximum": 3600, "description": "kind restart: warn players this long before (default 300)"},
+                        "note": {"type": "string"}
                     }
                 },
                 "NewTemplate": {

@@ -44,7 +44,7 @@ pub fn render(conn: &rusqlite::Connection, list: &[Server]) -> Result<Vec<Value>
         .collect())
 }
 
-fn job_json(conn: &rusqlite::Connection, id: i64) -> Result<Value, DomainError> {
+pub(super) fn job_json(conn: &rusqlite::Connection, id: i64) -> Result<Value, DomainError> {
     Ok(queue::get(conn, id)?
         .map(|j| serde_json::to_value(j).unwrap_or(Value::Null))
         .unwrap_or(Value::Null))

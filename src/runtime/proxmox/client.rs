@@ -601,6 +601,51 @@ pub struct CloneParams {
     pub storage: Option<String>,
 }
 
+/// `POST /nodes/{node}/vzdump` parameters (one container).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VzdumpParams {
+    pub vmid: i64,
+    /// The backup storage (e.g. a PBS storage).
+    pub storage: String,
+    /// `snapshot`, `suspend` or `stop`.
+    pub mode: String,
+    /// `notes-template`: the note on the backup (`{{guestname}}`, `{{vmid}}` expand).
+    pub notes: String,
+}
+
+/// `POST /nodes/{node}/lxc` parameters of a restore.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoreParams {
+    pub vmid: i64,
+    /// The backup's volume id (`pbs:backup/ct/105/2026-01-02T03:04:05Z`).
+    pub volid: String,
+    /// Target storage of the restored disks (default: where they were).
+    pub storage: Option<String>,
+    pub force: bool,
+    pub unique: bool,
+}
+
+/// One entry of a storage's content listing.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct StorageEntry {
+    pub volid: String,
+    #[serde(default)]
+    pub ctime: Option<i64>,
+    #[serde(default)]
+    pub size: Option<i64>,
+    #[serde(default)]
+    pub notes: Option<String>,
+    #[serde(default, deserialize_with = "opt_int_or_string")]
+    pub vmid: Option<i64>,
+}
+
+fn opt_int_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => int_or_string(v).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 /// An async client for one PVE node's API.
 #[derive(Clone)]
 pub struct PveClient {
@@ -935,6 +980,111 @@ impl PveClient {
             &what,
         )
         .await
+    }
+
+    /// `POST /nodes/{node}/vzdump` for one container → the `vzdump` task. `remove=0`:
+    /// zlh's retention decides what is pruned, not the storage's prune settings.
+    pub async fn vzdump(&self, p: &VzdumpParams) -> Result<Upid, PveError> {
+        let what = format!(
+            "backing up CT {} to storage {} on node {}",
+            p.vmid, p.storage, self.node
+        );
+        let params = [
+            ("vmid", p.vmid.to_string()),
+            ("storage", p.storage.clone()),
+            ("mode", p.mode.clone()),
+            ("notes-template", p.notes.clone()),
+            ("remove", bool01(false)),
+        ];
+        self.upid(
+            Method::POST,
+            &format!("/nodes/{}/vzdump", encode_segment(&self.node)),
+            &params,
+            &what,
+        )
+        .await
+    }
+
+    /// `GET /nodes/{node}/storage/{storage}/content?content=backup&vmid=N`.
+    pub async fn backup_content(
+        &self,
+        storage: &str,
+        vmid: i64,
+    ) -> Result<Vec<StorageEntry>, PveError> {
+        let what = format!(
+            "listing the backups of CT {vmid} on storage {storage} of node {}",
+            self.node
+        );
+        let params = [
+            ("content", "backup".to_string()),
+            ("vmid", vmid.to_string()),
+        ];
+        self.data(
+            Method::GET,
+            &format!(
+                "/nodes/{}/storage/{}/content",
+                encode_segment(&self.node),
+                encode_segment(storage)
+            ),
+            &params,
+            &what,
+        )
+        .await
+    }
+
+    /// `POST /nodes/{node}/lxc` with `ostemplate=<backup volid>`, `restore=1` → the
+    /// `vzrestore` task. `force` overwrites an existing (stopped) container.
+    pub async fn restore_ct(&self, p: &RestoreParams) -> Result<Upid, PveError> {
+        let what = format!(
+            "restoring CT {} from {} on node {}",
+            p.vmid, p.volid, self.node
+        );
+        let mut params = vec![
+            ("vmid", p.vmid.to_string()),
+            ("ostemplate", p.volid.clone()),
+            ("restore", bool01(true)),
+            ("force", bool01(p.force)),
+            ("unique", bool01(p.unique)),
+        ];
+        if let Some(s) = &p.storage {
+            params.push(("storage", s.clone()));
+        }
+        self.upid(
+            Method::POST,
+            &format!("/nodes/{}/lxc", encode_segment(&self.node)),
+            &params,
+            &what,
+        )
+        .await
+    }
+
+    /// `DELETE /nodes/{node}/storage/{storage}/content/{volid}`: a task on current PVE
+    /// (`imgdel`), nothing on older ones.
+    pub async fn delete_volume(
+        &self,
+        storage: &str,
+        volid: &str,
+    ) -> Result<Option<Upid>, PveError> {
+        let what = format!("deleting {volid} on node {}", self.node);
+        let v: Value = self
+            .data(
+                Method::DELETE,
+                &format!(
+                    "/nodes/{}/storage/{}/content/{}",
+                    encode_segment(&self.node),
+                    encode_segment(storage),
+                    encode_segment(volid)
+                ),
+                &[],
+                &what,
+            )
+            .await?;
+        match v {
+            Value::String(s) => Upid::parse(&s)
+                .map(Some)
+                .map_err(|reason| PveError::Decode { what, reason }),
+            _ => Ok(None),
+        }
     }
 
     fn task_path(upid: &Upid, leaf: &str) -> String {
