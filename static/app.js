@@ -167,6 +167,24 @@ function deleteConfirm() {
   check();
 }
 
+// Parts of a page with work in flight (e.g. a backup running) follow it without a
+// reload: the same page is fetched again and the part swapped, until nothing is pending.
+function refreshWhilePending() {
+  $all("[data-refresh-while]").forEach(function (el) {
+    var timer = setInterval(function () {
+      fetch(location.href, { credentials: "same-origin" })
+        .then(function (r) { return r.text(); })
+        .then(function (t) {
+          var fresh = new DOMParser().parseFromString(t, "text/html").getElementById(el.id);
+          if (!fresh) return;
+          el.innerHTML = fresh.innerHTML;
+          if (!fresh.hasAttribute("data-refresh-while")) clearInterval(timer);
+        })
+        .catch(function () {});
+    }, 1000);
+  });
+}
+
 // "Running since" as a ticking uptime (the page itself stays as it was rendered).
 function uptimes() {
   function tick() {
@@ -190,4 +208,5 @@ document.addEventListener("DOMContentLoaded", function () {
   consoleView();
   deleteConfirm();
   uptimes();
+  refreshWhilePending();
 });

@@ -671,6 +671,55 @@ fn browser_setup_create_watch_console_stop_delete() {
     assert_eq!(b.find("#console-command").prop("value"), json!(""));
     b.screenshot("server-console");
 
+    // Backups tab: back up now; the row follows the job without a reload.
+    b.find("nav.tabs a[href$='/backups']").click();
+    b.find("#backup-now");
+    b.find("#b-note").send_keys("from the ui");
+    click_to_new_page(&b, "#backup-now");
+    b.execute("window.zlhMarker = 42;", vec![]);
+    b.wait_text("#backups", "completed", long);
+    assert!(not_reloaded(&b), "the backup row changed in place");
+    assert!(text(&b, "#backups").contains("from the ui"));
+    let saves = std::fs::read_to_string(
+        served
+            .data_dir
+            .join("servers/5000/agent/server/world/standin-commands.log"),
+    )
+    .unwrap_or_default();
+    assert!(
+        saves.contains("save-off") && saves.contains("save-on"),
+        "{saves}"
+    );
+    // A restore in place needs its box ticked; without it nothing happens.
+    b.execute("document.querySelector('details').open = true;", vec![]);
+    click_to_new_page(&b, "button[data-restore]");
+    b.wait_text("#backups-error", "tick the box", long);
+    click_to_new_page(&b, "#backups form[action$='/protect'] button");
+    b.wait_text("#backups", "protected", long);
+    b.find("#keep_last").clear();
+    b.find("#keep_last").send_keys("3");
+    click_to_new_page(&b, "form[action$='/retention'] button");
+    assert_eq!(b.find("#keep_last").prop("value"), json!("3"));
+    b.screenshot("server-backups");
+
+    // Schedules tab: a console command every night, then removed.
+    b.find("nav.tabs a[href$='/schedules']").click();
+    b.find("#schedule-form");
+    set_value(&b, "#s-kind", "command");
+    b.find("#s-command").send_keys("say nightly");
+    click_to_new_page(&b, "#schedule-form button");
+    b.wait_text("table.schedules", "say nightly", long);
+    assert!(text(&b, "table.schedules").contains("cron 0 4 * * *"));
+    b.screenshot("server-schedules");
+    set_value(&b, "#s-kind", "restart");
+    b.find("#s-cron").clear();
+    b.find("#s-cron").send_keys("61 * * * *");
+    click_to_new_page(&b, "#schedule-form button");
+    b.wait_text("#schedules-error", "cron", long);
+    click_to_new_page(&b, "form[action$='/remove'] button");
+    b.wait_text("main", "No schedules.", long);
+    b.goto(&server_url);
+
     // A form POST without the CSRF token is refused (and nothing happens).
     let status = b.execute(
         "return fetch(arguments[0], {method: 'POST', credentials: 'same-origin', \

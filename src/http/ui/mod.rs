@@ -7,6 +7,7 @@ mod assets;
 mod auth;
 mod live;
 mod servers;
+mod worlds;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -63,6 +64,12 @@ session_routes! {
     "/servers/{id}/console" => post(servers::console_command);
     "/servers/{id}/console/stream" => get(live::console_stream);
     "/servers/{id}/actions/{action}" => post(servers::action);
+    "/servers/{id}/backups" => get(worlds::backups).post(worlds::create_backup);
+    "/servers/{id}/backups/retention" => post(worlds::set_retention);
+    "/servers/{id}/schedules" => get(worlds::schedules_tab).post(worlds::add_schedule);
+    "/backups/{id}/restore" => post(worlds::restore);
+    "/backups/{id}/{action}" => post(worlds::protect);
+    "/schedules/{id}/remove" => post(worlds::remove_schedule);
     "/jobs" => get(admin::jobs);
     "/jobs/release-all" => post(admin::release_all);
     "/jobs/{id}/{action}" => post(admin::job_action);
