@@ -326,6 +326,28 @@ fn setup_sessions_csrf_and_login_limits() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.contains("user bob added"));
+    // An admin sets another user's password on the page.
+    let r = c.post(
+        "/users/2/password",
+        &[("csrf", &csrf), ("password", "bob-password-2")],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("password of bob set"), "{}", r.body);
+    let mut bob = Client::new(&served);
+    let bcsrf = bob.get("/login").input("csrf");
+    let r = bob.post(
+        "/login",
+        &[
+            ("csrf", &bcsrf),
+            ("username", "bob"),
+            ("password", "bob-password-2"),
+        ],
+    );
+    assert_eq!(r.location(), "/", "bob signs in with the new password");
+    // Bob is no admin: admin pages are refused, his own pages are not.
+    assert_eq!(bob.get("/users").status, 403);
+    assert_eq!(bob.get("/jobs").status, 403);
+    assert_eq!(bob.get("/servers").status, 200);
     // Bad input names what is wrong and adds nobody.
     let r = c.post(
         "/users",

@@ -643,6 +643,10 @@ pub async fn create_user(
     users_result(&st, &sess, r).await
 }
 
+fn existing_user(conn: &rusqlite::Connection, id: i64) -> Result<User, DomainError> {
+    users::get(conn, id)?.ok_or_else(|| DomainError::NotFound(format!("user {id}")))
+}
+
 #[derive(Debug, Deserialize)]
 pub struct PasswordForm {
     #[serde(default)]
@@ -657,18 +661,16 @@ pub async fn reset_password(
     UiForm(f): UiForm<PasswordForm>,
 ) -> Result<Response, UiError> {
     sess.require_admin()?;
-    let me = sess.0.id;
     let r = st
         .db
         .write(move |tx| {
-            let u =
-                users::get(tx, id)?.ok_or_else(|| DomainError::NotFound(format!("user {id}")))?;
+            let u = existing_user(tx, id)?;
             users::set_password(tx, id, &f.password)?;
             let ended = sessions::delete_for_user(tx, id)?;
-            Ok((u, ended, me))
+            Ok((u, ended))
         })
         .await
-        .map(|(u, ended, _)| format!("password of {} set; {ended} session(s) ended", u.username));
+        .map(|(u, ended)| format!("password of {} set; {ended} session(s) ended", u.username));
     if id == sess.user().id && r.is_ok() {
         // One's own password: the current session ended with the others.
         return Ok(see_other("/login"));
@@ -692,8 +694,7 @@ pub async fn create_token(
     let r = st
         .db
         .write(move |tx| {
-            let u =
-                users::get(tx, id)?.ok_or_else(|| DomainError::NotFound(format!("user {id}")))?;
+            let u = existing_user(tx, id)?;
             let (secret, _) = users::create_token(tx, id, f.name.trim())?;
             Ok::<_, DomainError>((u.username, secret))
         })
