@@ -36,6 +36,64 @@ fn local_runtime_end_to_end_create_stop_start_survive_a_restart_delete() {
     assert_eq!(s["ready"], true);
     let vmid = s["vmid"].as_i64().unwrap();
 
+    // The console through the API: a command, its reply in the tail and in the stream.
+    let console = format!("/api/v1/servers/{id}/console");
+    let (code, body) = api.call("POST", &console, Some(json!({"command": "say api-hello"})));
+    assert_eq!(code, 204, "{body}");
+    support::wait_for(
+        "the reply in the tail",
+        std::time::Duration::from_secs(20),
+        || {
+            let (code, tail) = api.call("GET", &format!("{console}?lines=50"), None);
+            assert_eq!(code, 200, "{tail}");
+            tail["lines"]
+                .as_array()?
+                .iter()
+                .any(|l| l.as_str().is_some_and(|l| l.contains("[Server] api-hello")))
+                .then_some(())
+        },
+    );
+    for (bad, field) in [
+        (json!({"command": ""}), "command"),
+        (json!({"command": "a\nb"}), "command"),
+        (json!({}), "command"),
+    ] {
+        let (code, body) = api.call("POST", &console, Some(bad));
+        assert_eq!(code, 400, "{body}");
+        assert_eq!(body["error"]["field"], field, "{body}");
+    }
+    assert_eq!(api.call("GET", &format!("{console}?lines=0"), None).0, 400);
+    let lines = api.http.rt.block_on(async {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = api
+            .served
+            .url(&format!("{console}/stream"))
+            .replacen("http", "ws", 1);
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", api.token).parse().unwrap(),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        let mut lines = Vec::new();
+        while let Ok(Some(Ok(m))) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await
+        {
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+                lines.push(t.to_string());
+                if t.contains("[Server] api-hello") {
+                    break;
+                }
+            }
+        }
+        lines
+    });
+    assert!(
+        lines.iter().any(|l| l.contains("[Server] api-hello")),
+        "{lines:?}"
+    );
+
     // Exactly one of everything: one row, one provisioning job, one install at the agent.
     let conn = support::open_db(&api.served.data_dir);
     let jobs: i64 = conn

@@ -1,6 +1,7 @@
 //! HTTP: every feature router is merged here.
 
 pub mod api;
+pub mod console;
 mod ops;
 mod traefik;
 pub mod ui;

@@ -83,6 +83,11 @@ pub fn document() -> Value {
                 "delete": with_id(op("Delete a server (202: a delete job)", "202", None))
             },
             "/api/v1/servers/{id}/events": {"get": with_id(op("A server's state timeline", "200", None))},
+            "/api/v1/servers/{id}/console": {
+                "get": with_id(op("The last console lines of the game (`{lines}`). Query: lines (1-1000, default 100)", "200", None)),
+                "post": with_id(op("Send one line to the game's console (204)", "204", Some("ConsoleCommand")))
+            },
+            "/api/v1/servers/{id}/console/stream": {"get": with_id(op("WebSocket: recent console lines, then live ones", "101", None))},
             "/api/v1/servers/{id}/{action}": {"post": action},
             "/api/v1/jobs": {"get": op("List jobs (admin). Query: state, kind, before, limit", "200", None)},
             "/api/v1/jobs/{id}": {"get": with_id(op("One job with its errors (admin)", "200", None))},
@@ -127,6 +132,10 @@ pub fn document() -> Value {
                 }
             },
             "schemas": {
+                "ConsoleCommand": {
+                    "type": "object", "required": ["command"],
+                    "properties": {"command": {"type": "string", "maxLength": 1000}}
+                },
                 "Error": {
                     "type": "object",
                     "properties": {"error": {"type": "object", "properties": {

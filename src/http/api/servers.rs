@@ -20,6 +20,11 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/servers", post(create).get(list))
         .route("/api/v1/servers/{id}", get(show).delete(delete))
         .route("/api/v1/servers/{id}/events", get(events))
+        .route(
+            "/api/v1/servers/{id}/console",
+            get(console_tail).post(console_command),
+        )
+        .route("/api/v1/servers/{id}/console/stream", get(console_stream))
         .route("/api/v1/servers/{id}/{action}", post(action))
 }
 
@@ -226,4 +231,91 @@ async fn delete(
         StatusCode::ACCEPTED,
         run_action(&st, &caller, id, Action::Delete).await?,
     ))
+}
+
+/// A server the caller may see and a client for its agent (409 while it has none).
+async fn agent_of(
+    st: &AppState,
+    caller: &Caller,
+    id: i64,
+) -> Result<(Server, crate::agent::client::AgentClient), AppError> {
+    let user = caller.0.clone();
+    let server = st
+        .db
+        .call(move |c| servers::get_visible(c, &user, id))
+        .await?;
+    let client = server.agent_client().ok_or_else(|| {
+        AppError::conflict(format!("server {id} ({}) has no agent yet", server.name))
+    })?;
+    Ok((server, client))
+}
+
+#[derive(Debug, Deserialize)]
+struct TailQuery {
+    #[serde(default)]
+    lines: Option<usize>,
+}
+
+/// `GET /api/v1/servers/{id}/console?lines=N`: the last N console lines (default 100).
+async fn console_tail(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    Query(q): Query<TailQuery>,
+) -> Result<Json<Value>, AppError> {
+    let lines = q.lines.unwrap_or(100);
+    if !(1..=1000).contains(&lines) {
+        return Err(AppError::bad_request("lines", "between 1 and 1000"));
+    }
+    let (server, client) = agent_of(&st, &caller, id).await?;
+    let lines = client.console_tail(lines).await.map_err(|e| {
+        AppError::BadGateway(format!("reading the console of {}: {e}", server.name))
+    })?;
+    Ok(Json(json!({ "lines": lines })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsoleCommandBody {
+    command: String,
+}
+
+/// `POST /api/v1/servers/{id}/console {command}`: one line to the game's stdin (204).
+async fn console_command(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    ApiJson(body): ApiJson<ConsoleCommandBody>,
+) -> Result<StatusCode, AppError> {
+    let command = body.command.trim();
+    if command.is_empty() || command.contains(['\n', '\r']) || command.len() > 1000 {
+        return Err(AppError::bad_request(
+            "command",
+            "one line of 1 to 1000 characters",
+        ));
+    }
+    let (server, client) = agent_of(&st, &caller, id).await?;
+    client
+        .console_command(command)
+        .await
+        .map_err(|e| AppError::conflict(format!("sending '{command}' to {}: {e}", server.name)))?;
+    tracing::info!(server = id, user = %caller.0.username, "console command sent");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/servers/{id}/console/stream` (WebSocket): recent console lines, then
+/// live ones, relayed from the agent.
+async fn console_stream(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Result<axum::response::Response, AppError> {
+    let (server, client) = agent_of(&st, &caller, id).await?;
+    let shutdown = st.shutdown.clone();
+    Ok(ws
+        .on_upgrade(move |socket| {
+            crate::http::console::relay(socket, client, server.name, shutdown)
+        })
+        .into_response())
 }
