@@ -990,3 +990,77 @@ fn assets_are_embedded_with_their_hash() {
     assert_eq!(c.get("/static/nope.js").status, 404);
     assert_eq!(c.get("/static/app.js").status, 200);
 }
+
+#[test]
+fn jobs_page_filters_and_releases_cancels_and_retries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let served = start(tmp.path());
+    let mut c = Client::new(&served);
+    setup_admin(&served, &mut c);
+    let db = support::open_db(&served.data_dir);
+    let plant = |state: &str| -> i64 {
+        db.execute(
+            "INSERT INTO jobs (kind, state, attempt, max_attempts, run_at, created_at, held_reason)
+             VALUES ('ui.test', ?1, 0, 5, 0, 0, 'planted by the test')",
+            [state],
+        )
+        .unwrap();
+        db.last_insert_rowid()
+    };
+    let state_of = |id: i64| -> String {
+        db.query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+            .unwrap()
+    };
+    let (held_a, held_b) = (plant("held"), plant("held"));
+
+    // The banner is on every page while jobs are held; the filter shows just them.
+    let page = c.get("/jobs?state=held");
+    assert!(page.body.contains("Jobs are held"), "{}", page.body);
+    assert_eq!(
+        page.body.matches("data-job-id=").count(),
+        2,
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("planted by the test"));
+    assert_eq!(c.get("/jobs?state=bogus").status, 400);
+    let csrf = page.input("csrf");
+
+    let r = c.post(&format!("/jobs/{held_a}/cancel"), &[("csrf", &csrf)]);
+    assert_eq!(r.location(), "/jobs");
+    assert_eq!(state_of(held_a), "cancelled");
+    let r = c.post("/jobs/release-all", &[("csrf", &csrf)]);
+    assert_eq!(r.location(), "/jobs");
+    // Released, it runs: this build has no handler for it, so it is discarded loudly.
+    wait_for("the released job to run", Duration::from_secs(20), || {
+        (state_of(held_b) == "discarded").then_some(())
+    });
+    assert!(
+        !c.get("/").body.contains("Jobs are held"),
+        "the banner is gone"
+    );
+    let page = c.get(&format!("/jobs?state=discarded&kind=ui.test"));
+    assert!(
+        page.body.contains("no handler for job kind"),
+        "{}",
+        page.body
+    );
+    let r = c.post(&format!("/jobs/{held_b}/retry"), &[("csrf", &csrf)]);
+    assert_eq!(r.location(), "/jobs");
+    wait_for(
+        "the retried job to run again",
+        Duration::from_secs(20),
+        || {
+            let errors: i64 = db
+                .query_row(
+                    "SELECT json_array_length(errors) FROM jobs WHERE id = ?1",
+                    [held_b],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            (errors == 2).then_some(())
+        },
+    );
+    let r = c.post(&format!("/jobs/{held_b}/frobnicate"), &[("csrf", &csrf)]);
+    assert_eq!(r.status, 404);
+}
