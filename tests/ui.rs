@@ -1039,7 +1039,7 @@ fn jobs_page_filters_and_releases_cancels_and_retries() {
         !c.get("/").body.contains("Jobs are held"),
         "the banner is gone"
     );
-    let page = c.get(&format!("/jobs?state=discarded&kind=ui.test"));
+    let page = c.get("/jobs?state=discarded&kind=ui.test");
     assert!(
         page.body.contains("no handler for job kind"),
         "{}",
