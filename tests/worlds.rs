@@ -328,11 +328,9 @@ fn local_backup_pauses_saving_restore_brings_the_world_back_and_a_clone_is_ident
     assert!(text.contains("third") && !text.contains("second"), "{text}");
 }
 
-#[test]
-fn proxmox_vzdump_and_restore_tasks_and_a_failed_task() {
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = PveSim::start();
-    let api = Api::start(tmp.path());
+/// Adds the simulator as node `pve` and a running server `name` on it, its world holding
+/// `marker.txt` = "v1": (id, server, world dir).
+fn running_on_proxmox(api: &Api, sim: &PveSim, name: &str) -> (i64, Value, PathBuf) {
     let (code, body) = api.call(
         "POST",
         "/api/v1/nodes",
@@ -342,11 +340,20 @@ fn proxmox_vzdump_and_restore_tasks_and_a_failed_task() {
         })),
     );
     assert_eq!(code, 201, "{body}");
-    let sid = create(&api, "gamma", Some("pve"));
+    let sid = create(api, name, Some("pve"));
     let s = api.wait_status(sid, "running");
-    let vmid = s["vmid"].as_i64().unwrap();
-    let world = sim.ct_dir(vmid).join("server/world");
+    let world = sim.ct_dir(s["vmid"].as_i64().unwrap()).join("server/world");
     std::fs::write(world.join("marker.txt"), "v1").unwrap();
+    (sid, s, world)
+}
+
+#[test]
+fn proxmox_vzdump_and_restore_tasks_and_a_failed_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = PveSim::start();
+    let api = Api::start(tmp.path());
+    let (sid, s, world) = running_on_proxmox(&api, &sim, "gamma");
+    let vmid = s["vmid"].as_i64().unwrap();
 
     // vzdump with the right parameters; the volume id is recorded. While the task
     // runs, the container holds the `backup` lock.
@@ -434,19 +441,244 @@ fn proxmox_vzdump_and_restore_tasks_and_a_failed_task() {
     let s = api.wait_status(sid, "running");
     assert_eq!(s["ready"], true);
 
-    // A clone of a Proxmox backup is refused (restore into the same server instead).
-    let (code, body) = api.call(
-        "POST",
-        &format!("/api/v1/backups/{b1}/restore"),
-        Some(json!({"new_server": "delta"})),
-    );
-    assert_eq!(code, 409, "{body}");
-
     // Deleting the backup removes the volume.
     let (code, _) = api.call("DELETE", &format!("/api/v1/backups/{b1}"), None);
     assert_eq!(code, 202);
     wait_backup(&api, b1, "deleted");
     assert!(sim.backup_volumes("pbs").is_empty());
+}
+
+/// Containers in the game VMID range whose tags name server `sid`.
+fn containers_of(sim: &PveSim, sid: i64) -> Vec<i64> {
+    (5000..5100)
+        .filter(|v| {
+            sim.config(*v).is_some_and(|c| {
+                c.get("tags")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| t.split(';').any(|t| t == format!("srv-{sid}")))
+            })
+        })
+        .collect()
+}
+
+fn agent_status_code(sim: &PveSim, vmid: i64, token: &str) -> u16 {
+    let ip = sim.ct_ip(vmid).unwrap();
+    support::http_get_with_bearer(&format!("http://{ip}:18888/status"), token)
+}
+
+fn token_of(data: &Path, sid: i64) -> String {
+    support::open_db(data)
+        .query_row(
+            "SELECT agent_token FROM servers WHERE id = ?1",
+            [sid],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+fn count_sql(data: &Path, sql: &str, sid: i64) -> i64 {
+    support::open_db(data)
+        .query_row(sql, [sid], |r| r.get(0))
+        .unwrap()
+}
+
+/// One server row, one provisioning job, one container (restored, never cloned) for
+/// the clone `cid`, and exactly one restore request into its VMID.
+fn assert_one_restored(sim: &PveSim, data: &Path, cid: i64, vmid: i64, volid: &str) {
+    assert_eq!(
+        count_sql(data, "SELECT count(*) FROM servers WHERE id = ?1", cid),
+        1
+    );
+    assert_eq!(
+        count_sql(
+            data,
+            "SELECT count(*) FROM jobs WHERE kind = 'server.provision' \
+             AND json_extract(payload, '$.server_id') = ?1",
+            cid
+        ),
+        1,
+        "one provisioning job"
+    );
+    assert_eq!(containers_of(sim, cid), vec![vmid], "one container");
+    assert_eq!(sim.clones(vmid), 0, "no clone of the base template");
+    let restores: Vec<_> = sim
+        .restore_calls()
+        .into_iter()
+        .filter(|r| r["vmid"] == vmid.to_string())
+        .collect();
+    assert_eq!(restores.len(), 1, "one restore: {restores:?}");
+    let r = &restores[0];
+    assert_eq!(r["ostemplate"], volid);
+    assert_eq!(r["restore"], "1");
+    assert_eq!(r["unique"], "1");
+    assert_eq!(r["force"], "0");
+    assert_eq!(r["storage"], "local-lvm", "the source's rootfs storage");
+    assert!(
+        r["description"].starts_with(&format!("zlh server {cid} ")),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn proxmox_backup_restored_into_a_new_server_is_a_clone_with_the_same_world() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = PveSim::start();
+    let mut api = Api::start(tmp.path());
+    let data = api.served.data_dir.clone();
+    let (sid, s, world) = running_on_proxmox(&api, &sim, "origin");
+    let vmid = s["vmid"].as_i64().unwrap();
+    let b1 = request_backup(&api, sid, "");
+    let volid = wait_backup(&api, b1, "completed")["location"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let level = std::fs::read(world.join("level.dat")).unwrap();
+    let source_mac = sim.config(vmid).unwrap()["net0"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // One request: one new server and its provisioning job.
+    let out = restore(&api, b1, json!({"new_server": "copy"}));
+    assert_eq!(out["cloned"], true);
+    assert_eq!(out["job"]["kind"], "server.provision");
+    let cid = out["server_id"].as_i64().unwrap();
+    let c = api.wait_status(cid, "running");
+    assert_eq!(c["name"], "copy");
+    assert_eq!(c["template"], "standin");
+    assert_eq!(c["version"], s["version"]);
+    assert_eq!(c["memory_mb"], s["memory_mb"]);
+    assert_eq!(c["cores"], s["cores"]);
+    assert_eq!(c["node"], s["node"]);
+    assert_eq!(c["checkpoints"]["container"]["source_server"], sid, "{c}");
+    assert!(c["checkpoints"]["seeded"].is_object(), "{c}");
+    let cvmid = c["vmid"].as_i64().unwrap();
+    assert_ne!(cvmid, vmid);
+    assert_one_restored(&sim, &data, cid, cvmid, &volid);
+
+    // The backup's world, configured as the new server.
+    let cworld = sim.ct_dir(cvmid).join("server/world");
+    assert_eq!(read(&cworld.join("marker.txt")), "v1");
+    assert_eq!(std::fs::read(cworld.join("level.dat")).unwrap(), level);
+    let starts = read(&cworld.join("standin-starts.log"));
+    assert!(
+        starts.starts_with(&read(&world.join("standin-starts.log"))),
+        "the restored world's history is kept: {starts}"
+    );
+    let cfg = sim.config(cvmid).unwrap();
+    assert_eq!(cfg["hostname"], "copy");
+    assert_eq!(cfg["tags"], format!("zlh;srv-{cid}"));
+    assert!(
+        cfg["description"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("zlh server {cid} ")),
+        "{cfg:?}"
+    );
+    let mac = |net: &str| {
+        net.split(',')
+            .find_map(|kv| kv.strip_prefix("hwaddr="))
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(
+        mac(cfg["net0"].as_str().unwrap()),
+        mac(&source_mac),
+        "a fresh MAC"
+    );
+    // Tokens: the copy's agent now wants its own; the source's agent still its own.
+    let (own, theirs) = (token_of(&data, cid), token_of(&data, sid));
+    assert_eq!(agent_status_code(&sim, cvmid, &own), 200);
+    assert_eq!(agent_status_code(&sim, cvmid, &theirs), 401);
+    assert_eq!(agent_status_code(&sim, vmid, &theirs), 200);
+    assert!(
+        events(&api, cid)
+            .iter()
+            .any(|e| e.contains(&format!("with server {sid}'s token"))),
+        "{:?}",
+        events(&api, cid)
+    );
+    assert!(
+        !api.served.log_text().contains(&theirs),
+        "no token in the log"
+    );
+    assert!(!api.served.log_text().contains(&own), "no token in the log");
+    // The source was not touched.
+    let s2 = api.server(sid);
+    assert_eq!(s2["status"], "running");
+    assert_eq!(s2["vmid"], vmid);
+    assert_eq!(read(&world.join("marker.txt")), "v1");
+    assert_eq!(sim.restore_calls().len(), 1);
+
+    // A failed restore task fails the new server at `container`; retry gets it running.
+    sim.fail_next_task("vzrestore", "unable to restore CT: no space left on device");
+    let out = restore(&api, b1, json!({"new_server": "unlucky"}));
+    let uid = out["server_id"].as_i64().unwrap();
+    let failed = api.wait_status(uid, "failed");
+    assert_eq!(failed["failed_step"], "container");
+    let reason = failed["status_reason"].as_str().unwrap();
+    assert!(reason.contains("no space left on device"), "{reason}");
+    assert!(containers_of(&sim, uid).is_empty());
+    let (code, body) = api.call("POST", &format!("/api/v1/servers/{uid}/retry"), None);
+    assert_eq!(code, 202, "{body}");
+    api.wait_leaves(uid, "failed");
+    let u = api.wait_status(uid, "running");
+    let uvmid = u["vmid"].as_i64().unwrap();
+    assert_eq!(containers_of(&sim, uid), vec![uvmid]);
+    assert_eq!(
+        read(&sim.ct_dir(uvmid).join("server/world/marker.txt")),
+        "v1"
+    );
+    assert_eq!(api.server(sid)["status"], "running");
+
+    // SIGKILL of `zlh serve` while the restore task runs: one container, one restore.
+    sim.hold_tasks("vzrestore");
+    let before = sim.tasks("vzrestore");
+    let out = restore(&api, b1, json!({"new_server": "phoenix"}));
+    let pid = out["server_id"].as_i64().unwrap();
+    wait_for(
+        "the restore task to be held open",
+        Duration::from_secs(30),
+        || (sim.tasks("vzrestore") > before).then_some(()),
+    );
+    let status = api.served.signal_and_wait(libc::SIGKILL);
+    assert!(!status.success());
+    api.served = Served::start_with_env(
+        tmp.path(),
+        &data,
+        &[],
+        &[("ZLH_ARTIFACTS_UPSTREAM", "false")],
+    );
+    sim.release_tasks("vzrestore");
+    let p = api.wait_status(pid, "running");
+    let pvmid = p["vmid"].as_i64().unwrap();
+    let all = sim.restore_calls();
+    let vol_of_phoenix: Vec<_> = all
+        .iter()
+        .filter(|r| {
+            r.get("description")
+                .is_some_and(|d| d.starts_with(&format!("zlh server {pid} ")))
+        })
+        .collect();
+    assert_eq!(
+        vol_of_phoenix.len(),
+        1,
+        "one restore for the server: {all:?}"
+    );
+    assert_one_restored(&sim, &data, pid, pvmid, &volid);
+    assert!(
+        events(&api, pid)
+            .iter()
+            .any(|e| e == &format!("adopted container {pvmid} made by an earlier run")),
+        "the rerun adopted the restore it found: {:?}",
+        events(&api, pid)
+    );
+    assert_eq!(
+        read(&sim.ct_dir(pvmid).join("server/world/marker.txt")),
+        "v1"
+    );
+    assert_eq!(api.server(sid)["status"], "running");
+    assert_eq!(agent_status_code(&sim, vmid, &theirs), 200);
 }
 
 /// `S M H * * *` for the UTC second `t` (epoch seconds): fires once a day, at `t`.

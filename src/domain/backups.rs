@@ -274,7 +274,9 @@ pub struct RestoreRequested {
 
 /// Requests a restore: into the backup's own server (a job in its lane: stop the game,
 /// restore, start, wait for ready), or into a new server created from the same
-/// template and version whose provisioning seeds the world before its first start.
+/// template and version whose provisioning seeds the world before its first start
+/// (local: the archive is unpacked into its directory; Proxmox: its container is
+/// restored from the volume instead of cloned from the base template).
 pub fn request_restore(
     tx: &Connection,
     user: &User,
@@ -328,14 +330,15 @@ pub fn request_restore(
             })
         }
         Some(name) => {
-            if b.kind != "local" {
-                return Err(DomainError::Conflict(
-                    "restoring into a new server is supported for backups of local-node \
-                     servers; on Proxmox, restore into the same server"
-                        .into(),
-                ));
-            }
             let (template, node) = servers::context(tx, &source)?;
+            // A local archive seeds a directory; a Proxmox volume is restored into the
+            // new server's container on the same node.
+            if b.kind != node.kind {
+                return Err(DomainError::Conflict(format!(
+                    "backup {backup_id} is a {} backup but server {} is now on a {} node",
+                    b.kind, source.id, node.kind
+                )));
+            }
             let create = servers::CreateServer {
                 name: name.clone(),
                 template: template.slug.clone(),

@@ -16,7 +16,7 @@ use crate::domain::servers::{self, Server, ServerStatus};
 use crate::domain::templates::{self, JavaRule, Template};
 use crate::domain::{DomainError, nodes::Node};
 use crate::queue::{Handler, JobContext, JobFailure, JobResult, Outcome, QueueError, handler_fn};
-use crate::runtime::{ContainerSpec, Created, Runtime, RuntimeError};
+use crate::runtime::{ContainerSpec, Created, NodeRuntime, Runtime, RuntimeError};
 use crate::services::Services;
 
 /// How long the agent may take to answer after its container started.
@@ -462,13 +462,98 @@ async fn provision(w: &mut Work) -> JobResult {
     Ok(Outcome::Complete)
 }
 
+/// A Proxmox clone: its container is restored from another server's backup volume
+/// instead of being cloned from the base template.
+struct FromBackup {
+    backup_id: i64,
+    volid: String,
+    /// The server the backup was taken of.
+    source_id: i64,
+    /// Where the restored disks go: the storage of the source's `rootfs`.
+    storage: Option<String>,
+}
+
+/// The backup this server's container is to be restored from, if it is a Proxmox clone
+/// not restored yet.
+async fn from_backup(w: &Work, rt: &NodeRuntime) -> Result<Option<FromBackup>, StepError> {
+    let NodeRuntime::Proxmox(px) = rt else {
+        return Ok(None);
+    };
+    let sid = w.server.id;
+    let found = w
+        .svc
+        .db
+        .call(move |c| {
+            let Some(b) = crate::domain::backups::pending_seed(c, sid)? else {
+                return Ok::<_, DomainError>(None);
+            };
+            let source = servers::get(c, b.server_id)?;
+            Ok(Some((b, source)))
+        })
+        .await?;
+    let Some((b, source)) = found else {
+        return Ok(None);
+    };
+    let Some(volid) = b.location.clone().filter(|_| b.kind == "proxmox") else {
+        return Err(StepError::Fatal(format!(
+            "backup {} is not a Proxmox volume: it cannot be restored on node {}",
+            b.id, w.node.name
+        )));
+    };
+    let storage = match &source {
+        Some(s) => px.rootfs_storage(s.vmid).await,
+        None => None,
+    };
+    Ok(Some(FromBackup {
+        backup_id: b.id,
+        volid,
+        source_id: b.server_id,
+        storage,
+    }))
+}
+
+fn to_runtime_error(e: StepError) -> RuntimeError {
+    match e {
+        StepError::Transient(m) => RuntimeError::Transient(m),
+        StepError::Fatal(m) => RuntimeError::Fatal(m),
+    }
+}
+
 /// Creates or adopts the container; a foreign container on the VMID moves the server
 /// to a new VMID (recorded as an event), never a second container for one server.
-async fn ensure_container(w: &mut Work, rt: &impl Runtime) -> Result<(), StepError> {
+/// A Proxmox clone's container is restored from its backup volume (checkpoint
+/// `restore_issued` before the request, so a rerun waits for or adopts that restore).
+async fn ensure_container(w: &mut Work, rt: &NodeRuntime) -> Result<(), StepError> {
+    let restore = from_backup(w, rt).await?;
     let mut skip = Vec::new();
     for _ in 0..5 {
         let spec = w.spec();
-        match rt.create(&spec).await {
+        let made = match (&restore, rt) {
+            (Some(r), NodeRuntime::Proxmox(px)) => {
+                let issued = w
+                    .server
+                    .checkpoints
+                    .get("restore_issued")
+                    .and_then(|c| c["vmid"].as_i64())
+                    == Some(spec.vmid);
+                let detail = json!({"vmid": spec.vmid, "backup_id": r.backup_id, "volid": r.volid});
+                let w_ref = &*w;
+                px.create_from_backup(&spec, &r.volid, r.storage.clone(), issued, || {
+                    let d = detail.clone();
+                    async move {
+                        w_ref
+                            .fenced(move |tx, sid, _| {
+                                servers::checkpoint(tx, sid, "restore_issued", d)
+                            })
+                            .await
+                            .map_err(to_runtime_error)
+                    }
+                })
+                .await
+            }
+            _ => rt.create(&spec).await,
+        };
+        match made {
             Ok(created) => {
                 if created == Created::Adopted {
                     w.event(format!(
@@ -477,9 +562,34 @@ async fn ensure_container(w: &mut Work, rt: &impl Runtime) -> Result<(), StepErr
                     ))
                     .await;
                 }
-                return w
-                    .checkpoint("container", json!({"vmid": spec.vmid, "how": created}))
-                    .await;
+                let Some(r) = &restore else {
+                    return w
+                        .checkpoint("container", json!({"vmid": spec.vmid, "how": created}))
+                        .await;
+                };
+                // The restore is this clone's seed: both are recorded together.
+                let container = json!({
+                    "vmid": spec.vmid, "how": created, "restored_from": r.volid,
+                    "backup_id": r.backup_id, "source_server": r.source_id,
+                });
+                let seeded = json!({"backup_id": r.backup_id});
+                let (c2, s2) = (container.clone(), seeded.clone());
+                w.fenced(move |tx, sid, _| {
+                    crate::domain::backups::mark_seeded(tx, sid)?;
+                    servers::checkpoint(tx, sid, "container", c2)?;
+                    servers::checkpoint(tx, sid, "seeded", s2)
+                })
+                .await?;
+                if let Some(obj) = w.server.checkpoints.as_object_mut() {
+                    obj.insert("container".into(), container);
+                    obj.insert("seeded".into(), seeded);
+                }
+                w.event(format!(
+                    "container {} restored from backup {} ({}) of server {}",
+                    spec.vmid, r.backup_id, r.volid, r.source_id
+                ))
+                .await;
+                return Ok(());
             }
             Err(RuntimeError::Foreign { vmid, .. }) => {
                 skip.push(vmid);
@@ -537,6 +647,37 @@ pub(crate) async fn reach_agent(w: &Work, url: &str) -> Result<AgentClient, Step
     match own.status().await {
         Ok(_) => Ok(own),
         Err(AgentClientError::Unauthorized { .. }) => {
+            // A container restored from another server's backup: until its first
+            // /config the agent holds that server's token.
+            if let Some(source) = w
+                .server
+                .checkpoints
+                .get("container")
+                .and_then(|c| c["source_server"].as_i64())
+            {
+                let token = w
+                    .svc
+                    .db
+                    .call(move |c| servers::get(c, source))
+                    .await?
+                    .map(|s| s.agent_token)
+                    .unwrap_or_default();
+                if !token.is_empty() {
+                    let theirs = w.agent(url, &token);
+                    match theirs.status().await {
+                        Ok(_) => {
+                            w.event(format!(
+                                "reached the restored agent with server {source}'s token; \
+                                 its /config installs this server's own"
+                            ))
+                            .await;
+                            return Ok(theirs);
+                        }
+                        Err(AgentClientError::Unauthorized { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
             let bootstrap = w.node.settings["bootstrap_token"]
                 .as_str()
                 .unwrap_or_default();

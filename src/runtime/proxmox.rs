@@ -762,12 +762,7 @@ impl ProxmoxRuntime {
     ) -> Result<(), RuntimeError> {
         let vmid = spec.vmid;
         // PVE restores to `local` unless told otherwise: keep the disks where they are.
-        let rootfs_storage = match self.client.config(vmid).await {
-            Ok(c) => c
-                .get("rootfs")
-                .and_then(|r| r.split_once(':').map(|(s, _)| s.to_string())),
-            Err(_) => None,
-        };
+        let rootfs_storage = self.rootfs_storage(vmid).await;
         let params = RestoreParams {
             vmid,
             volid: volid.to_string(),
@@ -777,10 +772,123 @@ impl ProxmoxRuntime {
                 .or_else(|| self.cfg.storage.clone()),
             force: true,
             unique: false,
+            overrides: Vec::new(),
         };
         let what = format!("restoring CT {vmid} from {volid} on node {}", self.node());
         self.task_for(spec, &what, true, || self.client.restore_ct(&params))
             .await
+    }
+
+    /// The storage `vmid`'s `rootfs` is on, if the container exists and says so.
+    pub async fn rootfs_storage(&self, vmid: i64) -> Option<String> {
+        match self.client.config(vmid).await {
+            Ok(c) => c
+                .get("rootfs")
+                .and_then(|r| r.split_once(':').map(|(s, _)| s.to_string())),
+            Err(_) => None,
+        }
+    }
+
+    /// Creates `spec`'s container from the backup `volid` on its reserved VMID (a
+    /// clone of another server's world): `POST /nodes/{n}/lxc` with `restore=1`,
+    /// `unique=1` (a fresh MAC), `force=0` (PVE refuses to overwrite anything), and
+    /// this server's hostname, description and tags, which PVE writes over the
+    /// backup's own in the same task — so the restored container names this server
+    /// from the moment its lock is lifted.
+    ///
+    /// Like `create`, it looks first: a container on the VMID that names this server
+    /// is adopted; one still locked `create` or `destroyed` (a restore under way) is
+    /// waited for; any other is `Foreign`. `issued` says an earlier run may already
+    /// have submitted the restore (the job's checkpoint); `mark_issued` records that
+    /// before the request goes out.
+    pub async fn create_from_backup<F, Fut>(
+        &self,
+        spec: &ContainerSpec,
+        volid: &str,
+        storage: Option<String>,
+        mut issued: bool,
+        mut mark_issued: F,
+    ) -> Result<Created, RuntimeError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), RuntimeError>>,
+    {
+        let vmid = spec.vmid;
+        let what = format!(
+            "restoring {volid} into CT {vmid} for server {} on node {}",
+            spec.server_id,
+            self.node()
+        );
+        let mut retry = self.retry(what.clone());
+        loop {
+            match self.look(vmid).await {
+                Err(e) if e.is_transient() => {
+                    retry.again(e.to_string()).await?;
+                    continue;
+                }
+                Err(e) => return Err(to_runtime(e)),
+                Ok(Some((seen, _))) => {
+                    if let Some(lock @ ("create" | "destroyed")) = seen.lock.as_deref() {
+                        // A restore (maybe an earlier run's) or a destroy is under way:
+                        // its outcome decides whose container this is.
+                        retry.again(format!("CT {vmid} is locked '{lock}'")).await?;
+                        continue;
+                    }
+                    if seen.info.belongs_to(spec.server_id) {
+                        tracing::info!(vmid, server_id = spec.server_id, node = %self.node(),
+                            "adopting the container an earlier run restored");
+                        return Ok(Created::Adopted);
+                    }
+                    return Err(RuntimeError::Foreign {
+                        vmid,
+                        server_id: spec.server_id,
+                    });
+                }
+                Ok(None) => {}
+            }
+            if !issued {
+                mark_issued().await?;
+                issued = true;
+            }
+            let params = RestoreParams {
+                vmid,
+                volid: volid.to_string(),
+                storage: storage.clone().or_else(|| self.cfg.storage.clone()),
+                force: false,
+                unique: true,
+                overrides: vec![
+                    ("hostname", spec.name.clone()),
+                    ("description", spec.description()),
+                    ("tags", spec.tags().join(";")),
+                ],
+            };
+            tracing::info!(vmid, %volid, node = %self.node(), "restoring a backup into a new container");
+            let upid = match self.client.restore_ct(&params).await {
+                Ok(u) => u,
+                // It appeared since we looked: look again rather than restore twice.
+                Err(e) if e.cause() == Cause::AlreadyExists || e.is_transient() => {
+                    retry.again(e.to_string()).await?;
+                    continue;
+                }
+                Err(e) => return Err(to_runtime(e)),
+            };
+            match self
+                .client
+                .wait_task(&upid, self.cfg.task_timeout(), &what)
+                .await
+            {
+                Ok(_) => return Ok(Created::Created),
+                Err(e) => match e.cause() {
+                    Cause::AlreadyExists | Cause::Locked | Cause::LockTimeout => {
+                        retry.again(e.to_string()).await?;
+                    }
+                    // The restore may still finish; the next run finds the container
+                    // (locked 'create' until then) and adopts it.
+                    Cause::Timeout => return Err(to_runtime(e)),
+                    _ => return Err(RuntimeError::Fatal(e.to_string())),
+                },
+            }
+        }
     }
 
     /// Deletes a backup volume (already gone = success).

@@ -1869,8 +1869,12 @@ async fn delete_volume(
 }
 
 /// `POST /nodes/{node}/lxc` with `restore=1`: the container's "disk" and config are
-/// replaced by the backup's. A failed task (fault injection) leaves the container as
-/// it was.
+/// replaced by the backup's, with the config keys given in the request (`hostname`,
+/// `description`, `tags`) written over the backup's, and the root disk allocated on
+/// `storage` (PVE's default: `local`). A new VMID is reserved at once with an empty
+/// config locked `create` (as PVE does); `unique=1` gives `net0` a new MAC. A failed
+/// task (fault injection) leaves an existing container as it was and removes a new
+/// one.
 async fn create_ct(
     State(shared): State<Arc<Shared>>,
     UrlPath(node): UrlPath<String>,
@@ -1888,6 +1892,9 @@ async fn create_ct(
         "storage",
         "start",
         "pool",
+        "hostname",
+        "description",
+        "tags",
     ];
     if let Some(r) = unknown_params(&shared, &params, &allowed) {
         return r;
@@ -1932,6 +1939,28 @@ async fn create_ct(
         }
         ct.set_lock(Some("create"));
     }
+    let existed = st.cts.contains_key(&vmid);
+    if !existed {
+        let host = next_host(&mut st);
+        let mut ct = Ct {
+            config: Map::new(),
+            digest: String::new(),
+            running: false,
+            started_at: None,
+            host,
+            agent: None,
+        };
+        ct.set_lock(Some("create"));
+        st.cts.insert(vmid, ct);
+    }
+    let overrides: Vec<(String, String)> = ["hostname", "description", "tags"]
+        .iter()
+        .filter_map(|k| params.get(*k).map(|v| (k.to_string(), v.clone())))
+        .collect();
+    let storage = params
+        .get("storage")
+        .cloned()
+        .unwrap_or_else(|| "local".into());
     let injected = take_injected(&mut st, "vzrestore");
     let task_shared = shared.clone();
     let upid = spawn_task(
@@ -1941,7 +1970,11 @@ async fn create_ct(
         &vmid.to_string(),
         async move {
             let unlock = |shared: &Shared| {
-                if let Some(ct) = shared.lock().cts.get_mut(&vmid) {
+                let mut st = shared.lock();
+                if !existed {
+                    // A failed restore into a new VMID removes what it reserved.
+                    st.cts.remove(&vmid);
+                } else if let Some(ct) = st.cts.get_mut(&vmid) {
                     ct.set_lock(None);
                 }
             };
@@ -1978,6 +2011,13 @@ async fn create_ct(
                 let n = format!("{},hwaddr={}", without.join(","), random_mac());
                 config.insert("net0".into(), json!(n));
             }
+            for (k, v) in overrides {
+                config.insert(k, json!(v));
+            }
+            config.insert(
+                "rootfs".into(),
+                json!(format!("{storage}:vm-{vmid}-disk-0,size=8G")),
+            );
             let host = match st.cts.get(&vmid) {
                 Some(ct) => ct.host,
                 None => next_host(&mut st),

@@ -623,6 +623,9 @@ pub struct RestoreParams {
     pub storage: Option<String>,
     pub force: bool,
     pub unique: bool,
+    /// Config keys set on the restored container over the backup's own (PVE applies
+    /// them in the same task): `hostname`, `description`, `tags`.
+    pub overrides: Vec<(&'static str, String)>,
 }
 
 /// One entry of a storage's content listing.
@@ -1049,6 +1052,7 @@ impl PveClient {
         if let Some(s) = &p.storage {
             params.push(("storage", s.clone()));
         }
+        params.extend(p.overrides.iter().cloned());
         self.upid(
             Method::POST,
             &format!("/nodes/{}/lxc", encode_segment(&self.node)),
