@@ -441,11 +441,59 @@ fn proxmox_vzdump_and_restore_tasks_and_a_failed_task() {
     let s = api.wait_status(sid, "running");
     assert_eq!(s["ready"], true);
 
+    // A restore task that fails after PVE removed the old volumes: the world is put
+    // back from the safety copy taken before every in-place restore.
+    std::fs::write(world.join("marker.txt"), "v4").unwrap();
+    let dumps_before = sim.vzdump_calls().len();
+    sim.fail_next_restore_after_wipe("unable to restore CT: broken pipe");
+    let out = restore(&api, b1, json!({}));
+    let failed = wait_job(&api, out["job"]["id"].as_i64().unwrap());
+    assert_eq!(failed["state"], "discarded", "{failed}");
+    let errors = failed["errors"].to_string();
+    assert!(
+        errors.contains("broken pipe") && errors.contains("safety copy"),
+        "{failed}"
+    );
+    assert_eq!(
+        sim.vzdump_calls().len(),
+        dumps_before + 1,
+        "one safety copy"
+    );
+    assert_eq!(
+        read(&world.join("marker.txt")),
+        "v4",
+        "the world as it was is back"
+    );
+    let s = api.wait_status(sid, "running");
+    assert_eq!(s["ready"], true);
+    let (_, list) = api.call("GET", &format!("/api/v1/servers/{sid}/backups"), None);
+    let safety: Vec<&Value> = list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| {
+            b["note"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("automatic copy")
+        })
+        .collect();
+    assert!(!safety.is_empty(), "{list}");
+    assert!(
+        safety
+            .iter()
+            .all(|b| b["protected"] == true && b["state"] == "completed"),
+        "{list}"
+    );
+
     // Deleting the backup removes the volume.
     let (code, _) = api.call("DELETE", &format!("/api/v1/backups/{b1}"), None);
     assert_eq!(code, 202);
     wait_backup(&api, b1, "deleted");
-    assert!(sim.backup_volumes("pbs").is_empty());
+    assert!(
+        !sim.backup_volumes("pbs").contains(&volid),
+        "its volume is gone"
+    );
 }
 
 /// Containers in the game VMID range whose tags name server `sid`.

@@ -832,8 +832,34 @@ async fn restore_proxmox(w: &mut Work, b: &Backup, was_running: bool) -> JobResu
     if let Err(e) = rt.stop(&spec).await {
         return failed_before_swap(w, was_running, format!("stopping the container: {e}")).await;
     }
+    // With force=1 PVE replaces the container's volumes; a restore task that fails
+    // after that would leave no world. So the current world is copied first, and put
+    // back from that copy when the restore fails.
+    let safety = match safety_copy(w, &rt, b.id).await {
+        Ok(s) => s,
+        Err(e) => {
+            let reason = format!("copying the current world first, for safety: {e}");
+            return failed_before_swap(w, was_running, reason).await;
+        }
+    };
     if let Err(e) = rt.restore(&spec, &volid, None).await {
-        return failed_before_swap(w, was_running, e.to_string()).await;
+        return match rt.restore(&spec, &safety.1, None).await {
+            Ok(()) => {
+                let reason = format!(
+                    "{e}; the world as it was before is back (from safety copy {})",
+                    safety.0
+                );
+                failed_before_swap(w, was_running, reason).await
+            }
+            Err(back) => {
+                let reason = format!(
+                    "{e}; putting the previous world back from safety copy {} failed too: \
+                     {back}; restore backup {} to get it back",
+                    safety.0, safety.0
+                );
+                w.finish("restore", StepError::Fatal(reason)).await
+            }
+        };
     }
     w.event(format!("container restored from {volid}")).await;
     if let Err(e) = rt.start(&spec).await {
@@ -876,6 +902,69 @@ async fn restore_proxmox(w: &mut Work, b: &Backup, was_running: bool) -> JobResu
     w.event(format!("world restored from backup {}", b.id))
         .await;
     Ok(Outcome::Complete)
+}
+
+/// Copies the (stopped) container to the node's backup storage before an in-place
+/// restore: a protected backup row (id, volid), so retention never prunes it before
+/// an operator has looked.
+async fn safety_copy(
+    w: &mut Work,
+    rt: &crate::runtime::proxmox::ProxmoxRuntime,
+    restoring: i64,
+) -> Result<(i64, String), String> {
+    let storage = rt
+        .config()
+        .backup_storage
+        .clone()
+        .ok_or_else(|| format!("node '{}' has no backup_storage setting", w.node.name))?;
+    let note = format!("automatic copy of the world before restoring backup {restoring}");
+    let n = note.clone();
+    let id = w
+        .fenced(move |tx, sid, jid| {
+            let id = backups::insert_row(tx, sid, "proxmox", &n, "system", Some(jid))?;
+            tx.execute(
+                "UPDATE world_backups SET state = 'running', protected = 1 WHERE id = ?1",
+                [id],
+            )?;
+            Ok(id)
+        })
+        .await
+        .map_err(text)?;
+    let copied = rt
+        .backup(&w.spec(), &storage, &format!("zlh backup {id}"))
+        .await
+        .map_err(rt_text);
+    let outcome = copied.clone();
+    let st = storage.clone();
+    w.fenced(move |tx, sid, jid| match &outcome {
+        Ok(entry) => {
+            tx.execute(
+                "UPDATE world_backups SET state = 'completed', location = ?2, storage = ?3,
+                       size_bytes = ?4, finished_at = ?5 WHERE id = ?1",
+                rusqlite::params![id, entry.volid, st, entry.size.unwrap_or(0), now_ms()],
+            )?;
+            servers::add_event(
+                tx,
+                sid,
+                None,
+                None,
+                Some(jid),
+                "system",
+                &format!("world backup {id}: {note} ({})", entry.volid),
+            )
+        }
+        Err(e) => {
+            tx.execute(
+                "UPDATE world_backups SET state = 'failed', error = ?2, finished_at = ?3
+                     WHERE id = ?1",
+                rusqlite::params![id, e, now_ms()],
+            )?;
+            Ok(())
+        }
+    })
+    .await
+    .map_err(text)?;
+    copied.map(|entry| (id, entry.volid))
 }
 
 // ----- schedule firings -------------------------------------------------------------

@@ -434,6 +434,13 @@ impl PveSim {
 
     /// The next task of `kind` (`vzclone`, `vzstart`, `vzstop`, `vzshutdown`,
     /// `vzdestroy`) ends with `exitstatus` instead of doing its work.
+    /// The next restore task removes the container's volumes and then fails with
+    /// `exitstatus` (what a real PVE restore with `force=1` can do: the old disks are
+    /// gone before the new ones are complete).
+    pub fn fail_next_restore_after_wipe(&self, exitstatus: &str) {
+        self.fail_next_task("vzrestore-after-wipe", exitstatus);
+    }
+
     pub fn fail_next_task(&self, kind: &str, exitstatus: &str) {
         self.shared
             .lock()
@@ -1962,6 +1969,7 @@ async fn create_ct(
         .cloned()
         .unwrap_or_else(|| "local".into());
     let injected = take_injected(&mut st, "vzrestore");
+    let after_wipe = take_injected(&mut st, "vzrestore-after-wipe");
     let task_shared = shared.clone();
     let upid = spawn_task(
         &shared,
@@ -1985,9 +1993,13 @@ async fn create_ct(
             let dir = task_shared.ct_dir(vmid);
             let archive = dump.archive.clone();
             let d2 = dir.clone();
+            let wipe_only = after_wipe.is_some();
             let done = tokio::task::spawn_blocking(move || {
                 let _ = std::fs::remove_dir_all(&d2);
                 std::fs::create_dir_all(&d2).map_err(|e| e.to_string())?;
+                if wipe_only {
+                    return Ok(());
+                }
                 run_tar(&[
                     "-xf".as_ref(),
                     archive.as_os_str(),
@@ -2000,6 +2012,10 @@ async fn create_ct(
             if let Err(e) = done {
                 unlock(&task_shared);
                 return Err(format!("unable to restore CT {vmid}: {e}"));
+            }
+            if let Some(exit) = after_wipe {
+                unlock(&task_shared);
+                return Err(exit);
             }
             let mut st = task_shared.lock();
             let mut config = dump.config.clone();
