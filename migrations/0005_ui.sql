@@ -13,3 +13,8 @@ CREATE TABLE sessions (
 ) STRICT;
 CREATE INDEX sessions_user ON sessions (user_id);
 
+-- Every page shows a banner while jobs are held: a partial index keeps that lookup off a
+-- scan of the whole queue. Only rows entering or leaving `held` touch it, so claiming
+-- and finishing jobs pay nothing (unlike the per-state indexes left out of 0001).
+CREATE INDEX jobs_held ON jobs (id) WHERE state = 'held';
+

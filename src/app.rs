@@ -171,7 +171,6 @@ impl Prepared {
                     );
                     let kinds: Vec<&str> = replay_safe.iter().map(String::as_str).collect();
                     held = store::hold_unfinished(tx, &reason, &kinds)?;
-                    crate::db::meta_set(tx, "jobs_held_reason", &reason).map_err(DbError::from)?;
                 }
                 Ok::<_, QueueError>((boot, rescued, held))
             })

@@ -256,9 +256,7 @@ pub fn restore(src: &Path, data_dir: &Path) -> Result<Restored, RestoreError> {
     let mut conn = handle.conn()?;
     let r = reason.clone();
     let held = crate::db::write_tx(&mut conn, move |tx| {
-        let held = crate::queue::store::hold_unfinished(tx, &r, crate::jobs::REPLAY_SAFE)?;
-        crate::db::meta_set(tx, "jobs_held_reason", &r).map_err(crate::queue::QueueError::from)?;
-        Ok::<_, crate::queue::QueueError>(held)
+        crate::queue::store::hold_unfinished(tx, &r, crate::jobs::REPLAY_SAFE)
     })?;
     Ok(Restored { held, reason })
 }

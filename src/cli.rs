@@ -843,19 +843,7 @@ fn jobs(db: &Db, command: &JobsCommand) -> Result<ExitCode, CliError> {
         }
         JobsCommand::Release { id, all } => {
             let target = if *all { None } else { *id };
-            let n = crate::db::write_tx(&mut conn, |tx| {
-                let n = queue::release(tx, target, now_ms())?;
-                let left: i64 = tx
-                    .query_row("SELECT count(*) FROM jobs WHERE state = 'held'", [], |r| {
-                        r.get(0)
-                    })
-                    .map_err(queue::QueueError::from)?;
-                if left == 0 {
-                    crate::db::meta_delete(tx, "jobs_held_reason")
-                        .map_err(queue::QueueError::from)?;
-                }
-                Ok::<_, queue::QueueError>(n)
-            })?;
+            let n = crate::db::write_tx(&mut conn, |tx| queue::release(tx, target, now_ms()))?;
             println!("released {n} held job(s)");
         }
     }

@@ -556,6 +556,17 @@ pub fn cancel(conn: &Connection, id: i64, now: i64) -> Result<CancelEffect, Queu
     }
 }
 
+/// How many jobs are held, and why (the reason of the newest held job).
+pub fn held_summary(conn: &Connection) -> Result<Option<(i64, String)>, QueueError> {
+    let (n, reason): (i64, Option<String>) = conn
+        .prepare_cached(
+            "SELECT count(*), (SELECT held_reason FROM jobs WHERE state = 'held' ORDER BY id DESC LIMIT 1)
+             FROM jobs WHERE state = 'held'",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok((n > 0).then(|| (n, reason.unwrap_or_else(|| "held by an operator".into()))))
+}
+
 /// Cancels every held job. Returns how many.
 pub fn cancel_held(conn: &Connection, now: i64) -> Result<usize, QueueError> {
     Ok(conn.execute(

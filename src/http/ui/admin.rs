@@ -159,11 +159,6 @@ pub async fn job_action(
 pub async fn release_all(State(st): State<AppState>, sess: Sess) -> Result<Response, UiError> {
     sess.require_admin()?;
     let n = st.queue.release(None).await?;
-    st.db
-        .write(|tx| {
-            crate::db::meta_delete(tx, "jobs_held_reason").map_err(crate::db::DbError::from)
-        })
-        .await?;
     tracing::info!(released = n, user = %sess.user().username, "held jobs released from the UI");
     Ok(see_other("/jobs"))
 }

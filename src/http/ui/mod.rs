@@ -311,22 +311,7 @@ impl Sess {
         nav: &'static str,
         title: &str,
     ) -> Result<Page, UiError> {
-        let held = st
-            .db
-            .call(|c| {
-                let n: i64 =
-                    c.query_row("SELECT count(*) FROM jobs WHERE state = 'held'", [], |r| {
-                        r.get(0)
-                    })?;
-                let reason = crate::db::meta_get(c, "jobs_held_reason")?;
-                Ok::<_, crate::db::DbError>((n > 0).then(|| {
-                    (
-                        n,
-                        reason.unwrap_or_else(|| "held by an operator".to_string()),
-                    )
-                }))
-            })
-            .await?;
+        let held = st.db.call(|c| crate::queue::held_summary(c)).await?;
         Ok(Page {
             title: title.into(),
             nav,
