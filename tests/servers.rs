@@ -570,3 +570,42 @@ fn other_users_servers_are_not_found_and_placement_prefers_free_memory() {
         "bob changed nothing"
     );
 }
+
+#[test]
+fn a_local_agent_port_held_by_another_process_is_named_then_retried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let api = Api::start(tmp.path());
+    // The pool's first two ports go to the first server: game, then agent.
+    let window: u16 = std::fs::read_to_string(api.served.data_dir.with_extension("ports"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", window + 1)).unwrap();
+    let (code, body) = api.call(
+        "POST",
+        "/api/v1/servers",
+        Some(json!({"name": "squat", "template": "standin", "version": "1.0", "eula": true})),
+    );
+    assert_eq!(code, 202, "{body}");
+    let id = body["server"]["id"].as_i64().unwrap();
+    assert_eq!(body["server"]["game_port"], window);
+    let job = body["job"]["id"].as_i64().unwrap();
+    support::wait_for(
+        "the error naming the port",
+        std::time::Duration::from_secs(30),
+        || {
+            let (_, j) = api.call("GET", &format!("/api/v1/jobs/{job}"), None);
+            j["job"]["errors"]
+                .to_string()
+                .contains(&format!(
+                    "127.0.0.1:{} of server {id} is in use by another process",
+                    window + 1
+                ))
+                .then_some(())
+        },
+    );
+    drop(squatter);
+    let s = api.wait_status(id, "running");
+    assert_eq!(s["ready"], true);
+}

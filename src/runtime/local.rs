@@ -137,6 +137,14 @@ impl Runtime for LocalRuntime {
         if self.agent_pid(spec.vmid).is_some() {
             return Ok(());
         }
+        // A pool port held by another process (say, an agent left behind by something
+        // else) would have us talk to a stranger: say so instead.
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", spec.agent_port)) {
+            return Err(RuntimeError::Transient(format!(
+                "the agent port 127.0.0.1:{} of server {} is in use by another process: {e}",
+                spec.agent_port, spec.server_id
+            )));
+        }
         let dir = self.dir(spec.vmid);
         let log = std::fs::OpenOptions::new()
             .create(true)
