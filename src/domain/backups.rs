@@ -196,6 +196,34 @@ pub fn insert_row(
     Ok(tx.last_insert_rowid())
 }
 
+/// Records a finished copy on a backup row: where it is, its size and checksum.
+pub fn mark_completed(
+    tx: &Connection,
+    id: i64,
+    location: &str,
+    storage: Option<&str>,
+    size: i64,
+    sha256: Option<&str>,
+    detail: Option<&str>,
+) -> Result<(), DomainError> {
+    tx.execute(
+        "UPDATE world_backups SET state = 'completed', location = ?2, storage = ?3,
+           size_bytes = ?4, sha256 = ?5, detail = ?6, error = NULL, finished_at = ?7
+         WHERE id = ?1",
+        params![id, location, storage, size, sha256, detail, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// Records why a backup's copy failed.
+pub fn mark_failed(tx: &Connection, id: i64, error: &str) -> Result<(), DomainError> {
+    tx.execute(
+        "UPDATE world_backups SET state = 'failed', error = ?2, finished_at = ?3 WHERE id = ?1",
+        params![id, error, now_ms()],
+    )?;
+    Ok(())
+}
+
 /// Inserts a `pending` backup row and its job (in the caller's transaction).
 pub fn insert_pending(
     tx: &Connection,

@@ -70,6 +70,11 @@ impl ServerStatus {
         }
     }
 
+    /// The status named `s` (`running`, …).
+    pub fn parse(s: &str) -> Option<ServerStatus> {
+        ServerStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
     /// A status that must end by its deadline.
     pub fn is_transitional(self) -> bool {
         matches!(
@@ -93,9 +98,7 @@ impl std::fmt::Display for ServerStatus {
 impl rusqlite::types::FromSql for ServerStatus {
     fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
         let s = v.as_str()?;
-        ServerStatus::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
+        ServerStatus::parse(s)
             .ok_or_else(|| rusqlite::types::FromSqlError::Other(format!("status '{s}'").into()))
     }
 }
@@ -291,6 +294,69 @@ pub fn list_visible(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// How many live servers matching the filters of [`list_visible`] `user` may see.
+pub fn count_visible(
+    conn: &Connection,
+    user: &User,
+    status: Option<ServerStatus>,
+    search: Option<&str>,
+) -> Result<i64, DomainError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT count(*) FROM servers WHERE deleted_at IS NULL AND (?1 OR owner_id = ?2)
+               AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR instr(name, ?4) > 0)",
+        )?
+        .query_row(
+            params![
+                user.is_admin,
+                user.id,
+                status.map(ServerStatus::as_str),
+                search
+            ],
+            |r| r.get(0),
+        )?)
+}
+
+/// Live servers `user` may see, counted by status (every status but `deleted`, zeros
+/// included), in [`ServerStatus::ALL`] order.
+pub fn count_by_status(
+    conn: &Connection,
+    user: &User,
+) -> Result<Vec<(ServerStatus, i64)>, DomainError> {
+    let mut s = conn.prepare_cached(
+        "SELECT status, count(*) FROM servers WHERE deleted_at IS NULL AND (?1 OR owner_id = ?2)
+         GROUP BY status",
+    )?;
+    let counts: std::collections::HashMap<ServerStatus, i64> = s
+        .query_map(params![user.is_admin, user.id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(ServerStatus::ALL
+        .into_iter()
+        .filter(|s| *s != ServerStatus::Deleted)
+        .map(|s| (s, counts.get(&s).copied().unwrap_or(0)))
+        .collect())
+}
+
+/// Whether a live server already has this name (names are freed on delete).
+pub fn name_taken(conn: &Connection, name: &str) -> Result<bool, DomainError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM servers WHERE name = ?1 AND deleted_at IS NULL)",
+        [name],
+        |r| r.get(0),
+    )?)
+}
+
+/// A console command as the agent takes it: one line of 1 to 1000 characters.
+pub fn console_line(command: &str) -> Result<&str, DomainError> {
+    let command = command.trim();
+    if command.is_empty() || command.contains(['\n', '\r']) || command.len() > 1000 {
+        return Err(invalid("command", "one line of 1 to 1000 characters"));
+    }
+    Ok(command)
+}
+
 /// An event on a server's timeline.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
@@ -475,6 +541,14 @@ pub struct CreateServer {
     pub eula: bool,
 }
 
+impl CreateServer {
+    /// What an `Idempotency-Key` is bound to: the request as parsed, re-serialized, so
+    /// the same request hashes the same from the API and the UI.
+    pub fn request_hash(&self) -> String {
+        super::sha256_hex(&serde_json::to_string(self).unwrap_or_default())
+    }
+}
+
 /// What a create did.
 #[derive(Debug, Clone)]
 pub struct Created {
@@ -552,12 +626,7 @@ pub fn create(
     if !(1..=64).contains(&cores) {
         return Err(invalid("cores", "between 1 and 64"));
     }
-    let taken: bool = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM servers WHERE name = ?1 AND deleted_at IS NULL)",
-        [&req.name],
-        |r| r.get(0),
-    )?;
-    if taken {
+    if name_taken(tx, &req.name)? {
         return Err(DomainError::Taken {
             field: "name".into(),
             message: format!("a server named '{}' exists", req.name),
@@ -717,6 +786,40 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action, in the order the UI offers them.
+    pub const ALL: [Action; 6] = [
+        Action::Start,
+        Action::Stop,
+        Action::Restart,
+        Action::Retry,
+        Action::Reinstall,
+        Action::Delete,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Restart => "restart",
+            Action::Retry => "retry",
+            Action::Reinstall => "reinstall",
+            Action::Delete => "delete",
+        }
+    }
+
+    /// Whether a server in `status` (not deleted) may be given this action.
+    pub fn allowed_in(self, status: ServerStatus) -> bool {
+        use ServerStatus as S;
+        match self {
+            Action::Start => matches!(status, S::Stopped | S::Crashed | S::Running),
+            Action::Stop => matches!(status, S::Running | S::Starting | S::Crashed),
+            Action::Restart => matches!(status, S::Running | S::Crashed | S::Stopped),
+            Action::Retry => matches!(status, S::Failed),
+            Action::Reinstall => matches!(status, S::Running | S::Stopped | S::Failed | S::Crashed),
+            Action::Delete => !matches!(status, S::Deleting | S::Deleted),
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Action> {
         Some(match s {
             "start" => Action::Start,
@@ -745,24 +848,10 @@ pub fn request_action(
             "server {server_id} is deleted"
         )));
     }
-    let allowed = match action {
-        Action::Start => matches!(server.status, S::Stopped | S::Crashed | S::Running),
-        Action::Stop => matches!(server.status, S::Running | S::Starting | S::Crashed),
-        Action::Restart => matches!(server.status, S::Running | S::Crashed | S::Stopped),
-        Action::Retry => matches!(server.status, S::Failed),
-        Action::Reinstall => matches!(
-            server.status,
-            S::Running | S::Stopped | S::Failed | S::Crashed
-        ),
-        Action::Delete => !matches!(server.status, S::Deleting),
-    };
-    if !allowed {
+    if !action.allowed_in(server.status) {
         return Err(DomainError::Conflict(format!(
             "cannot {} server {server_id} while it is {}",
-            serde_json::to_value(action)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default(),
+            action.as_str(),
             server.status
         )));
     }

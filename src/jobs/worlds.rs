@@ -182,6 +182,7 @@ async fn load_backup(w: &Work, id: i64) -> Result<Option<Backup>, JobFailure> {
 }
 
 /// What a finished copy is.
+#[derive(Clone)]
 struct Copied {
     location: String,
     storage: Option<String>,
@@ -215,19 +216,14 @@ async fn backup_job(w: &mut Work, backup_id: i64) -> JobResult {
                 c.size, c.location
             );
             w.fenced(move |tx, sid, jid| {
-                tx.execute(
-                    "UPDATE world_backups SET state = 'completed', location = ?2, storage = ?3,
-                       size_bytes = ?4, sha256 = ?5, detail = ?6, error = NULL, finished_at = ?7
-                     WHERE id = ?1",
-                    rusqlite::params![
-                        backup_id,
-                        c.location,
-                        c.storage,
-                        c.size,
-                        c.sha256,
-                        detail,
-                        now_ms()
-                    ],
+                backups::mark_completed(
+                    tx,
+                    backup_id,
+                    &c.location,
+                    c.storage.as_deref(),
+                    c.size,
+                    c.sha256.as_deref(),
+                    detail.as_deref(),
                 )?;
                 servers::add_event(tx, sid, None, None, Some(jid), "system", &message)
             })
@@ -254,11 +250,7 @@ async fn backup_job(w: &mut Work, backup_id: i64) -> JobResult {
             let message = format!("world backup {backup_id} failed: {e}");
             let (err, m) = (e.clone(), message.clone());
             w.fenced(move |tx, sid, jid| {
-                tx.execute(
-                    "UPDATE world_backups SET state = 'failed', error = ?2, finished_at = ?3
-                     WHERE id = ?1",
-                    rusqlite::params![backup_id, err, now_ms()],
-                )?;
+                backups::mark_failed(tx, backup_id, &err)?;
                 servers::add_event(tx, sid, None, None, Some(jid), "system", &m)
             })
             .await
@@ -835,7 +827,7 @@ async fn restore_proxmox(w: &mut Work, b: &Backup, was_running: bool) -> JobResu
     // With force=1 PVE replaces the container's volumes; a restore task that fails
     // after that would leave no world. So the current world is copied first, and put
     // back from that copy when the restore fails.
-    let safety = match safety_copy(w, &rt, b.id).await {
+    let safety = match safety_copy(w, b.id).await {
         Ok(s) => s,
         Err(e) => {
             let reason = format!("copying the current world first, for safety: {e}");
@@ -904,44 +896,35 @@ async fn restore_proxmox(w: &mut Work, b: &Backup, was_running: bool) -> JobResu
     Ok(Outcome::Complete)
 }
 
-/// Copies the (stopped) container to the node's backup storage before an in-place
-/// restore: a protected backup row (id, volid), so retention never prunes it before
-/// an operator has looked.
-async fn safety_copy(
-    w: &mut Work,
-    rt: &crate::runtime::proxmox::ProxmoxRuntime,
-    restoring: i64,
-) -> Result<(i64, String), String> {
-    let storage = rt
-        .config()
-        .backup_storage
-        .clone()
-        .ok_or_else(|| format!("node '{}' has no backup_storage setting", w.node.name))?;
+/// Copies the (stopped) container before an in-place restore, the way every backup
+/// is copied, into a protected backup row (retention never prunes it before an
+/// operator has looked). Returns its id and volume.
+async fn safety_copy(w: &mut Work, restoring: i64) -> Result<(i64, String), String> {
     let note = format!("automatic copy of the world before restoring backup {restoring}");
-    let n = note.clone();
-    let id = w
+    let kind = w.node.kind.clone();
+    let b = w
         .fenced(move |tx, sid, jid| {
-            let id = backups::insert_row(tx, sid, "proxmox", &n, "system", Some(jid))?;
+            let id = backups::insert_row(tx, sid, &kind, &note, "system", Some(jid))?;
             tx.execute(
                 "UPDATE world_backups SET state = 'running', protected = 1 WHERE id = ?1",
                 [id],
             )?;
-            Ok(id)
+            backups::get(tx, id)?.ok_or_else(|| DomainError::NotFound(format!("backup {id}")))
         })
         .await
         .map_err(text)?;
-    let copied = rt
-        .backup(&w.spec(), &storage, &format!("zlh backup {id}"))
-        .await
-        .map_err(rt_text);
-    let outcome = copied.clone();
-    let st = storage.clone();
+    let copied = copy_world(w, &b).await;
+    let (id, outcome) = (b.id, copied.clone());
     w.fenced(move |tx, sid, jid| match &outcome {
-        Ok(entry) => {
-            tx.execute(
-                "UPDATE world_backups SET state = 'completed', location = ?2, storage = ?3,
-                       size_bytes = ?4, finished_at = ?5 WHERE id = ?1",
-                rusqlite::params![id, entry.volid, st, entry.size.unwrap_or(0), now_ms()],
+        Ok(c) => {
+            backups::mark_completed(
+                tx,
+                id,
+                &c.location,
+                c.storage.as_deref(),
+                c.size,
+                None,
+                None,
             )?;
             servers::add_event(
                 tx,
@@ -950,21 +933,14 @@ async fn safety_copy(
                 None,
                 Some(jid),
                 "system",
-                &format!("world backup {id}: {note} ({})", entry.volid),
+                &format!("world backup {id}: {} ({})", b.note, c.location),
             )
         }
-        Err(e) => {
-            tx.execute(
-                "UPDATE world_backups SET state = 'failed', error = ?2, finished_at = ?3
-                     WHERE id = ?1",
-                rusqlite::params![id, e, now_ms()],
-            )?;
-            Ok(())
-        }
+        Err(e) => backups::mark_failed(tx, id, e),
     })
     .await
     .map_err(text)?;
-    copied.map(|entry| (id, entry.volid))
+    copied.map(|c| (id, c.location))
 }
 
 // ----- schedule firings -------------------------------------------------------------

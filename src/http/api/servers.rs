@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::{ApiJson, Caller};
 use crate::app::AppState;
 use crate::domain::servers::{self, Action, CreateServer, Server, ServerStatus};
-use crate::domain::{DomainError, nodes, sha256_hex, templates};
+use crate::domain::{DomainError, nodes, templates};
 use crate::error::AppError;
 use crate::queue;
 
@@ -74,8 +74,7 @@ async fn create(
             Some(k)
         }
     };
-    // The request as parsed, re-serialized: the same request always hashes the same.
-    let hash = sha256_hex(&serde_json::to_string(&req).unwrap_or_default());
+    let hash = req.request_hash();
     let user = caller.0.clone();
     let (created, body) = st
         .db
@@ -117,9 +116,7 @@ async fn list(
     let status = match q.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(
-            ServerStatus::ALL
-                .into_iter()
-                .find(|st| st.as_str() == s)
+            ServerStatus::parse(s)
                 .ok_or_else(|| AppError::bad_request("status", format!("unknown status '{s}'")))?,
         ),
     };
@@ -287,13 +284,7 @@ async fn console_command(
     Path(id): Path<i64>,
     ApiJson(body): ApiJson<ConsoleCommandBody>,
 ) -> Result<StatusCode, AppError> {
-    let command = body.command.trim();
-    if command.is_empty() || command.contains(['\n', '\r']) || command.len() > 1000 {
-        return Err(AppError::bad_request(
-            "command",
-            "one line of 1 to 1000 characters",
-        ));
-    }
+    let command = servers::console_line(&body.command)?;
     let (server, client) = agent_of(&st, &caller, id).await?;
     client
         .console_command(command)

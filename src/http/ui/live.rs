@@ -17,7 +17,7 @@ use serde_json::json;
 use super::servers::{EdgeRow, EventRow, JobRow, ServerView, server_events, view};
 use super::{Sess, UiError};
 use crate::app::AppState;
-use crate::domain::servers::{self, ServerStatus};
+use crate::domain::servers;
 use crate::domain::users::User;
 use crate::domain::{DomainError, edge};
 use crate::queue;
@@ -270,20 +270,10 @@ fn statuses(
         let (id, status, reason) = r?;
         servers.insert(id.to_string(), json!({"status": status, "reason": reason}));
     }
-    let mut s = c.prepare_cached(
-        "SELECT status, count(*) FROM servers WHERE deleted_at IS NULL AND (?1 OR owner_id = ?2)
-         GROUP BY status",
-    )?;
-    let mut counts = serde_json::Map::new();
-    for st in ServerStatus::ALL {
-        counts.insert(st.as_str().into(), json!(0));
-    }
-    for r in s.query_map(rusqlite::params![user.is_admin, user.id], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-    })? {
-        let (status, n) = r?;
-        counts.insert(status, json!(n));
-    }
+    let counts: serde_json::Map<String, serde_json::Value> = servers::count_by_status(c, user)?
+        .into_iter()
+        .map(|(s, n)| (s.as_str().to_string(), json!(n)))
+        .collect();
     Ok(json!({"servers": servers, "counts": counts}))
 }
 

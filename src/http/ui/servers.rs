@@ -16,7 +16,7 @@ use crate::app::AppState;
 use crate::db::now_ms;
 use crate::domain::servers::{self, Action, CreateServer, Server, ServerStatus};
 use crate::domain::users::User;
-use crate::domain::{DomainError, edge, is_dns_label, nodes, random_secret, sha256_hex, templates};
+use crate::domain::{DomainError, edge, is_dns_label, nodes, random_secret, templates};
 use crate::queue::{self, Job, JobState};
 use crate::util::format_ts;
 
@@ -229,20 +229,17 @@ pub async fn dashboard(State(st): State<AppState>, sess: Sess) -> Result<Respons
     let (by_status, queue_counts, oldest, attention, events) = st
         .db
         .call(move |c| {
-            let mut s = c.prepare_cached(
-                "SELECT status, count(*) FROM servers WHERE deleted_at IS NULL AND (?1 OR owner_id = ?2)
-                 GROUP BY status",
-            )?;
-            let counts: HashMap<String, i64> = s
-                .query_map(params![user.is_admin, user.id], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
-            let by_status: Vec<(&'static str, i64)> = ServerStatus::ALL
-                .iter()
-                .filter(|s| **s != ServerStatus::Deleted)
-                .map(|s| (s.as_str(), counts.get(s.as_str()).copied().unwrap_or(0)))
+            let by_status: Vec<(&'static str, i64)> = servers::count_by_status(c, &user)?
+                .into_iter()
+                .map(|(s, n)| (s.as_str(), n))
                 .collect();
             let q = queue::count_by_state(c)?;
-            let n = |state: JobState| q.iter().find(|(s, _)| *s == state).map(|(_, n)| *n).unwrap_or(0);
+            let n = |state: JobState| {
+                q.iter()
+                    .find(|(s, _)| *s == state)
+                    .map(|(_, n)| *n)
+                    .unwrap_or(0)
+            };
             let queue_counts = vec![
                 ("available", n(JobState::Available) + n(JobState::Scheduled)),
                 ("running", n(JobState::Running)),
@@ -307,9 +304,7 @@ struct ServersPage {
 fn parse_status(s: Option<&str>) -> Result<Option<ServerStatus>, UiError> {
     match s {
         None | Some("") => Ok(None),
-        Some(s) => ServerStatus::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
+        Some(s) => ServerStatus::parse(s)
             .map(Some)
             .ok_or_else(|| UiError::BadRequest(format!("status: unknown status '{s}'"))),
     }
@@ -331,15 +326,7 @@ pub async fn list(
         .call(move |c| {
             let search = (!search.is_empty()).then_some(search.as_str());
             let list = servers::list_visible(c, &user, after, PAGE_SIZE, status, search)?;
-            let matching: i64 = c
-                .prepare_cached(
-                    "SELECT count(*) FROM servers WHERE deleted_at IS NULL AND (?1 OR owner_id = ?2)
-                       AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR instr(name, ?4) > 0)",
-                )?
-                .query_row(
-                    params![user.is_admin, user.id, status.map(ServerStatus::as_str), search],
-                    |r| r.get(0),
-                )?;
+            let matching = servers::count_visible(c, &user, status, search)?;
             Ok::<_, DomainError>((rows(c, &list)?, matching))
         })
         .await?;
@@ -535,8 +522,7 @@ pub async fn create(
             return render_status(StatusCode::BAD_REQUEST, &page);
         }
     };
-    // The same hash as the API's: a key means the same thing from both.
-    let hash = sha256_hex(&serde_json::to_string(&req).unwrap_or_default());
+    let hash = req.request_hash();
     let user = sess.user().clone();
     let result = st
         .db
@@ -584,17 +570,7 @@ pub async fn name_check(
         }))
         .into_response());
     }
-    let taken: bool = st
-        .db
-        .call(move |c| {
-            c.query_row(
-                "SELECT EXISTS (SELECT 1 FROM servers WHERE name = ?1 AND deleted_at IS NULL)",
-                [&name],
-                |r| r.get(0),
-            )
-            .map_err(crate::db::DbError::from)
-        })
-        .await?;
+    let taken = st.db.call(move |c| servers::name_taken(c, &name)).await?;
     Ok(Json(if taken {
         json!({"ok": false, "message": "a server with this name exists"})
     } else {
@@ -669,24 +645,24 @@ struct ServerPage {
 
 /// The actions a server's status allows, as (action, label); the same rules as the API.
 pub fn allowed_actions(status: ServerStatus) -> Vec<(&'static str, &'static str)> {
-    use ServerStatus as S;
-    let mut out = vec![];
-    if matches!(status, S::Stopped | S::Crashed) {
-        out.push(("start", "Start"));
-    }
-    if matches!(status, S::Running | S::Starting | S::Crashed) {
-        out.push(("stop", "Stop"));
-    }
-    if matches!(status, S::Running | S::Crashed | S::Stopped) {
-        out.push(("restart", "Restart"));
-    }
-    if status == S::Failed {
-        out.push(("retry", "Retry"));
-    }
-    if matches!(status, S::Running | S::Stopped | S::Failed | S::Crashed) {
-        out.push(("reinstall", "Reinstall"));
-    }
-    out
+    Action::ALL
+        .into_iter()
+        // Delete has its own confirmation page; starting a running server is allowed
+        // (it makes sure it runs) but needs no button.
+        .filter(|a| *a != Action::Delete && a.allowed_in(status))
+        .filter(|a| !(*a == Action::Start && status == ServerStatus::Running))
+        .map(|a| {
+            let label = match a {
+                Action::Start => "Start",
+                Action::Stop => "Stop",
+                Action::Restart => "Restart",
+                Action::Retry => "Retry",
+                Action::Reinstall => "Reinstall",
+                Action::Delete => "Delete",
+            };
+            (a.as_str(), label)
+        })
+        .collect()
 }
 
 pub fn view(c: &Connection, s: &Server) -> Result<ServerView, DomainError> {
@@ -853,12 +829,7 @@ pub async fn console_command(
     headers: HeaderMap,
     UiForm(f): UiForm<ConsoleForm>,
 ) -> Result<Response, UiError> {
-    let command = f.command.trim().to_string();
-    if command.is_empty() || command.contains(['\n', '\r']) || command.len() > 1000 {
-        return Err(UiError::BadRequest(
-            "command: one line of 1 to 1000 characters".into(),
-        ));
-    }
+    let command = servers::console_line(&f.command)?.to_string();
     let user = sess.user().clone();
     let server = st
         .db
