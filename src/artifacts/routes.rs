@@ -40,11 +40,7 @@ async fn serve_artifact(
     let info = st.mirror.ensure(&path).await?;
     let etag = format!("\"{}\"", info.sha256);
 
-    if let Some(inm) = headers.get(header::IF_NONE_MATCH)
-        && inm
-            .to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-    {
+    if crate::http::etag_matches(&headers, &etag) {
         return Ok((
             StatusCode::NOT_MODIFIED,
             [(header::ETAG, header_value(&etag)?)],

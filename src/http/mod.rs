@@ -24,6 +24,14 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(log_request))
 }
 
+/// Whether the request's `If-None-Match` names `etag` (or `*`): a 304 will do.
+pub fn etag_matches(headers: &axum::http::HeaderMap, etag: &str) -> bool {
+    headers
+        .get(axum::http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+}
+
 async fn log_request(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::servers::JobRow;
-use super::{Page, Sess, UiError, UiForm, render, render_status, see_other};
+use super::{Page, Sess, UiError, UiForm, correctable, render, render_status, see_other};
 use crate::app::AppState;
 use crate::doctor;
 use crate::domain::nodes::{self, NewNode};
@@ -261,26 +261,24 @@ pub async fn create_template(
             }))
             .map_err(|e| format!("spec: {e}"))
         });
+    // A message for the form, or the template added.
     let outcome = match new {
-        Ok(t) => st
+        Ok(t) => match st
             .db
             .write(move |tx| templates::create(tx, &t, false))
             .await
-            .map_err(|e| match e {
-                DomainError::Invalid { .. }
-                | DomainError::Conflict(_)
-                | DomainError::Taken { .. } => Ok(e.to_string()),
-                other => Err(other),
-            }),
-        Err(m) => Err(Ok(m)),
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(correctable(e)?.text()),
+        },
+        Err(m) => Err(m),
     };
     match outcome {
-        Ok(_) => Ok(see_other("/templates")),
-        Err(Ok(message)) => {
+        Ok(()) => Ok(see_other("/templates")),
+        Err(message) => {
             let page = templates_page(&st, &sess, f, message).await?;
             render_status(StatusCode::BAD_REQUEST, &page)
         }
-        Err(Err(e)) => Err(e.into()),
     }
 }
 
@@ -327,6 +325,15 @@ pub struct NodeForm {
 }
 
 impl NodeForm {
+    /// The form as it may be shown again: the secrets typed are not sent back.
+    fn without_secrets(self) -> NodeForm {
+        NodeForm {
+            token_secret: String::new(),
+            bootstrap_token: String::new(),
+            ..self
+        }
+    }
+
     /// The Proxmox settings as JSON (what `POST /api/v1/nodes` takes).
     fn settings(&self) -> Value {
         let mut s = json!({
@@ -435,36 +442,44 @@ pub async fn create_node(
     UiForm(f): UiForm<NodeForm>,
 ) -> Result<Response, UiError> {
     sess.require_admin()?;
+    // A message for the form, or the node added.
     let outcome = match f.new_node() {
-        Ok(n) => st
-            .db
-            .write(move |tx| nodes::create(tx, &n))
-            .await
-            .map_err(|e| match e {
-                DomainError::Invalid { .. }
-                | DomainError::Conflict(_)
-                | DomainError::Taken { .. } => Ok(e.to_string()),
-                other => Err(other),
-            }),
-        Err(m) => Err(Ok(m)),
+        Ok(n) => match st.db.write(move |tx| nodes::create(tx, &n)).await {
+            Ok(n) => Ok(n),
+            Err(e) => Err(correctable(e)?.text()),
+        },
+        Err(m) => Err(m),
     };
     match outcome {
         Ok(n) => {
             tracing::info!(node = %n.name, user = %sess.user().username, "node added from the UI");
             Ok(see_other("/nodes"))
         }
-        Err(Ok(message)) => {
-            // The secrets typed are not sent back into the page.
-            let f = NodeForm {
-                token_secret: String::new(),
-                bootstrap_token: String::new(),
-                ..f
-            };
-            let page = nodes_page(&st, &sess, f, message, None).await?;
+        Err(message) => {
+            let page = nodes_page(&st, &sess, f.without_secrets(), message, None).await?;
             render_status(StatusCode::BAD_REQUEST, &page)
         }
-        Err(Err(e)) => Err(e.into()),
     }
+}
+
+/// Lists the node's containers and reads the base template's config.
+async fn test_connection(f: &NodeForm) -> Result<String, String> {
+    let cfg = f.config()?;
+    let rt = ProxmoxRuntime::new(cfg.clone()).map_err(|e| format!("{}: {}", e.field, e.message))?;
+    let pve = rt.client();
+    let list = pve
+        .list()
+        .await
+        .map_err(|e| format!("listing containers on {}: {e}", cfg.node))?;
+    pve.config(cfg.template_vmid)
+        .await
+        .map_err(|e| format!("reading base template {}: {e}", cfg.template_vmid))?;
+    Ok(format!(
+        "connected: node {} answers, {} containers, base template {} found",
+        cfg.node,
+        list.len(),
+        cfg.template_vmid
+    ))
 }
 
 /// "Test connection": the API answers with this token, the PVE node exists and the
@@ -475,38 +490,11 @@ pub async fn test_node(
     UiForm(f): UiForm<NodeForm>,
 ) -> Result<Response, UiError> {
     sess.require_admin()?;
-    let result = match f.config() {
-        Err(e) => (false, e),
-        Ok(cfg) => match ProxmoxRuntime::new(cfg.clone()) {
-            Err(e) => (false, format!("{}: {}", e.field, e.message)),
-            Ok(rt) => {
-                let pve = rt.client();
-                match pve.list().await {
-                    Err(e) => (false, format!("listing containers on {}: {e}", cfg.node)),
-                    Ok(list) => match pve.config(cfg.template_vmid).await {
-                        Err(e) => (
-                            false,
-                            format!("reading base template {}: {e}", cfg.template_vmid),
-                        ),
-                        Ok(_) => (
-                            true,
-                            format!(
-                                "connected: node {} answers, {} containers, base template {} found",
-                                cfg.node,
-                                list.len(),
-                                cfg.template_vmid
-                            ),
-                        ),
-                    },
-                }
-            }
-        },
+    let result = match test_connection(&f).await {
+        Ok(message) => (true, message),
+        Err(message) => (false, message),
     };
-    let f = NodeForm {
-        token_secret: String::new(),
-        bootstrap_token: String::new(),
-        ..f
-    };
+    let f = f.without_secrets();
     let page = nodes_page(&st, &sess, f, String::new(), Some(result)).await?;
     render(&page)
 }
@@ -600,13 +588,15 @@ async fn users_result(
 ) -> Result<Response, UiError> {
     match r {
         Ok(notice) => render(&users_page(st, sess, String::new(), notice, None).await?),
-        Err(
-            e @ (DomainError::Invalid { .. } | DomainError::Conflict(_) | DomainError::NotFound(_)),
-        ) => {
-            let page = users_page(st, sess, e.to_string(), String::new(), None).await?;
+        Err(e) => {
+            // A user or token gone meanwhile is said on the page, like bad input.
+            let message = match e {
+                DomainError::NotFound(_) => e.to_string(),
+                e => correctable(e)?.text(),
+            };
+            let page = users_page(st, sess, message, String::new(), None).await?;
             render_status(StatusCode::BAD_REQUEST, &page)
         }
-        Err(e) => Err(e.into()),
     }
 }
 

@@ -39,36 +39,18 @@ pub async fn serve(Path(path): Path<String>, headers: HeaderMap) -> Response {
         return (StatusCode::NOT_FOUND, "no such asset\n").into_response();
     };
     let etag = format!("\"{}\"", hex(&file.metadata.sha256_hash()));
+    let etag = HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static(""));
     let cache = HeaderValue::from_static("public, max-age=31536000, immutable");
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == etag)
-    {
-        return (
-            StatusCode::NOT_MODIFIED,
-            [
-                (header::ETAG, etag),
-                (
-                    header::CACHE_CONTROL,
-                    cache.to_str().unwrap_or_default().to_string(),
-                ),
-            ],
-        )
-            .into_response();
+    let validators = [(header::ETAG, etag.clone()), (header::CACHE_CONTROL, cache)];
+    if crate::http::etag_matches(&headers, etag.to_str().unwrap_or_default()) {
+        return (StatusCode::NOT_MODIFIED, validators).into_response();
     }
     (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(content_type(&path)),
-            ),
-            (header::CACHE_CONTROL, cache),
-            (
-                header::ETAG,
-                HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("")),
-            ),
-        ],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(content_type(&path)),
+        )],
+        validators,
         file.data.into_owned(),
     )
         .into_response()

@@ -46,11 +46,23 @@ fn safe_next(next: Option<&str>) -> String {
     }
 }
 
-/// A fresh CSRF token for a form shown before there is a session, and its cookie.
-fn login_csrf(headers: &HeaderMap) -> Result<(String, header::HeaderValue), UiError> {
+/// A page with a form shown before there is a session (login, setup): a fresh CSRF
+/// token in the form and in a cookie bound to it.
+fn public_form<T: Template>(
+    headers: &HeaderMap,
+    status: StatusCode,
+    title: &str,
+    build: impl FnOnce(Page) -> T,
+) -> Result<Response, UiError> {
     let token = random_secret()?;
-    let c = set_cookie(headers, LOGIN_CSRF_COOKIE, &token, 3600);
-    Ok((token, c))
+    let mut page = Page::bare(title);
+    page.csrf = token.clone();
+    let mut resp = render_status(status, &build(page))?;
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(headers, LOGIN_CSRF_COOKIE, &token, 3600),
+    );
+    Ok(resp)
 }
 
 fn check_login_csrf(headers: &HeaderMap, sent: &str) -> Result<(), UiError> {
@@ -77,28 +89,6 @@ pub struct NextQuery {
     next: Option<String>,
 }
 
-fn with_cookie(
-    status: StatusCode,
-    html: Result<Response, UiError>,
-    c: header::HeaderValue,
-) -> Result<Response, UiError> {
-    let mut resp = html?;
-    *resp.status_mut() = status;
-    resp.headers_mut().append(header::SET_COOKIE, c);
-    Ok(resp)
-}
-
-async fn has_session(st: &AppState, headers: &HeaderMap) -> Result<bool, UiError> {
-    let Some(secret) = cookie(headers, SESSION_COOKIE).map(str::to_string) else {
-        return Ok(false);
-    };
-    Ok(st
-        .db
-        .call(move |c| sessions::lookup(c, &secret))
-        .await?
-        .is_some())
-}
-
 pub async fn login_form(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -107,7 +97,7 @@ pub async fn login_form(
     if st.db.call(|c| users::setup_needed(c)).await? {
         return Ok(see_other("/setup"));
     }
-    if has_session(&st, &headers).await? {
+    if super::session_of(&st, &headers).await?.is_some() {
         return Ok(see_other(&safe_next(q.next.as_deref())));
     }
     login_page(
@@ -126,19 +116,12 @@ fn login_page(
     username: String,
     error: Option<String>,
 ) -> Result<Response, UiError> {
-    let (csrf, c) = login_csrf(headers)?;
-    let mut page = Page::bare("Sign in");
-    page.csrf = csrf;
-    let html = render_status(
-        status,
-        &LoginPage {
-            page,
-            next,
-            username,
-            error,
-        },
-    );
-    with_cookie(status, html, c)
+    public_form(headers, status, "Sign in", |page| LoginPage {
+        page,
+        next,
+        username,
+        error,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,18 +250,11 @@ fn setup_page(
     username: String,
     error: Option<(String, String)>,
 ) -> Result<Response, UiError> {
-    let (csrf, c) = login_csrf(headers)?;
-    let mut page = Page::bare("First-run setup");
-    page.csrf = csrf;
-    let html = render_status(
-        status,
-        &SetupPage {
-            page,
-            username,
-            error,
-        },
-    );
-    with_cookie(status, html, c)
+    public_form(headers, status, "First-run setup", |page| SetupPage {
+        page,
+        username,
+        error,
+    })
 }
 
 #[derive(Debug, Deserialize)]

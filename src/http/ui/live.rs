@@ -116,6 +116,51 @@ async fn pause(st: &AppState) -> bool {
     }
 }
 
+/// What one look at the database found.
+enum Look {
+    /// Changes to send.
+    Send(Vec<Event>),
+    /// Nothing new.
+    Quiet,
+    /// The stream ends (after a last event, if any).
+    End(Option<Event>),
+}
+
+/// A live stream: `look` runs at once, then every [`LIVE_EVERY`], until it ends the
+/// stream or `zlh serve` shuts down. `state` is what the looks carry from one to the
+/// next (e.g. the last event sent).
+fn live_stream<S, F, Fut>(
+    st: AppState,
+    state: S,
+    look: F,
+) -> impl Stream<Item = Result<Event, Infallible>>
+where
+    S: Send + 'static,
+    F: FnMut(AppState, S) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = (Look, S)> + Send + 'static,
+{
+    let init = (st, state, look, true, false);
+    futures_util::stream::unfold(init, |(st, mut s, mut look, first, ended)| async move {
+        if ended || (!first && !pause(&st).await) {
+            return None;
+        }
+        loop {
+            let (found, next) = look(st.clone(), s).await;
+            s = next;
+            match found {
+                Look::Send(events) => return Some((events, (st, s, look, false, false))),
+                Look::End(last) => return last.map(|e| (vec![e], (st, s, look, false, true))),
+                Look::Quiet => {
+                    if !pause(&st).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    })
+    .flat_map(|events| futures_util::stream::iter(events.into_iter().map(Ok)))
+}
+
 /// `GET /servers/{id}/live?after=<event id>`: `status` events (the badge, reason and the
 /// server-rendered facts, actions, jobs and edge panel) when anything changes, and
 /// `events` with the timeline rows after `after`.
@@ -134,64 +179,57 @@ pub async fn server_live(
             .await?;
     }
     let csrf = sess.0.csrf.clone();
-    // (state, user, csrf, last event id, last status key, first look, ended)
-    let init = (st, user, csrf, q.after, q.key, true, false);
-    let stream = futures_util::stream::unfold(
-        init,
-        move |(st, user, csrf, after, last_key, first, ended)| async move {
-            if ended || (!first && !pause(&st).await) {
-                return None;
-            }
-            loop {
-                let (u, c2) = (user.clone(), csrf.clone());
-                let snap = st
-                    .db
-                    .call(move |c| {
-                        let snap = snapshot(c, &u, id, &c2)?;
-                        Ok::<_, UiError>((snap, server_events(c, id, after, 200)?))
-                    })
-                    .await;
-                let (snap, events) = match snap {
-                    Ok(s) => s,
-                    Err(e) => {
-                        // Said once, then the stream ends (the page reconnects).
-                        tracing::warn!(server = id, error = %e, "live page of a server");
-                        let ev = Event::default().event("error").data(e.to_string());
-                        return Some((vec![ev], (st, user, csrf, after, last_key, false, true)));
-                    }
-                };
-                let mut out = vec![];
-                let mut after = after;
-                if let Some(last) = events.last() {
-                    after = last.id;
-                    match (EventsPartial { events: &events }).render() {
-                        Ok(html) => out.push(
-                            Event::default()
-                                .event("events")
-                                .id(after.to_string())
-                                .data(html),
-                        ),
-                        Err(e) => tracing::error!(error = %e, "rendering timeline rows"),
-                    }
+    // Carried from look to look: the last timeline event and panel key sent.
+    let state = (q.after, q.key);
+    let stream = live_stream(st, state, move |st, (after, last_key)| {
+        let (user, csrf) = (user.clone(), csrf.clone());
+        async move {
+            let found = st
+                .db
+                .call(move |c| {
+                    let snap = snapshot(c, &user, id, &csrf)?;
+                    Ok::<_, UiError>((snap, server_events(c, id, after, 200)?))
+                })
+                .await;
+            let (snap, events) = match found {
+                Ok(s) => s,
+                Err(e) => {
+                    // Said once, then the stream ends (the page reconnects).
+                    tracing::warn!(server = id, error = %e, "live page of a server");
+                    let ev = Event::default().event("error").data(e.to_string());
+                    return (Look::End(Some(ev)), (after, last_key));
                 }
-                if snap.key != last_key {
-                    let status = json!({
-                        "status": snap.view.row.status,
-                        "reason": snap.view.row.reason,
-                        "html": snap.html,
-                    });
-                    out.push(Event::default().event("status").data(status.to_string()));
-                }
-                if !out.is_empty() {
-                    return Some((out, (st, user, csrf, after, snap.key, false, false)));
-                }
-                if !pause(&st).await {
-                    return None;
+            };
+            let mut out = vec![];
+            let mut after = after;
+            if let Some(last) = events.last() {
+                after = last.id;
+                match (EventsPartial { events: &events }).render() {
+                    Ok(html) => out.push(
+                        Event::default()
+                            .event("events")
+                            .id(after.to_string())
+                            .data(html),
+                    ),
+                    Err(e) => tracing::error!(error = %e, "rendering timeline rows"),
                 }
             }
-        },
-    )
-    .flat_map(|events| futures_util::stream::iter(events.into_iter().map(Ok)));
+            if snap.key != last_key {
+                let status = json!({
+                    "status": snap.view.row.status,
+                    "reason": snap.view.row.reason,
+                    "html": snap.html,
+                });
+                out.push(Event::default().event("status").data(status.to_string()));
+            }
+            let look = if out.is_empty() {
+                Look::Quiet
+            } else {
+                Look::Send(out)
+            };
+            (look, (after, snap.key))
+        }
+    });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
@@ -221,31 +259,27 @@ pub async fn servers_live(
         })
         .collect::<Result<_, _>>()?;
     let user = sess.user().clone();
-    let init = (st, user, ids, String::new(), true);
-    let stream = futures_util::stream::unfold(init, |(st, user, ids, last, first)| async move {
-        if !first && !pause(&st).await {
-            return None;
-        }
-        loop {
-            let (u, list) = (user.clone(), ids.clone());
-            let found = st.db.call(move |c| statuses(c, &u, &list)).await;
-            let data = match found {
-                Ok(d) => d.to_string(),
+    // Carried from look to look: the last data sent.
+    let stream = live_stream(st, String::new(), move |st, last| {
+        let (user, ids) = (user.clone(), ids.clone());
+        async move {
+            match st.db.call(move |c| statuses(c, &user, &ids)).await {
+                Ok(d) => {
+                    let data = d.to_string();
+                    if data == last {
+                        (Look::Quiet, last)
+                    } else {
+                        let ev = Event::default().event("statuses").data(data.clone());
+                        (Look::Send(vec![ev]), data)
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "live server list");
-                    return None;
+                    (Look::End(None), last)
                 }
-            };
-            if data != last {
-                let ev = Event::default().event("statuses").data(data.clone());
-                return Some((ev, (st, user, ids, data, false)));
-            }
-            if !pause(&st).await {
-                return None;
             }
         }
-    })
-    .map(Ok);
+    });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

@@ -364,6 +364,14 @@ fn to_login(method: &Method, path_and_query: &str) -> Response {
     }
 }
 
+/// The live session the request's cookie names, if any.
+pub async fn session_of(st: &AppState, headers: &HeaderMap) -> Result<Option<Session>, UiError> {
+    let Some(secret) = cookie(headers, SESSION_COOKIE).map(str::to_string) else {
+        return Ok(None);
+    };
+    Ok(st.db.call(move |c| sessions::lookup(c, &secret)).await?)
+}
+
 /// Every route behind it needs a live session; every request other than GET/HEAD must
 /// carry the session's CSRF token (form field `csrf` or header `X-CSRF-Token`).
 async fn require_session(
@@ -371,17 +379,12 @@ async fn require_session(
     req: Request,
     next: Next,
 ) -> Result<Response, UiError> {
-    let secret = cookie(req.headers(), SESSION_COOKIE).map(str::to_string);
     let path = req
         .uri()
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let session = match secret {
-        Some(s) => st.db.call(move |c| sessions::lookup(c, &s)).await?,
-        None => None,
-    };
-    let Some(session) = session else {
+    let Some(session) = session_of(&st, req.headers()).await? else {
         return Ok(to_login(req.method(), &path));
     };
     let mut req = if matches!(*req.method(), Method::GET | Method::HEAD) {
@@ -461,6 +464,42 @@ async fn server_timing(req: Request, next: Next) -> Response {
     resp
 }
 
+/// A domain error the user can correct on the form they sent — bad input, a name or
+/// a state that conflicts — shown on that form again, with the status it answers.
+pub struct Correctable {
+    pub status: StatusCode,
+    /// The field at fault (empty for a conflict of the whole request).
+    pub field: String,
+    /// What is wrong, without the field's name.
+    pub message: String,
+}
+
+impl Correctable {
+    /// The message with the field it is about, as one line.
+    pub fn text(&self) -> String {
+        if self.field.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// Sorts a domain error into one to show on the form, or an error page.
+pub fn correctable(e: DomainError) -> Result<Correctable, UiError> {
+    let (status, field, message) = match e {
+        DomainError::Invalid { field, message } => (StatusCode::BAD_REQUEST, field, message),
+        DomainError::Taken { field, message } => (StatusCode::CONFLICT, field, message),
+        DomainError::Conflict(message) => (StatusCode::CONFLICT, String::new(), message),
+        other => return Err(other.into()),
+    };
+    Ok(Correctable {
+        status,
+        field,
+        message,
+    })
+}
+
 /// Renders a template as an HTML response.
 pub fn render<T: Template>(t: &T) -> Result<Response, UiError> {
     Ok(Html(t.render()?).into_response())
@@ -471,8 +510,7 @@ pub fn render_status<T: Template>(status: StatusCode, t: &T) -> Result<Response,
     Ok((status, Html(t.render()?)).into_response())
 }
 
-/// Redirect after a successful POST (POST-redirect-GET), with a flash message in the
-/// query string.
+/// The redirect after a successful POST (POST-redirect-GET).
 pub fn see_other(path: &str) -> Response {
     Redirect::to(path).into_response()
 }

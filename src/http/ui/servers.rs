@@ -11,7 +11,7 @@ use rusqlite::{Connection, params};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Page, Sess, UiError, UiForm, render, render_status, see_other};
+use super::{Page, Sess, UiError, UiForm, correctable, render, render_status, see_other};
 use crate::app::AppState;
 use crate::db::now_ms;
 use crate::domain::servers::{self, Action, CreateServer, Server, ServerStatus};
@@ -23,17 +23,9 @@ use crate::util::format_ts;
 /// Servers on one page of the list.
 pub const PAGE_SIZE: i64 = 50;
 
-/// Percent-encodes a query-string value.
+/// Percent-encodes a query-string value (a local path keeps its `/`).
 pub fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::util::percent_encode(s, b"/")
 }
 
 /// "3d 4h", "2h 5m", "40s": how long ago `ms` was.
@@ -96,16 +88,13 @@ fn row_context(c: &Connection, ids: &[i64]) -> Result<RowContext, DomainError> {
             dns.insert(id, name);
         }
         let mut s = c.prepare_cached(
-            "SELECT e.server_id, max(e.id) FROM server_events e
-             WHERE e.server_id IN (SELECT value FROM json_each(?1)) AND e.to_status = 'running'
-             GROUP BY e.server_id",
+            "SELECT server_id, max(at) FROM server_events
+             WHERE server_id IN (SELECT value FROM json_each(?1)) AND to_status = 'running'
+             GROUP BY server_id",
         )?;
-        let last: Vec<(i64, i64)> = s
-            .query_map([&list], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        let mut at = c.prepare_cached("SELECT at FROM server_events WHERE id = ?1")?;
-        for (sid, eid) in last {
-            running_since.insert(sid, at.query_row([eid], |r| r.get(0))?);
+        for r in s.query_map([&list], |r| Ok((r.get(0)?, r.get(1)?)))? {
+            let (id, at): (i64, i64) = r?;
+            running_since.insert(id, at);
         }
     }
     Ok(RowContext {
@@ -536,16 +525,9 @@ pub async fn create(
             Ok(see_other(&format!("/servers/{}", created.server.id)))
         }
         Err(e) => {
-            let (status, field, message) = match e {
-                DomainError::Invalid { field, message } => {
-                    (StatusCode::BAD_REQUEST, field, message)
-                }
-                DomainError::Taken { field, message } => (StatusCode::CONFLICT, field, message),
-                DomainError::Conflict(m) => (StatusCode::CONFLICT, String::new(), m),
-                other => return Err(other.into()),
-            };
-            let page = new_page(&st, &sess, form, Some((field, message))).await?;
-            render_status(status, &page)
+            let c = correctable(e)?;
+            let page = new_page(&st, &sess, form, Some((c.field, c.message))).await?;
+            render_status(c.status, &page)
         }
     }
 }

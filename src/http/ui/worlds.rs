@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::{Page, Sess, UiError, UiForm, render, render_status, see_other};
+use super::{Page, Sess, UiError, UiForm, correctable, render, render_status, see_other};
 use crate::app::AppState;
 use crate::domain::backups::{self, Backup, BackupState, RestoreRequest, Retention};
 use crate::domain::schedules::{self, NewSchedule, Schedule};
@@ -154,19 +154,11 @@ async fn on_backups_tab<T>(
             st.queue.wake();
             Ok(see_other(&format!("/servers/{id}/backups")))
         }
-        Err(
-            e
-            @ (DomainError::Invalid { .. } | DomainError::Conflict(_) | DomainError::Taken { .. }),
-        ) => {
-            let status = if matches!(e, DomainError::Invalid { .. }) {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::CONFLICT
-            };
-            let page = backups_page(st, sess, id, e.to_string()).await?;
-            render_status(status, &page)
+        Err(e) => {
+            let c = correctable(e)?;
+            let page = backups_page(st, sess, id, c.text()).await?;
+            render_status(c.status, &page)
         }
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -470,11 +462,11 @@ pub async fn add_schedule(
     };
     match r {
         Ok(_) => Ok(see_other(&format!("/servers/{id}/schedules"))),
-        Err(e @ (DomainError::Invalid { .. } | DomainError::Conflict(_))) => {
-            let page = schedules_page(&st, &sess, id, f, e.to_string()).await?;
+        Err(e) => {
+            let c = correctable(e)?;
+            let page = schedules_page(&st, &sess, id, f, c.text()).await?;
             render_status(StatusCode::BAD_REQUEST, &page)
         }
-        Err(e) => Err(e.into()),
     }
 }
 

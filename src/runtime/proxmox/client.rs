@@ -411,15 +411,7 @@ impl std::fmt::Display for Upid {
 /// Percent-encodes one path segment: everything but RFC 3986 unreserved characters, so
 /// a UPID's `:`, `!` and `@` travel encoded as PVE expects.
 pub fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 2);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::util::percent_encode(s, b"")
 }
 
 /// Splits PVE's tag list (stored `;`-separated; `,` and spaces are accepted on input).
