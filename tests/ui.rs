@@ -127,13 +127,10 @@ impl Client {
     }
 }
 
+/// `zlh serve` on its embedded defaults: only the data dir, the listen address and (so
+/// tests can run side by side) the local node's port window are set.
 fn start(tmp: &Path) -> Served {
-    Served::start_with_env(
-        tmp,
-        &tmp.join("data"),
-        &[],
-        &[("ZLH_ARTIFACTS_UPSTREAM", "false")],
-    )
+    Served::start(tmp, &tmp.join("data"), &[])
 }
 
 /// The one-time setup token `zlh serve` printed.
