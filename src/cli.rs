@@ -538,8 +538,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                             crate::domain::users::get_by_name(tx, username)?.ok_or_else(|| {
                                 crate::domain::DomainError::NotFound(format!("user '{username}'"))
                             })?;
-                        crate::domain::users::set_password(tx, u.id, &password)?;
-                        crate::domain::sessions::delete_for_user(tx, u.id)
+                        crate::domain::users::set_password(tx, u.id, &password)
                     })?;
                     println!("password of {username} set; {ended} UI session(s) ended");
                 }

@@ -189,8 +189,9 @@ pub fn password_matches(phc: &str, password: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Sets (or replaces) a user's password.
-pub fn set_password(conn: &Connection, user_id: i64, password: &str) -> Result<(), DomainError> {
+/// Sets (or replaces) a user's password and ends the user's UI sessions (a new
+/// password is often set because the old one leaked). Returns how many ended.
+pub fn set_password(conn: &Connection, user_id: i64, password: &str) -> Result<usize, DomainError> {
     let phc = hash_password(password)?;
     let n = conn.execute(
         "UPDATE users SET password_hash = ?2 WHERE id = ?1",
@@ -199,7 +200,7 @@ pub fn set_password(conn: &Connection, user_id: i64, password: &str) -> Result<(
     if n == 0 {
         return Err(DomainError::NotFound(format!("user {user_id}")));
     }
-    Ok(())
+    super::sessions::delete_for_user(conn, user_id)
 }
 
 /// The stored password hash of `username`, with the user (None: no such user, or no

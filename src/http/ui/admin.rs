@@ -11,10 +11,10 @@ use super::servers::JobRow;
 use super::{Page, Sess, UiError, UiForm, correctable, render, render_status, see_other};
 use crate::app::AppState;
 use crate::doctor;
+use crate::domain::DomainError;
 use crate::domain::nodes::{self, NewNode};
 use crate::domain::templates::{self, NewTemplate};
 use crate::domain::users::{self, TokenInfo, User};
-use crate::domain::{DomainError, sessions};
 use crate::queue::{JobFilter, JobState};
 use crate::runtime::proxmox::{ProxmoxConfig, ProxmoxRuntime};
 use crate::util::format_ts;
@@ -650,8 +650,7 @@ pub async fn reset_password(
         .db
         .write(move |tx| {
             let u = existing_user(tx, id)?;
-            users::set_password(tx, id, &f.password)?;
-            let ended = sessions::delete_for_user(tx, id)?;
+            let ended = users::set_password(tx, id, &f.password)?;
             Ok((u, ended))
         })
         .await
