@@ -1,0 +1,6 @@
+//! The outside security review (issue 12): one row per finding, each replaying its
+//! repro against the real binary and asserting the fixed behaviour. Findings are
+//! grouped by the part of zlh they touch; each group is a module under
+//! `tests/security/` with its own table, so the list can grow.
+
+mod support;
