@@ -90,6 +90,9 @@ pub struct Config {
     /// Port pool of the local node (game and agent ports), set when it is first created.
     pub local_port_min: u16,
     pub local_port_max: u16,
+    /// Delays before a local server's agent restarts a crashed game, one per crash in a
+    /// row (`30s,60s,120s`); after the last it gives up and reports `error`.
+    pub local_crash_backoff: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +170,7 @@ impl Default for Config {
             backup_keep: 7,
             local_port_min: 30000,
             local_port_max: 30999,
+            local_crash_backoff: "30s,60s,120s".into(),
         }
     }
 }
@@ -451,6 +455,14 @@ impl Config {
         Ok(config)
     }
 
+    /// `local_crash_backoff` as durations.
+    pub fn local_crash_backoff(&self) -> Result<Vec<Duration>, String> {
+        self.local_crash_backoff
+            .split(',')
+            .map(crate::util::parse_duration)
+            .collect()
+    }
+
     fn validate(&self, origin_of: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
         let check = |ok: bool, key: &str, message: &str| {
             if ok {
@@ -490,6 +502,17 @@ impl Config {
             self.local_port_min >= 1024 && self.local_port_min <= self.local_port_max,
             "local_port_min",
             "must be at least 1024 and not above local_port_max",
+        )?;
+        let backoff = self.local_crash_backoff();
+        check(
+            backoff
+                .as_ref()
+                .is_ok_and(|b| !b.is_empty() && b.len() <= 20),
+            "local_crash_backoff",
+            &match &backoff {
+                Err(e) => format!("{e}; a comma-separated list of durations such as 30s,60s,120s"),
+                Ok(_) => "must list 1 to 20 durations, such as 30s,60s,120s".into(),
+            },
         )?;
         check(
             (100..=60_000).contains(&self.schedule_tick_ms),

@@ -387,8 +387,39 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
             .db
             .call(|c| crate::domain::edge::published(c, crate::domain::edge::VELOCITY))
             .await?;
+        let unready = svc
+            .db
+            .call(|c| crate::domain::edge::unready_server_names(c))
+            .await?;
         match v.list().await {
             Ok(registered) => {
+                // One rule with the reconciler: registered exactly while the game is ready.
+                let extra: Vec<_> = registered
+                    .iter()
+                    .filter_map(|g| {
+                        unready
+                            .iter()
+                            .find(|(_, n)| g.server_name.eq_ignore_ascii_case(n))
+                            .map(|(id, _)| (*id, g.server_name.clone()))
+                    })
+                    .collect();
+                if !extra.is_empty() && opts.fix {
+                    crate::jobs::edge::withdraw_unready(svc).await?;
+                    fixed.push(format!(
+                        "unregistered {} server(s) whose game is not ready from Velocity",
+                        extra.len()
+                    ));
+                } else {
+                    for (id, name) in extra {
+                        findings.push(finding(
+                            "drift",
+                            Verdict::Problem,
+                            format!("velocity {name}"),
+                            format!("registered with the proxy while server {id} is not running (players would reach a dead port)"),
+                            "`zlh doctor --fix` (or the next reconcile) unregisters it",
+                        ));
+                    }
+                }
                 let missing: Vec<_> = published
                     .iter()
                     .filter(|r| {

@@ -42,7 +42,12 @@ impl Services {
             .unwrap_or_else(|| "zlh".into());
         let data_dir =
             std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
-        let local = LocalRuntime::new(data_dir.join("servers"), agent_binary, vec![]);
+        // Validated when the configuration was loaded; the agent parses the same list.
+        let agent_args = vec![
+            "--crash-backoff".to_string(),
+            config.local_crash_backoff.replace(' ', ""),
+        ];
+        let local = LocalRuntime::new(data_dir.join("servers"), agent_binary, agent_args);
         let velocity = config
             .edge
             .velocity

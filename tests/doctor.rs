@@ -144,6 +144,8 @@ fn doctor_finds_each_planted_problem_and_fixes_only_the_safe_ones() {
     )
     .unwrap(); // expired lease
     velocity.restart(); // registration missing
+    velocity.plant("lost", "127.0.0.1", 25565); // registered while not running
+    velocity.plant("someone-elses", "10.0.0.9", 25565); // not zlh's: left alone
 
     let (ok, report) = doctor(tmp.path(), &data, &env, &["--server", &id.to_string()]);
     assert!(!ok, "problems make the exit code non-zero");
@@ -156,6 +158,8 @@ fn doctor_finds_each_planted_problem_and_fixes_only_the_safe_ones() {
     assert!(has("stuck", "(stuck)"), "{found:?}");
     assert!(has("stuck", "(noop)"), "{found:?}");
     assert!(has("drift", "velocity good"), "{found:?}");
+    assert!(has("drift", "velocity lost"), "{found:?}");
+    assert!(!has("drift", "someone-elses"), "{found:?}");
     assert!(
         has("server", &format!("server {id}")),
         "two containers for one server: {found:?}"
@@ -168,7 +172,13 @@ fn doctor_finds_each_planted_problem_and_fixes_only_the_safe_ones() {
     assert!(fixed.contains("stuck server"), "{fixed}");
     assert!(fixed.contains("lease had expired"), "{fixed}");
     assert!(fixed.contains("Velocity again"), "{fixed}");
-    assert_eq!(velocity.registrations().len(), 1);
+    assert!(fixed.contains("whose game is not ready"), "{fixed}");
+    let names: Vec<String> = velocity
+        .registrations()
+        .into_iter()
+        .map(|r| r.server_name)
+        .collect();
+    assert_eq!(names, vec!["good", "someone-elses"]);
     let stuck: String = conn
         .query_row("SELECT status FROM servers WHERE name = 'stuck'", [], |r| {
             r.get(0)

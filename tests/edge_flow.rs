@@ -24,6 +24,10 @@ struct Edge {
 }
 
 fn start(tmp: &std::path::Path, load_ms: u64) -> Edge {
+    start_with(tmp, load_ms, &[])
+}
+
+fn start_with(tmp: &std::path::Path, load_ms: u64, extra_env: &[(&str, &str)]) -> Edge {
     let velocity = VelocitySim::start(SECRET);
     let dns = TechnitiumSim::start(DNS_TOKEN, ZONE);
     let vurl = velocity.url();
@@ -42,6 +46,7 @@ fn start(tmp: &std::path::Path, load_ms: u64) -> Edge {
         ("ZLH_EDGE_TRAEFIK_TOKEN", "traefik-poll-token-0123456789"),
         ("ZLH_EDGE_TRAEFIK_EDGE_IP", "203.0.113.8"),
     ];
+    let env: Vec<(&str, &str)> = env.into_iter().chain(extra_env.iter().copied()).collect();
     let served = Served::start_with_env(tmp, &tmp.join("data"), &[], &env);
     let api = Api::start_on(tmp, served);
     let mut t = support::api::standin_template();
@@ -384,4 +389,202 @@ fn a_hostname_for_an_internal_endpoint_is_refused_unless_explicitly_allowed() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("advertise_url"));
+}
+
+/// The pid of a local server's game, once it is a live process other than `not`.
+fn game_pid(e: &Edge, id: i64, not: Option<i32>) -> i32 {
+    let vmid = e.api.server(id)["vmid"].as_i64().unwrap();
+    let file = e
+        .api
+        .served
+        .data_dir
+        .join(format!("servers/{vmid}/agent/game.pid"));
+    wait_for("the game's pid", Duration::from_secs(30), || {
+        let pid: i32 = std::fs::read_to_string(&file).ok()?.trim().parse().ok()?;
+        (Some(pid) != not && std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+    })
+}
+
+fn sigkill(pid: i32) {
+    // SAFETY: kill(2) on a pid this test read from the agent's pid file.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill {pid}");
+}
+
+fn reconcile_runs(e: &Edge) -> u64 {
+    let (_, metrics) = support::http_get(&e.api.served.url("/metrics")).unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("zlh_reconcile_total{action=\"runs\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn events(e: &Edge, id: i64) -> Vec<Value> {
+    let (code, body) = e
+        .api
+        .call("GET", &format!("/api/v1/servers/{id}/events"), None);
+    assert_eq!(code, 200, "{body}");
+    body["events"].as_array().cloned().unwrap_or_default()
+}
+
+fn transitions(e: &Edge, id: i64) -> Vec<(String, String)> {
+    events(e, id)
+        .iter()
+        .filter(|ev| ev["from_status"].is_string() && ev["from_status"] != ev["to_status"])
+        .map(|ev| {
+            (
+                ev["from_status"].as_str().unwrap().to_string(),
+                ev["to_status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_crashed_game_comes_back_running_by_itself_and_the_proxy_follows_readiness() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Long enough for the proxy restart below to happen while the game is down.
+    let e = start_with(tmp.path(), 100, &[("ZLH_LOCAL_CRASH_BACKOFF", "8s")]);
+    let (id, _) = create(&e.api, "phoenix", "standin-mc");
+    e.api.wait_status(id, "running");
+    wait_for("registered", Duration::from_secs(20), || {
+        (e.velocity.registrations().len() == 1).then_some(())
+    });
+
+    sigkill(game_pid(&e, id, None));
+    let crashed = e.api.wait_status(id, "crashed");
+    assert!(
+        crashed["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("the game crashed (crash 1, killed by signal 9)"),
+        "{crashed}"
+    );
+    // Players get the proxy's "unavailable", not a connection to a dead port.
+    wait_for("unregistered at the crash", Duration::from_secs(10), || {
+        e.velocity.registrations().is_empty().then_some(())
+    });
+    assert_eq!(e.velocity.count("unregister"), 1);
+    // A proxy restart while the game is down registers nothing for it.
+    e.velocity.restart();
+    let runs = reconcile_runs(&e);
+    wait_for(
+        "two reconciles after the proxy restart",
+        Duration::from_secs(10),
+        || (reconcile_runs(&e) >= runs + 2).then_some(()),
+    );
+    assert_eq!(
+        e.api.server(id)["status"],
+        "crashed",
+        "the agent's 8 s backoff outlasted two reconciles (a slow machine would break this test's premise)"
+    );
+    assert!(
+        e.velocity.registrations().is_empty(),
+        "{:?}",
+        e.velocity.registrations()
+    );
+
+    // The agent restarts the game after its backoff; nobody acts.
+    e.api.wait_status(id, "running");
+    wait_for(
+        "registered again after the recovery",
+        Duration::from_secs(10),
+        || (e.velocity.registrations().len() == 1).then_some(()),
+    );
+    let server = e.api.server(id);
+    assert_eq!(server["crash_count"], 1, "{server}");
+    let evs = events(&e, id);
+    assert!(
+        evs.iter().any(|ev| ev["to_status"] == "running"
+            && ev["actor"] == "reconciler"
+            && ev["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("recovered after crash 1")),
+        "{evs:?}"
+    );
+    let moves = transitions(&e, id);
+    let tail: Vec<_> = moves.iter().rev().take(2).rev().cloned().collect();
+    assert_eq!(
+        tail,
+        vec![
+            ("running".to_string(), "crashed".to_string()),
+            ("crashed".to_string(), "running".to_string())
+        ],
+        "{moves:?}"
+    );
+    // DNS stayed published the whole time: it names the server, not its liveness.
+    assert!(
+        states(&e.api, id)
+            .iter()
+            .filter(|(t, _)| t.starts_with("dns"))
+            .all(|(_, s)| s == "published"),
+        "{:?}",
+        states(&e.api, id)
+    );
+}
+
+#[test]
+fn a_crash_loop_the_agent_gives_up_on_shows_its_error_and_start_brings_it_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = start_with(
+        tmp.path(),
+        100,
+        &[("ZLH_LOCAL_CRASH_BACKOFF", "300ms,300ms")],
+    );
+    let (id, _) = create(&e.api, "crashloop", "standin-mc");
+    e.api.wait_status(id, "running");
+    // Three crashes in a row: two restarts, then the agent gives up.
+    let mut pid = game_pid(&e, id, None);
+    for _ in 0..2 {
+        sigkill(pid);
+        pid = game_pid(&e, id, Some(pid));
+    }
+    sigkill(pid);
+    let shown = wait_for(
+        "the agent's error on the server",
+        Duration::from_secs(30),
+        || {
+            let s = e.api.server(id);
+            (s["status"] == "crashed"
+                && s["status_reason"]
+                    .as_str()?
+                    .contains("the agent gave up restarting the game"))
+            .then_some(s)
+        },
+    );
+    let reason = shown["status_reason"].as_str().unwrap();
+    assert!(reason.contains("crashed 3 times in a row"), "{reason}");
+    assert!(reason.contains("last console lines:"), "{reason}");
+    assert!(e.velocity.registrations().is_empty());
+    let alerts: Vec<Value> = events(&e, id)
+        .into_iter()
+        .filter(|ev| ev["severity"] == "alert")
+        .collect();
+    assert_eq!(alerts.len(), 1, "told once: {alerts:?}");
+    assert!(alerts[0]["message"].as_str().unwrap().contains("gave up"));
+    // Stays so (no second alert on later reconciles) until someone acts.
+    let runs = reconcile_runs(&e);
+    wait_for("two more reconciles", Duration::from_secs(10), || {
+        (reconcile_runs(&e) >= runs + 2).then_some(())
+    });
+    assert_eq!(e.api.server(id)["status"], "crashed");
+    assert_eq!(
+        events(&e, id)
+            .iter()
+            .filter(|ev| ev["severity"] == "alert")
+            .count(),
+        1
+    );
+
+    let (code, body) = e
+        .api
+        .call("POST", &format!("/api/v1/servers/{id}/start"), None);
+    assert_eq!(code, 202, "{body}");
+    e.api.wait_status(id, "running");
+    wait_for(
+        "registered after the start",
+        Duration::from_secs(10),
+        || (e.velocity.registrations().len() == 1).then_some(()),
+    );
 }

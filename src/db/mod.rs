@@ -37,21 +37,24 @@ pub enum DbError {
     Join(String),
 }
 
+/// The schema, one SQL file a version, oldest first.
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_artifacts.sql"),
+    include_str!("../../migrations/0003_servers.sql"),
+    include_str!("../../migrations/0004_edge.sql"),
+    include_str!("../../migrations/0005_ui.sql"),
+    include_str!("../../migrations/0006_worlds.sql"),
+    include_str!("../../migrations/0007_alerts.sql"),
+];
+
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![
-        M::up(include_str!("../../migrations/0001_init.sql")),
-        M::up(include_str!("../../migrations/0002_artifacts.sql")),
-        M::up(include_str!("../../migrations/0003_servers.sql")),
-        M::up(include_str!("../../migrations/0004_edge.sql")),
-        M::up(include_str!("../../migrations/0005_ui.sql")),
-        M::up(include_str!("../../migrations/0006_worlds.sql")),
-    ])
+    Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect())
 }
 
 /// Number of schema migrations embedded in this binary.
 pub fn latest_schema_version() -> usize {
-    // Keep in step with the list in `migrations()`.
-    6
+    MIGRATIONS.len()
 }
 
 /// Applies the per-connection settings: WAL so readers never block the writer,

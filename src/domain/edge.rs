@@ -191,3 +191,34 @@ pub fn published(conn: &Connection, target: &str) -> Result<Vec<EdgeRecord>, Dom
     let rows = s.query_map([target], from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Live records of one target whose server is not `running` and has no job in its
+/// lane: what readiness says must not be out (a crashed server's proxy registration).
+pub fn live_for_unready(conn: &Connection, target: &str) -> Result<Vec<EdgeRecord>, DomainError> {
+    let mut s = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM edge_records e
+         WHERE e.target = ?1 AND e.state <> 'removed'
+           AND EXISTS (SELECT 1 FROM servers s WHERE s.id = e.server_id
+                       AND s.status <> 'running' AND s.deleted_at IS NULL
+                       AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.lane = 'server:' || s.id
+                                       AND j.state IN {}))
+         ORDER BY e.id",
+        crate::queue::LIVE_STATES_SQL
+    ))?;
+    let rows = s.query_map([target], from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Names (lower case) of servers that must not be registered with the proxy: not
+/// deleted, not `running`, no job in their lane (a job publishes or withdraws itself).
+pub fn unready_server_names(conn: &Connection) -> Result<Vec<(i64, String)>, DomainError> {
+    let mut s = conn.prepare_cached(&format!(
+        "SELECT id, lower(name) FROM servers s
+         WHERE deleted_at IS NULL AND status <> 'running'
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.lane = 'server:' || s.id
+                           AND j.state IN {})",
+        crate::queue::LIVE_STATES_SQL
+    ))?;
+    let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -19,6 +19,11 @@ pub const JOB_STOP: &str = "server.stop";
 pub const JOB_RESTART: &str = "server.restart";
 pub const JOB_DELETE: &str = "server.delete";
 
+/// The queue lane of every job acting on a server: one at a time.
+pub fn lane(server_id: i64) -> String {
+    format!("server:{server_id}")
+}
+
 /// How long a server may stay in a transitional status before it counts as stuck.
 pub const PROVISION_DEADLINE_MS: i64 = 30 * 60 * 1000;
 pub const ACTION_DEADLINE_MS: i64 = 10 * 60 * 1000;
@@ -368,6 +373,8 @@ pub struct Event {
     pub job_id: Option<i64>,
     pub actor: String,
     pub message: String,
+    /// `info`, or `alert` for what an operator should be told about.
+    pub severity: String,
 }
 
 pub fn add_event(
@@ -395,9 +402,20 @@ pub fn add_event(
     Ok(())
 }
 
+/// Marks the newest event of a server as an alert: something an operator should be
+/// told about (notifications read the mark), not just a line on the timeline.
+pub fn mark_last_event_alert(conn: &Connection, server_id: i64) -> Result<(), DomainError> {
+    conn.execute(
+        "UPDATE server_events SET severity = 'alert'
+         WHERE id = (SELECT max(id) FROM server_events WHERE server_id = ?1)",
+        [server_id],
+    )?;
+    Ok(())
+}
+
 pub fn events(conn: &Connection, server_id: i64, limit: i64) -> Result<Vec<Event>, DomainError> {
     let mut s = conn.prepare_cached(
-        "SELECT id, server_id, at, from_status, to_status, job_id, actor, message
+        "SELECT id, server_id, at, from_status, to_status, job_id, actor, message, severity
          FROM server_events WHERE server_id = ?1 ORDER BY id DESC LIMIT ?2",
     )?;
     let rows = s.query_map(params![server_id, limit], |r| {
@@ -410,6 +428,7 @@ pub fn events(conn: &Connection, server_id: i64, limit: i64) -> Result<Vec<Event
             job_id: r.get(5)?,
             actor: r.get(6)?,
             message: r.get(7)?,
+            severity: r.get(8)?,
         })
     })?;
     let mut out: Vec<Event> = rows.collect::<Result<_, _>>()?;
@@ -767,7 +786,7 @@ pub fn enqueue_action(
 ) -> Result<i64, DomainError> {
     let action = kind.trim_start_matches("server.");
     let job = NewJob::new(kind, payload)
-        .lane(format!("server:{server_id}"))
+        .lane(lane(server_id))
         .unique_key(format!("server:{server_id}:{action}"))
         .max_attempts(8);
     Ok(queue::enqueue(conn, &job, now_ms())?.id)

@@ -110,6 +110,8 @@ async fn metrics(State(st): State<AppState>) -> Result<impl IntoResponse, AppErr
         ("agents_polled", &r.agents_polled),
         ("agents_unreachable", &r.agents_unreachable),
         ("crashed_detected", &r.crashed_detected),
+        ("recovered", &r.recovered),
+        ("edge_withdrawn", &r.edge_withdrawn),
         ("stuck_failed", &r.stuck_failed),
         ("edge_republished", &r.edge_republished),
         ("edge_failures", &r.edge_failures),

@@ -273,9 +273,11 @@ pub async fn unpublish_server(
     }
 }
 
-/// The edge part of a reconcile: re-register what Velocity forgot, retry records that
-/// are due, and notice DNS records that vanished.
+/// The edge part of a reconcile: withdraw what is registered while its game is not
+/// ready, re-register what Velocity forgot, retry records that are due, and notice
+/// DNS records that vanished.
 pub async fn reconcile_edge(svc: &Services) -> Result<(), DomainError> {
+    withdraw_unready(svc).await?;
     if let Some(v) = &svc.velocity {
         let want = svc
             .db
@@ -359,6 +361,72 @@ pub async fn reconcile_edge(svc: &Services) -> Result<(), DomainError> {
                 .edge_republished
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+    Ok(())
+}
+
+/// A server is registered with the proxy exactly while its game is ready (`running`).
+/// Records left live for a server that is not (an unregister that failed when its game
+/// went down) are removed, and so is any proxy registration under the name of such a
+/// server. Registrations under other names are not zlh's and are left alone.
+pub async fn withdraw_unready(svc: &Services) -> Result<(), DomainError> {
+    let Some(v) = &svc.velocity else {
+        return Ok(());
+    };
+    let stale = svc
+        .db
+        .call(|c| records::live_for_unready(c, records::VELOCITY))
+        .await?;
+    let mut servers_done = Vec::new();
+    for r in stale {
+        if servers_done.contains(&r.server_id) {
+            continue;
+        }
+        servers_done.push(r.server_id);
+        if let Err(e) = unpublish_server(svc, r.server_id, Some(&[records::VELOCITY])).await {
+            svc.reconcile.edge_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(server = r.server_id, error = %e, "withdrawing a proxy registration");
+        } else {
+            svc.reconcile.edge_withdrawn.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let unready = svc.db.call(|c| records::unready_server_names(c)).await?;
+    if unready.is_empty() {
+        return Ok(());
+    }
+    let registered = match v.list().await {
+        Ok(l) => l,
+        Err(e) => {
+            svc.reconcile.edge_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "reconcile: cannot list Velocity registrations");
+            return Ok(());
+        }
+    };
+    for g in registered {
+        let Some((sid, _)) = unready
+            .iter()
+            .find(|(_, name)| g.server_name.eq_ignore_ascii_case(name))
+        else {
+            continue;
+        };
+        let (sid, name) = (*sid, g.server_name.clone());
+        let message = match v.unregister(&g.server_name).await {
+            Ok(()) => {
+                svc.reconcile.edge_withdrawn.fetch_add(1, Ordering::Relaxed);
+                format!(
+                    "edge: velocity {name} unregistered (registered while the game is not ready)"
+                )
+            }
+            Err(e) => {
+                svc.reconcile.edge_failures.fetch_add(1, Ordering::Relaxed);
+                format!(
+                    "edge: velocity {name} is registered while the game is not ready, and unregistering failed: {e}"
+                )
+            }
+        };
+        svc.db
+            .write(move |tx| servers::add_event(tx, sid, None, None, None, "reconciler", &message))
+            .await?;
     }
     Ok(())
 }

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::agent::AgentState;
 use crate::agent::client::AgentClient;
 use crate::db::now_ms;
 use crate::domain::DomainError;
+use crate::domain::edge as records;
+use crate::domain::follow;
 use crate::domain::servers::{self, ServerStatus};
 use crate::queue::{Handler, JobFailure, Outcome, handler_fn};
 use crate::services::Services;
@@ -25,8 +26,12 @@ pub struct ReconcileStats {
     pub agents_polled: AtomicU64,
     pub agents_unreachable: AtomicU64,
     pub crashed_detected: AtomicU64,
+    /// Crashed (or stopped) servers whose game came back by itself.
+    pub recovered: AtomicU64,
     pub stuck_failed: AtomicU64,
     pub edge_republished: AtomicU64,
+    /// Proxy registrations removed because their server's game is not ready.
+    pub edge_withdrawn: AtomicU64,
     pub edge_failures: AtomicU64,
 }
 
@@ -55,79 +60,95 @@ pub async fn reconcile(svc: &Services) -> Result<(), DomainError> {
     Ok(())
 }
 
-/// Records every running server's agent state on its row; a game the agent reports
-/// crashed (or gone) marks the server so, once, with an event.
+/// Asks the agent of every server whose status follows its game (running, crashed,
+/// stopped; no job in its lane) what the game does, records that on the row, and
+/// moves the server where the world already is (`domain::follow`): crashed, back to
+/// running, stopped. Velocity follows readiness: a server leaves the proxy when it
+/// stops being `running` and is registered again when it comes back.
 async fn poll_agents(svc: &Services) -> Result<(), DomainError> {
-    let list: Vec<(i64, String, String, String)> = svc
-        .db
-        .call(|c| {
-            let mut s = c.prepare(
-                "SELECT id, name, agent_token, json_extract(checkpoints, '$.address.agent_url')
-                 FROM servers WHERE deleted_at IS NULL AND status IN ('running', 'crashed')
-                   AND json_extract(checkpoints, '$.address.agent_url') IS NOT NULL",
-            )?;
-            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-            Ok::<_, DomainError>(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await?;
-    for (id, name, token, url) in list {
+    let list = svc.db.call(|c| follow::watched(c)).await?;
+    for w in list {
         svc.reconcile.agents_polled.fetch_add(1, Ordering::Relaxed);
-        let client = AgentClient::new(url, token, format!("agent of server {id} ({name})"));
+        let client = AgentClient::new(
+            w.agent_url.clone(),
+            w.agent_token.clone(),
+            format!("agent of server {} ({})", w.id, w.name),
+        );
         let seen = client.status().await;
-        let (agent_state, ready, crashes, reachable) = match &seen {
-            Ok(st) => (
-                st.state.to_string(),
-                st.ready,
-                Some(st.crash_count as i64),
-                true,
-            ),
-            Err(_) => ("unreachable".to_string(), false, None, false),
-        };
-        if !reachable {
+        if seen.is_err() {
             svc.reconcile
                 .agents_unreachable
                 .fetch_add(1, Ordering::Relaxed);
+            if w.status == ServerStatus::Stopped {
+                // A stopped server's container may be off: not news.
+                continue;
+            }
         }
-        let error = seen.as_ref().err().map(|e| e.to_string());
-        let game_down = matches!(
-            seen.as_ref().map(|s| s.state),
-            Ok(AgentState::Crashed | AgentState::Error | AgentState::Stopped)
-        );
-        let crashed = svc
+        let id = w.id;
+        let moved = svc
             .db
             .write(move |tx| {
-                let before: (Option<String>, ServerStatus) = tx.query_row(
-                    "SELECT agent_state, status FROM servers WHERE id = ?1",
-                    [id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
+                let (state_before, crashes_before, status) = follow::recorded(tx, id)?;
+                let (agent_state, ready, crashes) = match &seen {
+                    Ok(st) => (st.state.to_string(), st.ready, Some(st.crash_count as i64)),
+                    Err(_) => ("unreachable".to_string(), false, None),
+                };
+                // Decided on the row as it is now, not as it was listed: a job that
+                // started since owns the status.
+                let busy = crate::queue::lane_busy(tx, &servers::lane(id))?;
+                let decision = match &seen {
+                    Ok(st) if !busy => {
+                        follow::decide(status, state_before.as_deref(), crashes_before, st)
+                    }
+                    _ => None,
+                };
                 servers::record_agent_view(tx, id, &agent_state, ready, crashes)?;
                 // Report changes once, not every minute.
-                if before.0.as_deref() != Some(agent_state.as_str()) {
-                    let message = match &error {
-                        Some(e) => format!("agent stopped answering: {e}"),
-                        None => format!("agent reports {agent_state}"),
+                if decision.is_none() && state_before.as_deref() != Some(agent_state.as_str()) {
+                    let message = match &seen {
+                        Err(e) => format!("agent stopped answering: {e}"),
+                        Ok(_) => format!("agent reports {agent_state}"),
                     };
                     servers::add_event(tx, id, None, None, None, "reconciler", &message)?;
                 }
-                if game_down && before.1 == ServerStatus::Running {
-                    servers::transition(
-                        tx,
-                        id,
-                        ServerStatus::Crashed,
-                        Some(&format!("the agent reports the game {agent_state}")),
-                        None,
-                        "reconciler",
-                    )?;
-                    return Ok::<_, DomainError>(true);
+                match decision {
+                    Some(m) => {
+                        follow::apply(tx, id, &m)?;
+                        Ok::<_, DomainError>(Some(m.to))
+                    }
+                    None => Ok(None),
                 }
-                Ok(false)
             })
             .await?;
-        if crashed {
-            svc.reconcile
-                .crashed_detected
-                .fetch_add(1, Ordering::Relaxed);
+        match moved {
+            Some(ServerStatus::Crashed) | Some(ServerStatus::Stopped) => {
+                if moved == Some(ServerStatus::Crashed) {
+                    svc.reconcile
+                        .crashed_detected
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                // Players get the proxy's "server unavailable", not a dead port. A
+                // failure stays on the record; the edge reconcile below retries it.
+                if let Err(e) =
+                    crate::jobs::edge::unpublish_server(svc, id, Some(&[records::VELOCITY])).await
+                {
+                    tracing::warn!(server = id, error = %e, "unregistering a server whose game went down");
+                }
+            }
+            Some(ServerStatus::Running) => {
+                svc.reconcile.recovered.fetch_add(1, Ordering::Relaxed);
+                let ctx = svc
+                    .db
+                    .call(move |c| {
+                        let server = servers::get(c, id)?
+                            .ok_or_else(|| DomainError::NotFound(format!("server {id}")))?;
+                        let (template, _) = servers::context(c, &server)?;
+                        Ok::<_, DomainError>((server, template))
+                    })
+                    .await?;
+                crate::jobs::edge::publish_server(svc, &ctx.0, &ctx.1).await?;
+            }
+            _ => {}
         }
     }
     Ok(())

@@ -557,6 +557,15 @@ pub fn cancel(conn: &Connection, id: i64, now: i64) -> Result<CancelEffect, Queu
 }
 
 /// How many jobs are held, and why (the reason of the newest held job).
+/// True while `lane` has a job that is not finished (it owns what the lane is for).
+pub fn lane_busy(conn: &Connection, lane: &str) -> Result<bool, QueueError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE lane = ?1 AND state IN {LIVE_STATES_SQL})"
+        ))?
+        .query_row([lane], |r| r.get(0))?)
+}
+
 pub fn held_summary(conn: &Connection) -> Result<Option<(i64, String)>, QueueError> {
     let (n, reason): (i64, Option<String>) = conn
         .prepare_cached(

@@ -216,6 +216,19 @@ impl VelocitySim {
         st.restarts += 1;
     }
 
+    /// A registration made behind zlh's back (another controller, a stale plugin state).
+    pub fn plant(&self, server_name: &str, address: &str, port: u16) {
+        let key = server_name.to_lowercase();
+        lock(&self.shared.st).regs.insert(
+            key.clone(),
+            SimRegistration {
+                server_name: key,
+                address: address.into(),
+                port,
+            },
+        );
+    }
+
     /// Down: every call answers 503 until `set_down(false)`.
     pub fn set_down(&self, down: bool) {
         lock(&self.shared.st).down = down;
