@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the third-party pieces the end-to-end agent tests need, into one folder:
 #   $ZLH_TEST_DEPS/node_modules/flying-squid   (npm: flying-squid@1.12, a Minecraft 1.21.4 server in Node.js)
-#   $ZLH_TEST_DEPS/venv                         (python venv with mcstatus, an independent SLP client)
+#   $ZLH_TEST_DEPS/venv                         (python venv with mcstatus, an independent SLP client,
+#                                                and schemathesis, which fuzzes the API from its OpenAPI document)
 #   /usr/bin/chromium, /usr/bin/chromedriver    (Debian: chromium, chromium-driver; the UI tests' headless browser)
 # Default folder: <repo>/target/test-deps. Idempotent: a second run only checks and prints paths.
 # See tests/support/FLYING_SQUID.md for how the server is started and configured.
@@ -11,6 +12,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEPS="${ZLH_TEST_DEPS:-$REPO/target/test-deps}"
 FS_SPEC="flying-squid@1.12"
 MCSTATUS_SPEC="mcstatus>=11,<15"
+SCHEMATHESIS_SPEC="schemathesis==4.32.5"
 
 log() { printf 'test-deps: %s\n' "$*" >&2; }
 
@@ -69,6 +71,14 @@ if ! mc_ok; then
   mc_ok
 fi
 
+# ---- schemathesis (PyPI, same venv) ----
+st_ok() { "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "${SCHEMATHESIS_SPEC#*==}"; }
+if ! st_ok; then
+  log "pip install '$SCHEMATHESIS_SPEC' into $VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$SCHEMATHESIS_SPEC" >&2
+  st_ok
+fi
+
 FS_VERSION="$(node -p 'require(process.argv[1]).version' "$FS_DIR/package.json")"
 MC_VERSION="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("mcstatus"))')"
 # KEY=value lines, easy to source or grep
@@ -79,6 +89,7 @@ echo "NODE_PATH=$DEPS/node_modules"
 echo "NODE_VERSION=$(node --version)"
 echo "MCSTATUS_PYTHON=$VENV/bin/python"
 echo "MCSTATUS_VERSION=$MC_VERSION"
+echo "SCHEMATHESIS=$VENV/bin/schemathesis"
 echo "CHROMIUM=$CHROMIUM"
 echo "CHROMIUM_VERSION=$("$CHROMIUM" --version 2>/dev/null | grep -oE '[0-9]+(\.[0-9]+){3}' | head -n1)"
 echo "CHROMEDRIVER=$CHROMEDRIVER"

@@ -213,6 +213,35 @@ pub enum UserCommand {
     Passwd { username: String },
     /// List users.
     List,
+    /// Show a user's quota and what they use; with options, set it (admins are not
+    /// limited). A value of `default` goes back to the configured `quota.*`.
+    Quota {
+        username: String,
+        /// Servers the user may have, or `default`.
+        #[arg(long, value_parser = parse_limit)]
+        max_servers: Option<Limit>,
+        /// Memory (MiB) all their servers may reserve together, or `default`.
+        #[arg(long, value_parser = parse_limit)]
+        max_memory_mb: Option<Limit>,
+    },
+}
+
+/// A quota value on the command line: a number, or `default`.
+#[derive(Debug, Clone, Copy)]
+pub enum Limit {
+    Default,
+    Max(i64),
+}
+
+fn parse_limit(s: &str) -> Result<Limit, String> {
+    if s == "default" {
+        return Ok(Limit::Default);
+    }
+    s.parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .map(Limit::Max)
+        .ok_or_else(|| format!("'{s}': a whole number of at least 0, or 'default'"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -484,7 +513,11 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Backups { command } => {
             let config = load_config(&cli, None)?;
             let db = open_existing(&config)?;
-            Ok(crate::cli_worlds::backups(&db, command)?)
+            Ok(crate::cli_worlds::backups(
+                &db,
+                command,
+                config.quota.defaults(),
+            )?)
         }
         Command::Schedules { command } => {
             let config = load_config(&cli, None)?;
@@ -541,6 +574,52 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                         crate::domain::users::set_password(tx, u.id, &password)
                     })?;
                     println!("password of {username} set; {ended} UI session(s) ended");
+                }
+                UserCommand::Quota {
+                    username,
+                    max_servers,
+                    max_memory_mb,
+                } => {
+                    use crate::domain::users;
+                    let defaults = config.quota.defaults();
+                    let (user, quota, usage) = crate::db::write_tx(&mut conn, |tx| {
+                        let u = users::get_by_name(tx, username)?.ok_or_else(|| {
+                            crate::domain::DomainError::NotFound(format!("user '{username}'"))
+                        })?;
+                        if max_servers.is_some() || max_memory_mb.is_some() {
+                            let own = users::own_quota(tx, u.id)?;
+                            let pick = |l: &Option<Limit>, current: Option<i64>| match l {
+                                None => current,
+                                Some(Limit::Default) => None,
+                                Some(Limit::Max(n)) => Some(*n),
+                            };
+                            users::set_quota(
+                                tx,
+                                u.id,
+                                users::Quota {
+                                    max_servers: pick(max_servers, own.max_servers),
+                                    max_memory_mb: pick(max_memory_mb, own.max_memory_mb),
+                                },
+                            )?;
+                        }
+                        let q = users::quota_of(tx, &u, defaults)?;
+                        let used = users::usage(tx, u.id)?;
+                        Ok::<_, crate::domain::DomainError>((u, q, used))
+                    })?;
+                    let show = |v: Option<i64>| v.map_or("no limit".to_string(), |n| n.to_string());
+                    println!(
+                        "{}{}: servers {} of {}, memory {} of {} MiB",
+                        user.username,
+                        if user.is_admin {
+                            " (admin, not limited)"
+                        } else {
+                            ""
+                        },
+                        usage.servers,
+                        show(quota.max_servers),
+                        usage.memory_mb,
+                        show(quota.max_memory_mb)
+                    );
                 }
                 UserCommand::List => {
                     for u in crate::domain::users::list(&conn)? {

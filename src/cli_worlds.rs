@@ -180,7 +180,11 @@ fn print_backups(list: &[Backup]) {
     }
 }
 
-pub fn backups(db: &Db, command: &BackupsCommand) -> Result<ExitCode, DomainError> {
+pub fn backups(
+    db: &Db,
+    command: &BackupsCommand,
+    quota: users::Quota,
+) -> Result<ExitCode, DomainError> {
     let mut conn = db.conn()?;
     match command {
         BackupsCommand::List {
@@ -219,7 +223,7 @@ pub fn backups(db: &Db, command: &BackupsCommand) -> Result<ExitCode, DomainErro
                 let req = RestoreRequest {
                     new_server: new_server.clone(),
                 };
-                backups::request_restore(tx, &user, *backup, &req)
+                backups::request_restore(tx, &user, *backup, &req, quota)
             })?;
             if r.cloned {
                 println!(

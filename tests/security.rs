@@ -3,4 +3,8 @@
 //! grouped by the part of zlh they touch; each group is a module under
 //! `tests/security/` with its own table, so the list can grow.
 
+#[path = "security/fuzz.rs"]
+mod fuzz;
+#[path = "security/input.rs"]
+mod input;
 mod support;

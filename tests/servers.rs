@@ -485,7 +485,7 @@ fn other_users_servers_are_not_found_and_placement_prefers_free_memory() {
             "settings": {
                 "api_url": "http://127.0.0.1:9", "token_id": "zlh@pve!ctl",
                 "token_secret": "s", "node": "pve1", "template_vmid": 900,
-                "bootstrap_token": "b"
+                "bootstrap_token": "b", "allow_loopback": true, "allow_insecure_http": true
             }
         })),
     );

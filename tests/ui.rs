@@ -894,6 +894,9 @@ fn nodes_page_tests_a_proxmox_connection_then_adds_the_node() {
             ("template_vmid", template_vmid.as_str()),
             ("bootstrap_token", cfg.bootstrap_token.as_str()),
             ("memory_mb", "65536"),
+            // The simulator is plain HTTP on loopback: both need their opt-in.
+            ("allow_loopback", "on"),
+            ("allow_insecure_http", "on"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -935,6 +938,13 @@ fn nodes_page_tests_a_proxmox_connection_then_adds_the_node() {
     );
     assert_eq!(host.status, 400);
     assert!(host.body.contains("api_url"), "{}", host.body);
+    let unticked: Vec<(String, String)> = form(&cfg.token_secret, &sim.url())
+        .into_iter()
+        .filter(|(k, _)| k != "allow_insecure_http")
+        .collect();
+    let plain = post(&mut c, "/nodes", &unticked);
+    assert_eq!(plain.status, 400);
+    assert!(plain.body.contains("allow_insecure_http"), "{}", plain.body);
     assert_eq!(nodes(), 1, "testing and refused forms save nothing");
 
     let added = post(&mut c, "/nodes", &form(&cfg.token_secret, &sim.url()));

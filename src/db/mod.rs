@@ -45,7 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0004_edge.sql"),
     include_str!("../../migrations/0005_ui.sql"),
     include_str!("../../migrations/0006_worlds.sql"),
-    include_str!("../../migrations/0007_alerts.sql"),
+    include_str!("../../migrations/0007_alerts_quotas.sql"),
 ];
 
 fn migrations() -> Migrations<'static> {

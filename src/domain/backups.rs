@@ -310,6 +310,7 @@ pub fn request_restore(
     user: &User,
     backup_id: i64,
     req: &RestoreRequest,
+    quota: super::users::Quota,
 ) -> Result<RestoreRequested, DomainError> {
     let b = get_visible(tx, user, backup_id)?;
     if b.state != BackupState::Completed {
@@ -376,7 +377,7 @@ pub fn request_restore(
                 node: Some(node.name.clone()),
                 eula: source.eula_accepted,
             };
-            let created = servers::create(tx, user, &create, None).map_err(|e| match e {
+            let created = servers::create(tx, user, &create, None, quota).map_err(|e| match e {
                 // The only field the caller chose is the name.
                 DomainError::Invalid { field, message } if field == "name" => {
                     invalid("new_server", message)

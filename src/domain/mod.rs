@@ -56,6 +56,21 @@ pub fn invalid(field: &str, message: impl Into<String>) -> DomainError {
     }
 }
 
+/// One line of text: no line breaks, NUL or other control characters (a tab is fine).
+pub fn is_one_line(s: &str) -> bool {
+    !s.chars().any(|c| c.is_control() && c != '\t')
+}
+
+/// A game version as servers and templates name it: 1–40 of letters, digits, `.`,
+/// `_`, `-`, `+`; never `..` or a leading `.` (it becomes part of mirror paths).
+pub fn is_version(v: &str) -> bool {
+    (1..=40).contains(&v.len())
+        && !v.starts_with('.')
+        && !v.contains("..")
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
+}
+
 /// True for an RFC 1123 DNS label in lower case: 1–63 of `a-z0-9-`, no leading or
 /// trailing hyphen.
 pub fn is_dns_label(s: &str) -> bool {

@@ -356,8 +356,11 @@ pub fn name_taken(conn: &Connection, name: &str) -> Result<bool, DomainError> {
 /// A console command as the agent takes it: one line of 1 to 1000 characters.
 pub fn console_line(command: &str) -> Result<&str, DomainError> {
     let command = command.trim();
-    if command.is_empty() || command.contains(['\n', '\r']) || command.len() > 1000 {
-        return Err(invalid("command", "one line of 1 to 1000 characters"));
+    if command.is_empty() || !super::is_one_line(command) || command.len() > 1000 {
+        return Err(invalid(
+            "command",
+            "one line of 1 to 1000 characters, without control characters",
+        ));
     }
     Ok(command)
 }
@@ -577,12 +580,6 @@ pub struct Created {
     pub created: bool,
 }
 
-fn valid_version(v: &str) -> bool {
-    (1..=40).contains(&v.len())
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b))
-}
-
 /// Creates a server and its provisioning job in the caller's transaction. With an
 /// idempotency key, a repeat of the same request returns the same server and job;
 /// the same key with another body is a conflict.
@@ -591,6 +588,7 @@ pub fn create(
     user: &User,
     req: &CreateServer,
     idempotency: Option<(&str, &str)>,
+    quota: super::users::Quota,
 ) -> Result<Created, DomainError> {
     let now = now_ms();
     if let Some((key, hash)) = idempotency {
@@ -625,10 +623,10 @@ pub fn create(
     }
     let template: Template = templates::get_by_slug(tx, &req.template)?
         .ok_or_else(|| invalid("template", format!("no template '{}'", req.template)))?;
-    if !valid_version(&req.version) {
+    if !super::is_version(&req.version) {
         return Err(invalid(
             "version",
-            "1-40 of letters, digits, '.', '_', '-', '+'",
+            "1-40 of letters, digits, '.', '_', '-', '+', and no '..'",
         ));
     }
     if template.spec.eula_required && !req.eula {
@@ -651,6 +649,7 @@ pub fn create(
             message: format!("a server named '{}' exists", req.name),
         });
     }
+    super::users::check_quota(tx, user, quota, memory as i64)?;
     let node = nodes::place(tx, req.node.as_deref(), memory as i64)?;
     let vmid = allocate_vmid(tx, &node)?;
     let (game_port, agent_port) = if node.kind == "local" {

@@ -226,13 +226,94 @@ fn validate(t: &NewTemplate) -> Result<(), DomainError> {
     if !(1..=64).contains(&s.default_cores) {
         return Err(invalid("spec.default_cores", "between 1 and 64"));
     }
+    if s.game_port == 0 {
+        return Err(invalid("spec.game_port", "a port between 1 and 65535"));
+    }
+    if let Some(p) = &s.artifact_path {
+        mirror_path(p).map_err(|m| invalid("spec.artifact_path", m))?;
+    }
     for m in &s.mods {
+        mirror_path(&m.path).map_err(|e| invalid("spec.mods.path", e))?;
         crate::agent::server::install::safe_relative(&m.destination)
             .map_err(|e| invalid("spec.mods.destination", e.to_string()))?;
+    }
+    for (k, v) in &s.properties {
+        if k.is_empty() || k.contains(['=', ':']) || !super::is_one_line(k) {
+            return Err(invalid(
+                "spec.properties",
+                format!("key {k:?}: one line without '=' or ':' (server.properties keys)"),
+            ));
+        }
+        if !super::is_one_line(v) {
+            return Err(invalid(
+                "spec.properties",
+                format!("the value of {k:?} must be one line without control characters"),
+            ));
+        }
+    }
+    for (k, v) in &s.env {
+        let portable = k
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()));
+        if k.is_empty() || !portable {
+            return Err(invalid(
+                "spec.env",
+                format!("variable name {k:?}: letters, digits and '_', not starting with a digit"),
+            ));
+        }
+        if v.contains('\0') {
+            return Err(invalid(
+                "spec.env",
+                format!("the value of {k} contains a NUL byte"),
+            ));
+        }
+    }
+    if let Some(c) = &s.stop_command
+        && (c.trim().is_empty() || !super::is_one_line(c))
+    {
+        return Err(invalid(
+            "spec.stop_command",
+            "one line, written to the game's console",
+        ));
+    }
+    if let Some(c) = &s.start_command
+        && (c.trim().is_empty() || c.contains('\0'))
+    {
+        return Err(invalid(
+            "spec.start_command",
+            "a shell command without NUL bytes",
+        ));
+    }
+    for v in &s.versions {
+        if !super::is_version(v) {
+            return Err(invalid(
+                "spec.versions",
+                format!("{v:?}: 1-40 of letters, digits, '.', '_', '-', '+', and no '..'"),
+            ));
+        }
     }
     for f in &s.files {
         crate::agent::server::install::safe_relative(&f.destination)
             .map_err(|e| invalid("spec.files.destination", e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// A path in the artifact mirror: relative, `/`-separated, no `..`, no control
+/// characters or backslashes (placeholders like `{version}` are fine).
+fn mirror_path(p: &str) -> Result<(), String> {
+    let bad = p.is_empty()
+        || p.starts_with('/')
+        || p.contains('\\')
+        || !super::is_one_line(p)
+        || p.contains('\t')
+        || p.split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..");
+    if bad {
+        return Err(format!(
+            "{p:?} must be a relative path in the artifact mirror (a/b/c, no '..', '.', empty segments or backslashes)"
+        ));
     }
     Ok(())
 }

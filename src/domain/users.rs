@@ -14,6 +14,113 @@ pub struct User {
     pub created_at: i64,
 }
 
+/// How much one user may hold (`None`: no limit). Admins are never limited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Quota {
+    pub max_servers: Option<i64>,
+    pub max_memory_mb: Option<i64>,
+}
+
+/// What a user holds now: servers that are not deleted, and their memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub servers: i64,
+    pub memory_mb: i64,
+}
+
+/// The quota `user` is held to: the limits an admin set for them, else `defaults`.
+pub fn quota_of(conn: &Connection, user: &User, defaults: Quota) -> Result<Quota, DomainError> {
+    if user.is_admin {
+        return Ok(Quota::default());
+    }
+    let own = own_quota(conn, user.id)?;
+    Ok(Quota {
+        max_servers: own.max_servers.or(defaults.max_servers),
+        max_memory_mb: own.max_memory_mb.or(defaults.max_memory_mb),
+    })
+}
+
+/// The limits an admin set for this user (`None`: the configured default applies).
+pub fn own_quota(conn: &Connection, user_id: i64) -> Result<Quota, DomainError> {
+    Ok(conn.query_row(
+        "SELECT max_servers, max_memory_mb FROM users WHERE id = ?1",
+        [user_id],
+        |r| {
+            Ok(Quota {
+                max_servers: r.get(0)?,
+                max_memory_mb: r.get(1)?,
+            })
+        },
+    )?)
+}
+
+/// Sets a user's own limits (`None` in a field: back to the configured default).
+pub fn set_quota(conn: &Connection, user_id: i64, q: Quota) -> Result<(), DomainError> {
+    for (field, v) in [
+        ("max_servers", q.max_servers),
+        ("max_memory_mb", q.max_memory_mb),
+    ] {
+        if v.is_some_and(|v| !(0..=1_000_000_000).contains(&v)) {
+            return Err(invalid(field, "between 0 and 1000000000"));
+        }
+    }
+    conn.execute(
+        "UPDATE users SET max_servers = ?2, max_memory_mb = ?3 WHERE id = ?1",
+        params![user_id, q.max_servers, q.max_memory_mb],
+    )?;
+    Ok(())
+}
+
+pub fn usage(conn: &Connection, user_id: i64) -> Result<Usage, DomainError> {
+    Ok(conn.query_row(
+        "SELECT count(*), coalesce(sum(memory_mb), 0) FROM servers
+         WHERE owner_id = ?1 AND deleted_at IS NULL",
+        [user_id],
+        |r| {
+            Ok(Usage {
+                servers: r.get(0)?,
+                memory_mb: r.get(1)?,
+            })
+        },
+    )?)
+}
+
+/// Refuses a new server of `memory_mb` that would take `user` past their quota
+/// (checked inside the create transaction, so two requests cannot both squeeze in).
+pub fn check_quota(
+    conn: &Connection,
+    user: &User,
+    defaults: Quota,
+    memory_mb: i64,
+) -> Result<(), DomainError> {
+    let q = quota_of(conn, user, defaults)?;
+    if q == Quota::default() {
+        return Ok(());
+    }
+    let used = usage(conn, user.id)?;
+    if let Some(max) = q.max_servers
+        && used.servers + 1 > max
+    {
+        return Err(DomainError::Conflict(format!(
+            "quota: {} may have at most {max} server(s) and has {}; delete one or ask an admin",
+            user.username, used.servers
+        )));
+    }
+    if let Some(max) = q.max_memory_mb
+        && used.memory_mb + memory_mb > max
+    {
+        return Err(invalid(
+            "memory_mb",
+            format!(
+                "quota: {memory_mb} MiB more would make {} MiB of {}'s {max} MiB",
+                used.memory_mb + memory_mb,
+                user.username
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Token prefix: lets secret scanners and operators recognise a zlh token.
 pub const TOKEN_PREFIX: &str = "zlh_";
 

@@ -37,11 +37,19 @@ use super::{ContainerInfo, ContainerSpec, Created, Runtime, RuntimeError};
 #[serde(deny_unknown_fields)]
 pub struct ProxmoxConfig {
     /// `https://10.0.0.2:8006`. An IP URL (control plane by IP, DESIGN invariant 7)
-    /// unless `allow_hostnames`. `http://` is accepted with a warning, for simulators.
+    /// unless `allow_hostnames`. Never link-local, unspecified, multicast or an odd
+    /// spelling of an address (`127.1`, `2130706433`): the API token is sent there.
     pub api_url: String,
     /// Accept a hostname in `api_url` (opting out of invariant 7).
     #[serde(default)]
     pub allow_hostnames: bool,
+    /// Accept plain `http://` (no TLS: the token crosses the network in clear). For
+    /// simulators and test setups only.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// Accept a loopback address in `api_url` (zlh runs on the Proxmox host itself).
+    #[serde(default)]
+    pub allow_loopback: bool,
     /// `user@realm!tokenid`.
     pub token_id: String,
     /// The token's secret (a UUID). Never logged or shown.
@@ -160,31 +168,58 @@ impl ProxmoxConfig {
     pub fn validate(&self) -> Result<reqwest::Url, ProxmoxConfigError> {
         let url = reqwest::Url::parse(self.api_url.trim())
             .map_err(|e| invalid("api_url", format!("'{}' is not a URL: {e}", self.api_url)))?;
-        if !matches!(url.scheme(), "https" | "http") {
-            return Err(invalid(
-                "api_url",
-                format!(
-                    "'{}' must be https:// (or http:// for a simulator)",
-                    self.api_url
-                ),
-            ));
+        match url.scheme() {
+            "https" => {}
+            "http" if self.allow_insecure_http => {}
+            "http" => {
+                return Err(invalid(
+                    "api_url",
+                    format!(
+                        "'{}' is plain http:// (the API token would cross the network in clear); \
+                         use https://, or set allow_insecure_http = true for a test setup",
+                        self.api_url
+                    ),
+                ));
+            }
+            _ => {
+                return Err(invalid(
+                    "api_url",
+                    format!("'{}' must be https://", self.api_url),
+                ));
+            }
         }
-        let host = url
-            .host_str()
-            .ok_or_else(|| invalid("api_url", "the URL has no host"))?;
-        let is_ip = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .is_ok();
-        if !is_ip && !self.allow_hostnames {
-            return Err(invalid(
-                "api_url",
-                format!(
-                    "'{host}' is a hostname; the control plane addresses the Proxmox API by IP \
-                     (e.g. https://10.0.0.2:8006), set allow_hostnames = true to opt out"
-                ),
-            ));
+        let literal = crate::config::url_host_literal(self.api_url.trim())
+            .map_err(|m| invalid("api_url", m))?;
+        match literal.parse::<IpAddr>() {
+            Ok(ip) => crate::config::check_endpoint_ip(ip, self.allow_loopback)
+                .map_err(|m| invalid("api_url", format!("'{literal}' {m}")))?,
+            // The URL parser reads `127.1`, `2130706433` or `0x7f.1` as an address:
+            // only the plain dotted (or bracketed IPv6) spelling is accepted.
+            Err(_)
+                if url.host_str().is_some_and(|h| {
+                    h.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<IpAddr>()
+                        .is_ok()
+                }) =>
+            {
+                return Err(invalid(
+                    "api_url",
+                    format!(
+                        "'{literal}' is not written as a plain IP address (e.g. 10.0.0.2 or [fd00::2])"
+                    ),
+                ));
+            }
+            Err(_) if !self.allow_hostnames => {
+                return Err(invalid(
+                    "api_url",
+                    format!(
+                        "'{literal}' is a hostname; the control plane addresses the Proxmox API by IP \
+                         (e.g. https://10.0.0.2:8006), set allow_hostnames = true to opt out"
+                    ),
+                ));
+            }
+            Err(_) => {}
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(invalid(
@@ -1085,6 +1120,8 @@ mod tests {
         ProxmoxConfig {
             api_url: "https://10.0.0.2:8006".into(),
             allow_hostnames: false,
+            allow_insecure_http: false,
+            allow_loopback: false,
             token_id: "zlh@pve!ctl".into(),
             token_secret: "0b6c1c2e-secret-uuid".into(),
             node: "pve1".into(),
@@ -1109,6 +1146,58 @@ mod tests {
         let mut c = cfg();
         c.api_url = "https://[fd00::2]:8006/api2/json/".into();
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn refuses_addresses_the_token_must_never_be_sent_to() {
+        for url in [
+            "https://127.0.0.1:8006",
+            "https://127.1:8006",
+            "https://2130706433:8006",
+            "https://0x7f.0.0.1:8006",
+            "https://0.0.0.0:8006",
+            "https://169.254.169.254",
+            "https://[fe80::1]:8006",
+            "https://[::1]:8006",
+            "https://[::]:8006",
+            "https://[::ffff:127.0.0.1]:8006",
+            "https://224.0.0.1:8006",
+            "https://10.0.0.1:x@evil.example/",
+            "http://10.0.0.2:8006",
+        ] {
+            let mut c = cfg();
+            c.api_url = url.into();
+            let err = c.validate().expect_err(url);
+            assert_eq!(err.field, "api_url", "{url}: {err}");
+        }
+        // Loopback and plain HTTP each take their own explicit opt-in.
+        let mut c = cfg();
+        c.api_url = "https://127.0.0.1:8006".into();
+        c.allow_loopback = true;
+        c.validate().unwrap();
+        c.api_url = "http://127.0.0.1:8006".into();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .message
+                .contains("allow_insecure_http")
+        );
+        c.allow_insecure_http = true;
+        c.validate().unwrap();
+        // No opt-in makes a link-local or odd spelling acceptable.
+        c.api_url = "http://169.254.169.254".into();
+        assert!(c.validate().is_err());
+        c.api_url = "http://127.1:8006".into();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_non_ascii_fingerprint_is_refused_not_a_panic() {
+        let mut c = cfg();
+        c.tls_fingerprint = Some(format!("{}é{}", "a".repeat(31), "b".repeat(31)));
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.field, "tls_fingerprint");
+        assert!(err.message.contains("not a hex digit"), "{}", err.message);
     }
 
     #[test]

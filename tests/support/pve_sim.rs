@@ -352,6 +352,9 @@ impl PveSim {
         ProxmoxConfig {
             api_url: self.url(),
             allow_hostnames: false,
+            // The simulator speaks plain HTTP on loopback.
+            allow_insecure_http: true,
+            allow_loopback: true,
             token_id: o.token_id.clone(),
             token_secret: o.token_secret.clone(),
             node: o.node.clone(),

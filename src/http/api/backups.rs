@@ -142,10 +142,11 @@ async fn restore(
     OptionalJson(req): OptionalJson<RestoreRequest>,
 ) -> Result<impl IntoResponse, AppError> {
     let user = caller.0.clone();
+    let quota = st.config.quota.defaults();
     let out = st
         .db
         .write(move |tx| {
-            let r = backups::request_restore(tx, &user, id, &req)?;
+            let r = backups::request_restore(tx, &user, id, &req, quota)?;
             Ok::<_, DomainError>(json!({
                 "job": job_json(tx, r.job_id)?,
                 "server_id": r.server_id,

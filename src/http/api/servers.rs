@@ -76,11 +76,12 @@ async fn create(
     };
     let hash = req.request_hash();
     let user = caller.0.clone();
+    let quota = st.config.quota.defaults();
     let (created, body) = st
         .db
         .write(move |tx| {
             let idem = key.as_deref().map(|k| (k, hash.as_str()));
-            let created = servers::create(tx, &user, &req, idem)?;
+            let created = servers::create(tx, &user, &req, idem, quota)?;
             let server = render(tx, std::slice::from_ref(&created.server))?.remove(0);
             let job = job_json(tx, created.job_id)?;
             Ok::<_, DomainError>((created.created, json!({"server": server, "job": job})))

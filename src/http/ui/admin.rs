@@ -316,6 +316,11 @@ pub struct NodeForm {
     pub bootstrap_token: String,
     #[serde(default)]
     pub tls_fingerprint: String,
+    /// Checkboxes: present ("on") when ticked.
+    #[serde(default)]
+    pub allow_loopback: Option<String>,
+    #[serde(default)]
+    pub allow_insecure_http: Option<String>,
     #[serde(default)]
     pub memory_mb: String,
     #[serde(default)]
@@ -343,6 +348,8 @@ impl NodeForm {
             "node": self.node.trim(),
             "template_vmid": self.template_vmid.trim().parse::<i64>().unwrap_or(0),
             "bootstrap_token": self.bootstrap_token.trim(),
+            "allow_loopback": self.allow_loopback.is_some(),
+            "allow_insecure_http": self.allow_insecure_http.is_some(),
         });
         for (k, v) in [
             ("storage", &self.storage),

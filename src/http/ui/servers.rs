@@ -513,9 +513,10 @@ pub async fn create(
     };
     let hash = req.request_hash();
     let user = sess.user().clone();
+    let quota = st.config.quota.defaults();
     let result = st
         .db
-        .write(move |tx| servers::create(tx, &user, &req, Some((&key, &hash))))
+        .write(move |tx| servers::create(tx, &user, &req, Some((&key, &hash)), quota))
         .await;
     match result {
         Ok(created) => {

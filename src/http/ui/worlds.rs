@@ -263,9 +263,10 @@ pub async fn restore(
     let req = RestoreRequest {
         new_server: into_new.then(|| f.new_server.trim().to_string()),
     };
+    let quota = st.config.quota.defaults();
     let r = st
         .db
-        .write(move |tx| backups::request_restore(tx, &user, backup_id, &req))
+        .write(move |tx| backups::request_restore(tx, &user, backup_id, &req, quota))
         .await;
     match r {
         Ok(done) if done.cloned => {

@@ -37,6 +37,13 @@ impl Fingerprint {
             .chars()
             .filter(|c| *c != ':' && !c.is_whitespace())
             .collect();
+        // Checked before slicing by byte offsets: a non-ASCII character would split.
+        if let Some(bad) = hex.chars().find(|c| !c.is_ascii_hexdigit()) {
+            return Err(format!(
+                "'{}' is not a hex digit; expected a SHA-256 fingerprint (64 hex digits, colons allowed)",
+                bad.escape_default()
+            ));
+        }
         if hex.len() != 64 {
             return Err(format!(
                 "expected a SHA-256 fingerprint (64 hex digits, colons allowed), got {} hex digits",
@@ -202,7 +209,7 @@ mod tests {
         assert!(
             Fingerprint::parse(&HEX.replace('0', "g"))
                 .unwrap_err()
-                .contains("not a hex byte")
+                .contains("not a hex digit")
         );
     }
 
