@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::support::api::{Api, standin_template};
-use crate::support::zlh;
+use crate::support::{self, zlh};
 
 /// One replayed request: the finding, what it sends, and the field the 400 must name.
 struct Row {
@@ -386,4 +386,48 @@ fn templates_are_read_only_for_users_and_quotas_hold() {
     // Admins are not limited.
     let (_, out) = run(&["user", "quota", "admin"]);
     assert!(out.contains("not limited"), "{out}");
+
+    // The users page shows each quota and sets one (empty: the default).
+    let session = support::ui_session(&api.served);
+    let client = support::ui_client();
+    let page = |client: &reqwest::Client| {
+        api.http.rt.block_on(async {
+            let r = client
+                .get(api.served.url("/users"))
+                .header("cookie", &session)
+                .send()
+                .await
+                .unwrap();
+            r.text().await.unwrap()
+        })
+    };
+    let body = page(&client);
+    assert!(
+        body.contains("Quota: servers 2 of 10, memory 1024 of 32768 MiB"),
+        "{body}"
+    );
+    let csrf = body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    let status = api.http.rt.block_on(async {
+        client
+            .post(api.served.url("/users/2/quota"))
+            .header("cookie", &session)
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("max_servers", "2"),
+                ("max_memory_mb", ""),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(status, 200);
+    assert!(page(&client).contains("Quota: servers 2 of 2, memory 1024 of 32768 MiB"));
+    assert_eq!(create("third", 512).0, 409, "the new limit holds");
 }

@@ -513,6 +513,11 @@ pub struct UserRow {
     pub has_password: bool,
     pub created: String,
     pub tokens: Vec<TokenRow>,
+    /// "servers 1 of 10, memory 512 of 32768 MiB", or "not limited" for admins.
+    pub quota: String,
+    /// The limits set for this user alone ("" where the default applies).
+    pub own_max_servers: String,
+    pub own_max_memory_mb: String,
 }
 
 pub struct TokenRow {
@@ -554,13 +559,34 @@ async fn users_page(
     new_token: Option<(String, String)>,
 ) -> Result<UsersPage, UiError> {
     let page = sess.page(st, "users", "Users").await?;
+    let defaults = st.config.quota.defaults();
     let users = st
         .db
-        .call(|c| {
+        .call(move |c| {
             users::list(c)?
                 .into_iter()
                 .map(|u| {
+                    let q = users::quota_of(c, &u, defaults)?;
+                    let used = users::usage(c, u.id)?;
+                    let own = users::own_quota(c, u.id)?;
+                    let limit =
+                        |v: Option<i64>| v.map_or("no limit".to_string(), |n| n.to_string());
+                    let quota = if u.is_admin {
+                        "not limited (admin)".to_string()
+                    } else {
+                        format!(
+                            "servers {} of {}, memory {} of {} MiB",
+                            used.servers,
+                            limit(q.max_servers),
+                            used.memory_mb,
+                            limit(q.max_memory_mb)
+                        )
+                    };
+                    let own_text = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
                     Ok(UserRow {
+                        quota,
+                        own_max_servers: own_text(own.max_servers),
+                        own_max_memory_mb: own_text(own.max_memory_mb),
                         has_password: users::has_password(c, u.id)?,
                         created: format_ts(u.created_at),
                         tokens: users::tokens(c, u.id)?
@@ -666,6 +692,56 @@ pub async fn reset_password(
         // One's own password: the current session ended with the others.
         return Ok(see_other("/login"));
     }
+    users_result(&st, &sess, r).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct QuotaForm {
+    #[serde(default)]
+    max_servers: String,
+    #[serde(default)]
+    max_memory_mb: String,
+}
+
+/// Sets a user's own limits; an empty field goes back to the configured default.
+pub async fn set_quota(
+    State(st): State<AppState>,
+    sess: Sess,
+    Path(id): Path<i64>,
+    UiForm(f): UiForm<QuotaForm>,
+) -> Result<Response, UiError> {
+    sess.require_admin()?;
+    let parse = |field: &str, v: &str| -> Result<Option<i64>, DomainError> {
+        let v = v.trim();
+        if v.is_empty() {
+            return Ok(None);
+        }
+        v.parse::<i64>()
+            .map(Some)
+            .map_err(|_| crate::domain::invalid(field, "a whole number, or empty for the default"))
+    };
+    let r = match (
+        parse("max_servers", &f.max_servers),
+        parse("max_memory_mb", &f.max_memory_mb),
+    ) {
+        (Ok(max_servers), Ok(max_memory_mb)) => {
+            st.db
+                .write(move |tx| {
+                    let u = existing_user(tx, id)?;
+                    users::set_quota(
+                        tx,
+                        id,
+                        users::Quota {
+                            max_servers,
+                            max_memory_mb,
+                        },
+                    )?;
+                    Ok(format!("quota of {} set", u.username))
+                })
+                .await
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
     users_result(&st, &sess, r).await
 }
 

@@ -74,6 +74,7 @@ session_routes! {
     "/nodes/test" => post(admin::test_node);
     "/users" => get(admin::users).post(admin::create_user);
     "/users/{id}/password" => post(admin::reset_password);
+    "/users/{id}/quota" => post(admin::set_quota);
     "/users/{id}/tokens" => post(admin::create_token);
     "/users/{id}/tokens/{token}/revoke" => post(admin::revoke_token);
     "/doctor" => get(admin::doctor);
