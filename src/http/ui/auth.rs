@@ -38,12 +38,32 @@ pub async fn prepare_setup(db: &Db) -> Result<Option<String>, DomainError> {
     .await
 }
 
-/// Where to go after logging in: a local path only (never another site).
+/// Where to go after logging in: a local path only (never another site). Browsers
+/// drop tabs and newlines and read `\` as `/`, so `/\t/evil.com` would be `//evil.com`:
+/// one leading `/`, then neither `/` nor `\`, no whitespace or control character
+/// anywhere (they also break the `Location` header), and the path must resolve
+/// against this origin to this origin. Anything else goes to `/`.
 fn safe_next(next: Option<&str>) -> String {
-    match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.into(),
-        _ => "/".into(),
+    next.filter(|n| is_local_path(n))
+        .map_or_else(|| "/".into(), str::to_string)
+}
+
+fn is_local_path(n: &str) -> bool {
+    let mut chars = n.chars();
+    if chars.next() != Some('/') || matches!(chars.next(), Some('/' | '\\')) {
+        return false;
     }
+    if n.chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '\\')
+    {
+        return false;
+    }
+    // The last word: resolved against an origin, it stays on that origin.
+    let Ok(base) = reqwest::Url::parse("http://zlh.invalid/") else {
+        return false;
+    };
+    base.join(n)
+        .is_ok_and(|u| u.origin() == base.origin() && u.username().is_empty())
 }
 
 /// A page with a form shown before there is a session (login, setup): a fresh CSRF
@@ -355,5 +375,34 @@ pub async fn setup(
                 Some((field, message)),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn next_is_a_local_path_or_home() {
+        for ok in ["/", "/servers/3", "/servers?x=1#a", "/a/b//c"] {
+            assert_eq!(safe_next(Some(ok)), ok, "{ok:?}");
+        }
+        for bad in [
+            "",
+            "//evil.com",
+            "/\\evil.com",
+            "\\/evil.com",
+            "/\t/evil.com",
+            "/\0",
+            "/\r\nX: y",
+            "/ /evil.com",
+            "http://evil.com/",
+            "evil.com",
+            "/a\\b",
+            "/\u{a0}/evil.com",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
+        }
+        assert_eq!(safe_next(None), "/");
     }
 }

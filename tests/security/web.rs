@@ -1,0 +1,185 @@
+//! The HTTP edge (findings 3, 5, 6, 7, 8, 9, 13): redirects, headers and error
+//! bodies, body limits, log injection, sign-in lockouts, streams that outlive their
+//! session, and timeouts and caps of `zlh serve` and `zlh agent`.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+
+use crate::support::{Served, ui_client, zlh};
+
+const USER: &str = "web-user";
+const PASSWORD: &str = "web-user-password";
+
+/// A runtime for one test's async client.
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// Adds the account `name` (an admin) through the CLI.
+fn add_user(served: &Served, name: &str, password: &str) {
+    let mut child = zlh(&served.data_dir)
+        .args([
+            "user",
+            "add",
+            name,
+            "--admin",
+            "--password-stdin",
+            "--data-dir",
+        ])
+        .arg(&served.data_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning zlh user add");
+    child
+        .stdin
+        .take()
+        .expect("stdin of zlh user add")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("writing the password");
+    let out = child.wait_with_output().expect("zlh user add");
+    assert!(
+        out.status.success(),
+        "zlh user add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `name=value` of the cookie `name` a response sets.
+fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .map(|c| c.split(';').next().unwrap_or_default().to_string())
+}
+
+/// The login CSRF cookie and its token, from `GET /login`.
+async fn login_csrf(client: &reqwest::Client, served: &Served) -> (String, String) {
+    let page = client
+        .get(served.url("/login"))
+        .send()
+        .await
+        .expect("GET /login");
+    let cookie = set_cookie(&page, "zlh_login_csrf").expect("a login CSRF cookie");
+    let token = cookie
+        .split_once('=')
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_default();
+    (cookie, token)
+}
+
+/// `POST /login` with a fresh CSRF token; extra form fields (e.g. `next`) appended.
+async fn post_login(
+    client: &reqwest::Client,
+    served: &Served,
+    user: &str,
+    password: &str,
+    extra: &[(&str, &str)],
+) -> reqwest::Response {
+    let (cookie, csrf) = login_csrf(client, served).await;
+    let mut form = vec![
+        ("csrf", csrf.as_str()),
+        ("username", user),
+        ("password", password),
+    ];
+    form.extend_from_slice(extra);
+    client
+        .post(served.url("/login"))
+        .header("cookie", cookie)
+        .form(&form)
+        .send()
+        .await
+        .expect("POST /login")
+}
+
+/// A served data dir with the account [`USER`].
+fn serve(tmp: &Path, extra: &[&str], env: &[(&str, &str)]) -> Served {
+    let served = Served::start_with_env(
+        tmp,
+        &tmp.join("data"),
+        extra,
+        &[&[("ZLH_ARTIFACTS_UPSTREAM", "false")], env].concat(),
+    );
+    add_user(&served, USER, PASSWORD);
+    served
+}
+
+fn location(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Finding 3: `next` after login is a local path or `/`; never another site, never a 500.
+#[test]
+fn f03_open_redirect_after_login() {
+    // (variant, `next` as sent percent-encoded in a query, where it must lead)
+    const CASES: &[(&str, &str, &str)] = &[
+        ("tab then //host", "/%09/evil.com", "/"),
+        ("NUL", "/%00", "/"),
+        ("CRLF header split", "/%0d%0aX-Evil:%201", "/"),
+        ("protocol-relative", "//evil.com", "/"),
+        ("backslash", "/%5Cevil.com", "/"),
+        ("backslash first", "%5C/evil.com", "/"),
+        ("absolute URL", "http://evil.com/", "/"),
+        ("space then //host", "/%20/evil.com", "/"),
+        ("newline then //host", "/%0a/evil.com", "/"),
+        ("a local path", "/servers?x=1", "/servers?x=1"),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let served = serve(tmp.path(), &[], &[]);
+    let client = ui_client();
+    rt().block_on(async {
+        let resp = post_login(&client, &served, USER, PASSWORD, &[]).await;
+        let session = set_cookie(&resp, "zlh_session").expect("signed in");
+        for (variant, next, want) in CASES {
+            // Already signed in: GET /login?next=… redirects at once.
+            let r = client
+                .get(served.url(&format!("/login?next={next}")))
+                .header("cookie", &session)
+                .send()
+                .await
+                .expect("GET /login");
+            assert_eq!(r.status().as_u16(), 303, "finding 3, {variant}: GET status");
+            assert_eq!(location(&r), *want, "finding 3, {variant}: GET Location");
+            // Signing in with the same `next` in the form.
+            let decoded: String = url_decode(next);
+            let r = post_login(&client, &served, USER, PASSWORD, &[("next", &decoded)]).await;
+            assert_eq!(
+                r.status().as_u16(),
+                303,
+                "finding 3, {variant}: POST status"
+            );
+            assert_eq!(location(&r), *want, "finding 3, {variant}: POST Location");
+        }
+    });
+}
+
+/// Percent-decoding of a test's query value (the tests' own strings only).
+fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
