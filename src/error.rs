@@ -121,17 +121,35 @@ impl AppError {
     }
 }
 
+/// A short id that ties a 500 answer to the log line holding its details.
+pub fn error_id() -> String {
+    format!("{:08x}", fastrand::u32(..))
+}
+
+/// The message a 500 answers with: what failed inside (SQLite's text, a path) is for
+/// the log, under `id`, not for whoever sent the request.
+pub fn internal_message(id: &str) -> String {
+    format!("internal error (id {id}): the details are in the server log under this id")
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_code();
-        if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
-        }
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            let id = error_id();
+            tracing::error!(error_id = %id, error = ?self.to_string(), "request failed");
+            internal_message(&id)
+        } else {
+            if status.is_server_error() {
+                tracing::error!(error = ?self.to_string(), "request failed");
+            }
+            self.to_string()
+        };
         let field = match &self {
             AppError::BadRequest { field, .. } | AppError::Conflict { field, .. } => field.clone(),
             _ => None,
         };
-        let body = json!({"error": {"code": code, "message": self.to_string(), "field": field}});
+        let body = json!({"error": {"code": code, "message": message, "field": field}});
         (status, Json(body)).into_response()
     }
 }

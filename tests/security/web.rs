@@ -183,3 +183,147 @@ fn url_decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// An API token of `user`, made through the CLI.
+fn api_token(served: &Served, user: &str) -> String {
+    let out = zlh(&served.data_dir)
+        .args(["token", "create", "--user", user, "--data-dir"])
+        .arg(&served.data_dir)
+        .output()
+        .expect("zlh token create");
+    assert!(
+        out.status.success(),
+        "zlh token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A signed-in session cookie of [`USER`].
+async fn sign_in(client: &reqwest::Client, served: &Served) -> String {
+    let resp = post_login(client, served, USER, PASSWORD, &[]).await;
+    set_cookie(&resp, "zlh_session").expect("signed in")
+}
+
+/// Finding 13: security headers on UI responses; a 500 says only "internal error" and
+/// an id (the SQLite text goes to the log under that id); bad path and query
+/// parameters on `/api` answer the API's JSON error shape.
+#[test]
+fn f13_headers_and_error_bodies() {
+    const HEADERS: &[(&str, &str)] = &[
+        (
+            "content-security-policy",
+            "default-src 'self'; frame-ancestors 'none'; object-src 'none'; base-uri 'none'; form-action 'self'",
+        ),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "same-origin"),
+    ];
+    // (variant, UI path, needs a session)
+    const PAGES: &[(&str, &str, bool)] = &[
+        ("login page", "/login", false),
+        ("dashboard", "/", true),
+        ("stylesheet", "/static/app.css", false),
+        ("error page", "/servers/999999", true),
+        ("redirect to login", "/servers", false),
+    ];
+    // (variant, API path, the field named)
+    const BAD_PARAMS: &[(&str, &str, &str)] = &[
+        ("path id not a number", "/api/v1/servers/abc", "id"),
+        ("path id of a job not a number", "/api/v1/jobs/x1", "id"),
+        (
+            "query parameter not a number",
+            "/api/v1/jobs?limit=many",
+            "query",
+        ),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let served = serve(tmp.path(), &[], &[]);
+    let token = api_token(&served, USER);
+    let client = ui_client();
+    rt().block_on(async {
+        let session = sign_in(&client, &served).await;
+        for (variant, path, with_session) in PAGES {
+            let mut req = client.get(served.url(path));
+            if *with_session {
+                req = req.header("cookie", &session);
+            }
+            let r = req.send().await.expect("GET a UI path");
+            for (name, want) in HEADERS {
+                let got = r.headers().get(*name).and_then(|v| v.to_str().ok());
+                assert_eq!(got, Some(*want), "finding 13, {variant} ({path}): {name}");
+            }
+        }
+        for (variant, path, field) in BAD_PARAMS {
+            let r = client
+                .get(served.url(path))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .expect("GET an API path");
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r
+                .json()
+                .await
+                .unwrap_or_else(|e| panic!("finding 13, {variant}: not JSON: {e}"));
+            assert_eq!(status, 400, "finding 13, {variant}: {body}");
+            assert_eq!(
+                body["error"]["code"], "bad_request",
+                "finding 13, {variant}: {body}"
+            );
+            assert_eq!(
+                body["error"]["field"], *field,
+                "finding 13, {variant}: {body}"
+            );
+        }
+
+        // A table gone under the server's feet: SQLite's "no such table" is for the log.
+        let db = crate::support::open_db(&served.data_dir);
+        db.execute_batch("ALTER TABLE templates RENAME TO templates_gone")
+            .expect("renaming a table");
+        // (variant, request)
+        let failing = [
+            (
+                "API",
+                client
+                    .get(served.url("/api/v1/templates"))
+                    .bearer_auth(&token),
+            ),
+            (
+                "UI page",
+                client
+                    .get(served.url("/templates"))
+                    .header("cookie", &session),
+            ),
+        ];
+        for (variant, req) in failing {
+            let r = req.send().await.expect("a request that fails inside");
+            assert_eq!(r.status().as_u16(), 500, "finding 13, 500 {variant}");
+            let body = r.text().await.unwrap_or_default();
+            assert!(
+                !body.contains("no such table") && !body.contains("templates"),
+                "finding 13, 500 {variant}: internal text in the body: {body}"
+            );
+            let id = body
+                .split("(id ")
+                .nth(1)
+                .and_then(|rest| rest.split(')').next())
+                .unwrap_or_else(|| panic!("finding 13, 500 {variant}: no error id in {body}"))
+                .to_string();
+            let logged = crate::support::wait_for(
+                "the error id in the log",
+                std::time::Duration::from_secs(10),
+                || {
+                    served
+                        .log_text()
+                        .lines()
+                        .find(|l| l.contains(&id))
+                        .map(str::to_string)
+                },
+            );
+            assert!(
+                logged.contains("no such table"),
+                "finding 13, 500 {variant}: the log line of {id} lacks the cause: {logged}"
+            );
+        }
+    });
+}

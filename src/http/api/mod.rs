@@ -6,8 +6,10 @@ mod openapi;
 mod servers;
 mod templates_nodes;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::header;
+use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::{Extension, Router};
@@ -105,5 +107,59 @@ fn json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> AppError {
     AppError::BadRequest {
         field: Some(field),
         message: format!("invalid JSON body: {msg}"),
+    }
+}
+
+/// Path parameters that answer a bad one (`/servers/abc`) with the API's error shape.
+pub struct Path<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Path<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::path::ErrorKind;
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => {
+                let field = match e.kind() {
+                    ErrorKind::ParseErrorAtKey { key, .. }
+                    | ErrorKind::InvalidUtf8InPathParam { key } => key.clone(),
+                    // A lone parameter (`Path<i64>`) is reported without its name.
+                    _ => axum::extract::RawPathParams::from_request_parts(parts, state)
+                        .await
+                        .ok()
+                        .and_then(|p| match p.iter().collect::<Vec<_>>()[..] {
+                            [(key, _)] => Some(key.to_string()),
+                            _ => None,
+                        })
+                        .unwrap_or_else(|| "path".into()),
+                };
+                Err(AppError::bad_request(&field, e.body_text()))
+            }
+            Err(e) => Err(AppError::bad_request("path", e.body_text())),
+        }
+    }
+}
+
+/// A query string that answers bad parameters (`?limit=x`) with the API's error shape.
+pub struct Query<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Query<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // The message names the parameter (`limit: invalid digit found in string`).
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| Query(v))
+            .map_err(|e: QueryRejection| AppError::bad_request("query", e.body_text()))
     }
 }

@@ -1,6 +1,6 @@
 //! `/api/v1/servers`: create (idempotent), list, get, events, actions, delete.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiJson, Caller};
+use super::{ApiJson, Caller, Path, Query};
 use crate::app::AppState;
 use crate::domain::servers::{self, Action, CreateServer, Server, ServerStatus};
 use crate::domain::{DomainError, nodes, templates};
