@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use askama::Template;
 use axum::Router;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -93,6 +93,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         )))
         .layer(middleware::from_fn(server_timing))
         .layer(middleware::from_fn(security_headers))
+        // Forms are small: nothing the UI reads is larger (axum's default is 2 MB).
+        .layer(DefaultBodyLimit::max(FORM_LIMIT))
 }
 
 /// The pages load only their own scripts and styles (no inline code anywhere), are
@@ -129,6 +131,8 @@ pub enum UiError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("form larger than {} KiB ({FORM_LIMIT} bytes)", FORM_LIMIT / 1024)]
+    TooLarge,
     #[error("{0}")]
     Internal(String),
 }
@@ -139,7 +143,8 @@ impl From<AppError> for UiError {
         match e {
             AppError::NotFound(_) => UiError::NotFound(msg),
             AppError::Forbidden(_) | AppError::Unauthorized => UiError::Forbidden(msg),
-            AppError::BadRequest { .. } | AppError::TooLarge(_) => UiError::BadRequest(msg),
+            AppError::BadRequest { .. } => UiError::BadRequest(msg),
+            AppError::TooLarge(_) => UiError::TooLarge,
             AppError::Conflict { .. } => UiError::Conflict(msg),
             AppError::BadGateway(_)
             | AppError::Unavailable(_)
@@ -189,6 +194,7 @@ impl IntoResponse for UiError {
             UiError::Forbidden(_) => StatusCode::FORBIDDEN,
             UiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             UiError::Conflict(_) => StatusCode::CONFLICT,
+            UiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = if status.is_server_error() {
@@ -259,7 +265,13 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|_| UiError::BadRequest(format!("form larger than {FORM_LIMIT} bytes")))?;
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    UiError::TooLarge
+                } else {
+                    UiError::BadRequest(format!("reading the form: {}", e.body_text()))
+                }
+            })?;
         serde_urlencoded::from_bytes(&bytes)
             .map(UiForm)
             .map_err(|e| UiError::BadRequest(format!("invalid form: {e}")))

@@ -211,10 +211,19 @@ async fn check_csrf(req: Request, expected: &str) -> Result<Request, UiError> {
             Err(refused())
         };
     }
+    // Refused before reading a byte when the sender says how large it is.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > FORM_LIMIT) {
+        return Err(UiError::TooLarge);
+    }
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, FORM_LIMIT)
         .await
-        .map_err(|_| UiError::BadRequest(format!("form larger than {FORM_LIMIT} bytes")))?;
+        .map_err(|_| UiError::TooLarge)?;
     let sent = form_field(&bytes, "csrf").unwrap_or_default();
     if !constant_time_eq(sent.as_bytes(), expected.as_bytes()) {
         return Err(refused());
