@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::artifacts::{ArtifactError, ErrorClass};
 use crate::db::DbError;
 use crate::queue::QueueError;
+use crate::util::untrusted;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -137,11 +138,11 @@ impl IntoResponse for AppError {
         let (status, code) = self.status_code();
         let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
             let id = error_id();
-            tracing::error!(error_id = %id, error = ?self.to_string(), "request failed");
+            tracing::error!(error_id = %id, error = ?untrusted(&self.to_string()), "request failed");
             internal_message(&id)
         } else {
             if status.is_server_error() {
-                tracing::error!(error = ?self.to_string(), "request failed");
+                tracing::error!(error = ?untrusted(&self.to_string()), "request failed");
             }
             self.to_string()
         };

@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::client::AgentClient;
+use crate::util::untrusted;
 
 /// Tells the client there is nothing to stream yet, and closes.
 pub async fn no_agent(mut socket: WebSocket, label: &str) {
@@ -45,7 +46,7 @@ pub async fn relay(
     let mut agent = match connected {
         Ok((stream, _)) => stream,
         Err(e) => {
-            tracing::warn!(server = %label, error = %e, "console relay: agent unreachable");
+            tracing::warn!(server = ?untrusted(&label), error = ?untrusted(&e), "console relay: agent unreachable");
             let _ = browser
                 .send(Message::Text(
                     format!("[zlh] the console of {label} is unavailable: {e}").into(),

@@ -39,7 +39,7 @@ async fn log_request(req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     tracing::debug!(
         %method,
-        %path,
+        path = ?crate::util::untrusted(&path),
         status = resp.status().as_u16(),
         ms = started.elapsed().as_millis() as u64,
         "request"

@@ -399,3 +399,63 @@ fn f08_ui_forms_are_limited_to_64_kib() {
         }
     });
 }
+
+/// Finding 5: user-supplied strings are logged escaped and cut: a `\n` in a login name
+/// forges no log line, and big names grow the log by a bounded amount.
+#[test]
+fn f05_log_injection_and_growth() {
+    // (variant, user name, tries, the most the log may grow by)
+    let cases: Vec<(&str, String, usize, usize)> = vec![
+        (
+            "newline forging a line",
+            "nobody\n2026-01-01T00:00:00Z  INFO zlh: FORGED signed in user=admin".into(),
+            3,
+            8 * 1024,
+        ),
+        (
+            "60 KB name (under the form limit)",
+            "n".repeat(60_000),
+            9,
+            16 * 1024,
+        ),
+        ("1 MB name", "m".repeat(1 << 20), 9, 16 * 1024),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let served = serve(tmp.path(), &[], &[]);
+    let client = ui_client();
+    rt().block_on(async {
+        for (variant, name, tries, most) in &cases {
+            let before = served.log_text().len();
+            for _ in 0..*tries {
+                let r = post_login(&client, &served, name, "wrong-password", &[]).await;
+                let status = r.status().as_u16();
+                assert!(
+                    [401, 413, 429].contains(&status),
+                    "finding 5, {variant}: sign-in answered {status}"
+                );
+            }
+            // The attempts are logged: wait until the last one is there.
+            crate::support::wait_for(
+                "the sign-in attempts in the log",
+                std::time::Duration::from_secs(10),
+                || (served.log_text().len() > before || name.len() > 64 * 1024).then_some(()),
+            );
+            let log = served.log_text();
+            let grown = log.len() - before;
+            assert!(
+                grown <= *most,
+                "finding 5, {variant}: the log grew by {grown} bytes for {tries} sign-ins"
+            );
+            let forged: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    l.contains("FORGED") && !l.contains("sign-in") && !l.contains("login refused")
+                })
+                .collect();
+            assert!(
+                forged.is_empty(),
+                "finding 5, {variant}: forged log lines: {forged:?}"
+            );
+        }
+    });
+}

@@ -19,6 +19,7 @@ use crate::app::AppState;
 use crate::db::{Db, DbError};
 use crate::domain::sessions::{self, SESSION_TTL_MS};
 use crate::domain::{DomainError, random_secret, sha256_hex, users};
+use crate::util::untrusted;
 
 /// Meta key holding the SHA-256 of the current setup token.
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";
@@ -174,7 +175,7 @@ pub async fn login(
     let username = f.username.trim().to_string();
     let keys = vec![format!("ip:{}", peer.ip()), format!("user:{username}")];
     if let Some(wait) = st.ui.locked_for(&keys) {
-        tracing::warn!(user = %username, peer = %peer.ip(), "login refused: too many failed attempts");
+        tracing::warn!(user = ?untrusted(&username), peer = %peer.ip(), "login refused: too many failed attempts");
         return login_page(
             &headers,
             StatusCode::TOO_MANY_REQUESTS,
@@ -200,7 +201,7 @@ pub async fn login(
         .await?;
     let Some(user) = user else {
         st.ui.record_failure(&keys);
-        tracing::info!(user = %username, peer = %peer.ip(), "failed sign-in");
+        tracing::info!(user = ?untrusted(&username), peer = %peer.ip(), "failed sign-in");
         return login_page(
             &headers,
             StatusCode::UNAUTHORIZED,
@@ -212,7 +213,7 @@ pub async fn login(
     st.ui.clear(&keys);
     let uid = user.id;
     let secret = st.db.write(move |tx| sessions::create(tx, uid)).await?;
-    tracing::info!(user = %user.username, "signed in");
+    tracing::info!(user = ?untrusted(&user.username), "signed in");
     Ok(session_redirect(&headers, &next, &secret))
 }
 
@@ -361,7 +362,7 @@ pub async fn setup(
         .await?;
     match outcome {
         Ok((user, secret)) => {
-            tracing::info!(user = %user.username, "first-run setup done: admin account created");
+            tracing::info!(user = ?untrusted(&user.username), "first-run setup done: admin account created");
             Ok(session_redirect(&headers, "/", &secret))
         }
         Err((field, message)) => {

@@ -21,6 +21,7 @@ use crate::domain::servers;
 use crate::domain::users::User;
 use crate::domain::{DomainError, edge};
 use crate::queue;
+use crate::util::untrusted;
 
 /// How often a live page looks for changes. Changes are written by jobs in this
 /// process and by CLI commands in others; the database is where they all meet.
@@ -195,7 +196,7 @@ pub async fn server_live(
                 Ok(s) => s,
                 Err(e) => {
                     // Said once, then the stream ends (the page reconnects).
-                    tracing::warn!(server = id, error = %e, "live page of a server");
+                    tracing::warn!(server = id, error = ?untrusted(&e.to_string()), "live page of a server");
                     let ev = Event::default().event("error").data(e.to_string());
                     return (Look::End(Some(ev)), (after, last_key));
                 }
@@ -274,7 +275,7 @@ pub async fn servers_live(
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "live server list");
+                    tracing::warn!(error = ?untrusted(&e.to_string()), "live server list");
                     (Look::End(None), last)
                 }
             }

@@ -25,6 +25,7 @@ use crate::app::AppState;
 use crate::domain::DomainError;
 use crate::domain::users::User;
 use crate::error::AppError;
+use crate::util::untrusted;
 
 pub use assets::asset_url;
 pub use auth::prepare_setup;
@@ -199,7 +200,7 @@ impl IntoResponse for UiError {
         };
         let message = if status.is_server_error() {
             let id = crate::error::error_id();
-            tracing::error!(error_id = %id, error = ?self.to_string(), "UI request failed");
+            tracing::error!(error_id = %id, error = ?untrusted(&self.to_string()), "UI request failed");
             crate::error::internal_message(&id)
         } else {
             self.to_string()
@@ -213,7 +214,7 @@ impl IntoResponse for UiError {
         match page.render() {
             Ok(html) => (status, Html(html)).into_response(),
             Err(e) => {
-                tracing::error!(error = %e, "rendering the error page");
+                tracing::error!(error = ?untrusted(&e.to_string()), "rendering the error page");
                 (status, message).into_response()
             }
         }
