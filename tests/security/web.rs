@@ -459,3 +459,239 @@ fn f05_log_injection_and_growth() {
         }
     });
 }
+
+/// A UI client whose connections come from `ip` (any 127.0.0.0/8 address is this host).
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(Some(ip.parse().expect("an IP address")))
+        .build()
+        .expect("building an HTTP client")
+}
+
+/// `POST /setup` with `token` (CSRF from a fresh `GET /setup`): the status.
+async fn post_setup(client: &reqwest::Client, served: &Served, token: &str) -> u16 {
+    let page = client
+        .get(served.url("/setup"))
+        .send()
+        .await
+        .expect("GET /setup");
+    let cookie = set_cookie(&page, "zlh_login_csrf").expect("a setup CSRF cookie");
+    let csrf = cookie
+        .split_once('=')
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_default();
+    let password = "setup-admin-password";
+    client
+        .post(served.url("/setup"))
+        .header("cookie", cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("token", token),
+            ("username", "admin"),
+            ("password", password),
+            ("password2", password),
+        ])
+        .send()
+        .await
+        .expect("POST /setup")
+        .status()
+        .as_u16()
+}
+
+/// Finding 7a: wrong setup tokens lock out their own address, not everyone.
+#[test]
+fn f07a_setup_lockout_is_per_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let served = Served::start_with_env(
+        tmp.path(),
+        &tmp.path().join("data"),
+        &[],
+        &[("ZLH_ARTIFACTS_UPSTREAM", "false")],
+    );
+    let token = crate::support::wait_for(
+        "the setup token in the log",
+        std::time::Duration::from_secs(10),
+        || {
+            let log = served.log_text();
+            let at = log.find("setup token ")?;
+            log[at + "setup token ".len()..]
+                .split_whitespace()
+                .next()
+                .map(str::to_string)
+        },
+    );
+    rt().block_on(async {
+        let attacker = client_from("127.0.0.2");
+        for n in 1..=5 {
+            let status = post_setup(&attacker, &served, "not-the-token").await;
+            assert_eq!(status, 400, "finding 7a: wrong token {n}");
+        }
+        assert_eq!(
+            post_setup(&attacker, &served, "not-the-token").await,
+            429,
+            "finding 7a: the guessing address is locked out"
+        );
+        assert_eq!(
+            post_setup(&client_from("127.0.0.1"), &served, &token).await,
+            303,
+            "finding 7a: the right token from another address still sets up"
+        );
+    });
+}
+
+/// Finding 7b: the failure budget is checked and spent in one step: 20 concurrent
+/// wrong sign-ins get at most 5 evaluations, the rest 429.
+#[test]
+fn f07b_concurrent_wrong_logins_get_the_budget_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let served = serve(tmp.path(), &[], &[]);
+    let client = ui_client();
+    rt().block_on(async {
+        let mut forms = vec![];
+        for _ in 0..20 {
+            forms.push(login_csrf(&client, &served).await);
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for (cookie, csrf) in forms {
+            let (client, url) = (client.clone(), served.url("/login"));
+            set.spawn(async move {
+                client
+                    .post(url)
+                    .header("cookie", cookie)
+                    .form(&[
+                        ("csrf", csrf.as_str()),
+                        ("username", USER),
+                        ("password", "wrong"),
+                    ])
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            });
+        }
+        let mut statuses = vec![];
+        while let Some(r) = set.join_next().await {
+            statuses.push(r.expect("a login task").expect("a login answer"));
+        }
+        let evaluated = statuses.iter().filter(|s| **s == 401).count();
+        let refused = statuses.iter().filter(|s| **s == 429).count();
+        assert!(
+            evaluated <= 5,
+            "finding 7b: {evaluated} evaluated: {statuses:?}"
+        );
+        assert_eq!(evaluated + refused, 20, "finding 7b: {statuses:?}");
+        // The right password is refused too while the name is locked.
+        let r = post_login(&client, &served, USER, PASSWORD, &[]).await;
+        assert_eq!(
+            r.status().as_u16(),
+            429,
+            "finding 7b: locked after the budget"
+        );
+    });
+}
+
+fn p50(samples: &mut [std::time::Duration]) -> std::time::Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Finding 7c: password hashing runs outside the database pool behind a small gate:
+/// during a flood of 200 sign-ins (from 40 addresses, so the lockouts do not cut it
+/// short) the API's p50 stays within 2× of its idle p50 measured in the same run.
+#[test]
+fn f07c_login_flood_keeps_the_api_responsive() {
+    use std::time::Instant;
+    const FLOOD: usize = 200;
+    const ADDRESSES: usize = 40;
+    const IDLE_SAMPLES: usize = 150;
+    let tmp = tempfile::tempdir().unwrap();
+    let served = serve(tmp.path(), &[], &[]);
+    let token = api_token(&served, USER);
+    rt().block_on(async {
+        let api = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("a client");
+        let url = served.url("/api/v1/servers");
+        let time_one = || {
+            let (api, url, token) = (api.clone(), url.clone(), token.clone());
+            async move {
+                let started = Instant::now();
+                let r = api
+                    .get(url)
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .expect("GET servers");
+                assert_eq!(r.status().as_u16(), 200);
+                r.bytes().await.expect("the list");
+                started.elapsed()
+            }
+        };
+        let mut idle = vec![];
+        for _ in 0..IDLE_SAMPLES {
+            idle.push(time_one().await);
+        }
+        // The flood's forms first (GET /login is cheap), then every POST at once.
+        let mut forms = vec![];
+        for i in 0..FLOOD {
+            let client = client_from(&format!("127.0.1.{}", 1 + i % ADDRESSES));
+            let (cookie, csrf) = login_csrf(&client, &served).await;
+            forms.push((client, cookie, csrf, format!("flood-{i}")));
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for (client, cookie, csrf, name) in forms {
+            let url = served.url("/login");
+            set.spawn(async move {
+                client
+                    .post(url)
+                    .header("cookie", cookie)
+                    .form(&[
+                        ("csrf", csrf.as_str()),
+                        ("username", &name),
+                        ("password", "wrong-password"),
+                    ])
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            });
+        }
+        // The flood's answers are collected aside; every API request started while it
+        // runs is timed to its end (none is cut short, which would hide the slow ones).
+        let flood = tokio::spawn(async move {
+            let mut statuses = vec![];
+            while let Some(done) = set.join_next().await {
+                statuses.push(done.expect("a login task").expect("a login answer"));
+            }
+            statuses
+        });
+        let mut flooded = vec![];
+        while !flood.is_finished() {
+            flooded.push(time_one().await);
+        }
+        let statuses = flood.await.expect("the flood");
+        assert!(
+            statuses.iter().all(|s| *s == 401),
+            "finding 7c: every flood sign-in is evaluated: {statuses:?}"
+        );
+        for _ in 0..IDLE_SAMPLES {
+            idle.push(time_one().await);
+        }
+        // Enough samples for a median (a slow API also yields few: judged by p50 below).
+        assert!(
+            flooded.len() >= 9,
+            "finding 7c: only {} samples during the flood",
+            flooded.len()
+        );
+        let (idle_p50, flood_p50) = (p50(&mut idle), p50(&mut flooded));
+        eprintln!(
+            "finding 7c: idle p50 {idle_p50:?}, flood p50 {flood_p50:?} ({} samples)",
+            flooded.len()
+        );
+        assert!(
+            flood_p50 <= idle_p50 * 2,
+            "finding 7c: API p50 {flood_p50:?} during the flood, {idle_p50:?} idle"
+        );
+    });
+}

@@ -132,6 +132,9 @@ pub enum UiError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
+    /// Too many requests (429), e.g. sign-ins waiting for a password check.
+    #[error("{0}")]
+    Busy(String),
     #[error("form larger than {} KiB ({FORM_LIMIT} bytes)", FORM_LIMIT / 1024)]
     TooLarge,
     #[error("{0}")]
@@ -196,6 +199,7 @@ impl IntoResponse for UiError {
             UiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             UiError::Conflict(_) => StatusCode::CONFLICT,
             UiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             UiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = if status.is_server_error() {

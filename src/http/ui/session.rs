@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, Request, State};
@@ -22,11 +23,30 @@ pub const SESSION_COOKIE: &str = "zlh_session";
 /// Cookie of the login and setup forms' CSRF token (there is no session yet).
 pub const LOGIN_CSRF_COOKIE: &str = "zlh_login_csrf";
 
-/// UI state kept in memory: login attempt counters (rate limiting).
-#[derive(Default)]
+/// UI state kept in memory: login attempt counters (rate limiting) and the gate of
+/// password hashing.
 pub struct UiState {
     attempts: Mutex<HashMap<String, Attempts>>,
+    /// argon2 is slow on purpose: a few at a time, on blocking threads and outside the
+    /// database pool, so a flood of sign-ins cannot starve the API.
+    hashing: tokio::sync::Semaphore,
+    /// Sign-ins waiting for `hashing`: past [`MAX_HASH_WAITING`] more are refused.
+    waiting: AtomicUsize,
 }
+
+impl Default for UiState {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        UiState {
+            attempts: Mutex::default(),
+            hashing: tokio::sync::Semaphore::new((cores / 2).max(1)),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Sign-ins that may wait for a password check at once.
+const MAX_HASH_WAITING: usize = 256;
 
 struct Attempts {
     failures: u32,
@@ -38,28 +58,75 @@ const MAX_FAILURES: u32 = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(300);
 
 impl UiState {
-    /// Seconds to wait when any of `keys` is over its failure budget.
-    pub(super) fn locked_for(&self, keys: &[String]) -> Option<u64> {
-        let map = self.attempts.lock().ok()?;
-        keys.iter()
+    /// Starts an attempt: `Err(seconds to wait)` when any of `keys` is over its
+    /// failure budget; otherwise the attempt is counted as a failure at once, in the
+    /// same critical section, so concurrent attempts cannot all pass the check before
+    /// any is recorded. A success [`clear`](Self::clear)s it; an attempt that turned
+    /// out not to be a guess is [`refund`](Self::refund)ed.
+    pub(super) fn begin_attempt(&self, keys: &[String]) -> Result<(), u64> {
+        // A poisoned lock refuses: failing closed is the safe side of a lockout.
+        let Ok(mut map) = self.attempts.lock() else {
+            return Err(FAILURE_WINDOW.as_secs());
+        };
+        // Old windows are forgotten, so the map cannot grow without bound.
+        map.retain(|_, a| a.since.elapsed() < FAILURE_WINDOW);
+        let wait = keys
+            .iter()
             .filter_map(|k| map.get(k))
-            .filter(|a| a.failures >= MAX_FAILURES && a.since.elapsed() < FAILURE_WINDOW)
-            .map(|a| (FAILURE_WINDOW - a.since.elapsed()).as_secs() + 1)
-            .max()
-    }
-
-    pub(super) fn record_failure(&self, keys: &[String]) {
-        if let Ok(mut map) = self.attempts.lock() {
-            // Old windows are forgotten, so the map cannot grow without bound.
-            map.retain(|_, a| a.since.elapsed() < FAILURE_WINDOW);
-            for k in keys {
-                let a = map.entry(k.clone()).or_insert(Attempts {
+            .filter(|a| a.failures >= MAX_FAILURES)
+            .map(|a| (FAILURE_WINDOW.saturating_sub(a.since.elapsed())).as_secs() + 1)
+            .max();
+        if let Some(wait) = wait {
+            return Err(wait);
+        }
+        for k in keys {
+            map.entry(k.clone())
+                .or_insert(Attempts {
                     failures: 0,
                     since: Instant::now(),
-                });
-                a.failures += 1;
+                })
+                .failures += 1;
+        }
+        Ok(())
+    }
+
+    /// Takes back an attempt counted by [`begin_attempt`](Self::begin_attempt).
+    pub(super) fn refund(&self, keys: &[String]) {
+        if let Ok(mut map) = self.attempts.lock() {
+            for k in keys {
+                if let Some(a) = map.get_mut(k) {
+                    a.failures = a.failures.saturating_sub(1);
+                }
             }
         }
+    }
+
+    /// Runs argon2 (`work`) on a blocking thread, at most a few at a time.
+    pub(super) async fn hash<R: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, UiError> {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let waiting = Waiting(&self.waiting);
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= MAX_HASH_WAITING {
+            return Err(UiError::Busy(
+                "too many sign-ins at once: try again in a moment".into(),
+            ));
+        }
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| UiError::Internal(format!("the password-check gate: {e}")))?;
+        drop(waiting);
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| UiError::Internal(format!("checking a password: {e}")))
     }
 
     pub(super) fn clear(&self, keys: &[String]) {
@@ -268,13 +335,14 @@ mod tests {
     fn login_failures_lock_after_the_budget() {
         let ui = UiState::default();
         let keys = vec!["ip:1".to_string(), "user:x".to_string()];
-        for _ in 0..MAX_FAILURES - 1 {
-            ui.record_failure(&keys);
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(ui.begin_attempt(&keys), Ok(()));
         }
-        assert_eq!(ui.locked_for(&keys), None);
-        ui.record_failure(&keys);
-        assert!(ui.locked_for(&["user:x".to_string()]).is_some());
+        assert!(ui.begin_attempt(&["user:x".to_string()]).is_err());
+        ui.refund(&keys);
+        assert_eq!(ui.begin_attempt(&keys), Ok(()));
+        assert!(ui.begin_attempt(&keys).is_err());
         ui.clear(&keys);
-        assert_eq!(ui.locked_for(&keys), None);
+        assert_eq!(ui.begin_attempt(&keys), Ok(()));
     }
 }
