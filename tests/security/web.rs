@@ -695,3 +695,206 @@ fn f07c_login_flood_keeps_the_api_responsive() {
         );
     });
 }
+
+/// The CSRF token of a session (from a page's forms).
+async fn session_csrf(client: &reqwest::Client, served: &Served, session: &str) -> String {
+    let page = client
+        .get(served.url("/servers/new"))
+        .header("cookie", session)
+        .send()
+        .await
+        .expect("GET /servers/new")
+        .text()
+        .await
+        .unwrap_or_default();
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a CSRF token on the page")
+        .to_string()
+}
+
+/// How a session ends in [`f09_streams_end_with_their_session`].
+#[derive(Clone, Copy, Debug)]
+enum Ending {
+    Logout,
+    Passwd,
+    Expiry,
+}
+
+/// Ends the session `session` (of `crate::support::ui_session`'s user) the `how` way.
+async fn end_session(how: Ending, client: &reqwest::Client, served: &Served, session: &str) {
+    match how {
+        Ending::Logout => {
+            let csrf = session_csrf(client, served, session).await;
+            let r = client
+                .post(served.url("/logout"))
+                .header("cookie", session)
+                .form(&[("csrf", csrf.as_str())])
+                .send()
+                .await
+                .expect("POST /logout");
+            assert_eq!(r.status().as_u16(), 303, "logout");
+        }
+        Ending::Passwd => {
+            // The same password again: a new password ends the user's sessions anyway.
+            let mut child = zlh(&served.data_dir)
+                .args(["user", "passwd", "ui-viewer", "--data-dir"])
+                .arg(&served.data_dir)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawning zlh user passwd");
+            child
+                .stdin
+                .take()
+                .expect("stdin of zlh user passwd")
+                .write_all(b"ui-viewer-password\n")
+                .expect("writing the password");
+            let out = child.wait_with_output().expect("zlh user passwd");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ending::Expiry => {
+            let db = crate::support::open_db(&served.data_dir);
+            db.execute("UPDATE sessions SET expires_at = 1", [])
+                .expect("expiring the sessions");
+        }
+    }
+}
+
+/// Finding 9: the live page (SSE) and the console (WebSocket) end within a few seconds
+/// of their session (logout, `zlh user passwd`, expiry); a WebSocket upgrade from
+/// another site's page is refused.
+#[test]
+fn f09_streams_end_with_their_session() {
+    use futures_util::StreamExt;
+    use std::time::{Duration, Instant};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    const ENDINGS: &[Ending] = &[Ending::Logout, Ending::Passwd, Ending::Expiry];
+    /// How soon a stream must end after its session (the check runs every 2 s).
+    const WITHIN: Duration = Duration::from_secs(6);
+    let tmp = tempfile::tempdir().unwrap();
+    let api = crate::support::api::Api::start(tmp.path());
+    let (code, body) = api.call(
+        "POST",
+        "/api/v1/servers",
+        Some(serde_json::json!({"name": "streamer", "template": "standin", "version": "1.0", "eula": true})),
+    );
+    assert_eq!(code, 202, "{body}");
+    let id = body["server"]["id"].as_i64().expect("a server id");
+    api.wait_status(id, "running");
+    let served = &api.served;
+    // Adds the admin `ui-viewer` (signed in again below for every row).
+    crate::support::ui_session(served);
+    let new_session = || async {
+        let r = post_login(&ui_client(), served, "ui-viewer", "ui-viewer-password", &[]).await;
+        set_cookie(&r, "zlh_session").expect("signed in as ui-viewer")
+    };
+    let client = ui_client();
+    let ws_url = served
+        .url(&format!("/servers/{id}/console/stream"))
+        .replacen("http", "ws", 1);
+    let ws_request = |session: &str, origin: Option<&str>| {
+        let mut req = ws_url.as_str().into_client_request().expect("a WS request");
+        req.headers_mut()
+            .insert("cookie", session.parse().expect("a cookie header"));
+        if let Some(o) = origin {
+            req.headers_mut()
+                .insert("origin", o.parse().expect("an origin header"));
+        }
+        req
+    };
+    let own_origin = format!("http://{}", served.addr);
+    rt().block_on(async {
+        for how in ENDINGS {
+            // The live page.
+            let session = new_session().await;
+            let mut live = client
+                .get(served.url(&format!("/servers/{id}/live")))
+                .header("cookie", &session)
+                .send()
+                .await
+                .expect("GET the live page");
+            assert_eq!(live.status().as_u16(), 200, "finding 9, {how:?}: live page");
+            let first = tokio::time::timeout(WITHIN, live.chunk())
+                .await
+                .expect("a first live event");
+            assert!(
+                matches!(first, Ok(Some(_))),
+                "finding 9, {how:?}: {first:?}"
+            );
+            // The console.
+            let (mut ws, _) =
+                tokio_tungstenite::connect_async(ws_request(&session, Some(&own_origin)))
+                    .await
+                    .unwrap_or_else(|e| panic!("finding 9, {how:?}: console upgrade: {e}"));
+            let first = tokio::time::timeout(WITHIN, ws.next()).await;
+            assert!(
+                matches!(first, Ok(Some(Ok(_)))),
+                "finding 9, {how:?}: console: {first:?}"
+            );
+
+            end_session(*how, &client, served, &session).await;
+            let ended_at = Instant::now();
+            let live_end = async {
+                loop {
+                    match live.chunk().await {
+                        Ok(Some(_)) => continue,
+                        _ => return,
+                    }
+                }
+            };
+            tokio::time::timeout(WITHIN, live_end)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("finding 9, {how:?}: the live page outlived its session")
+                });
+            let ws_end = async {
+                loop {
+                    match ws.next().await {
+                        Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)))
+                        | None
+                        | Some(Err(_)) => return,
+                        Some(Ok(_)) => continue,
+                    }
+                }
+            };
+            tokio::time::timeout(
+                WITHIN.saturating_sub(ended_at.elapsed()) + Duration::from_secs(1),
+                ws_end,
+            )
+            .await
+            .unwrap_or_else(|_| panic!("finding 9, {how:?}: the console outlived its session"));
+        }
+
+        // (variant, Origin sent, upgraded)
+        let own = own_origin.as_str();
+        let origins: &[(&str, Option<&str>, bool)] = &[
+            ("this site", Some(own), true),
+            ("no Origin (not a browser)", None, true),
+            ("another site", Some("http://evil.example"), false),
+            (
+                "another port of this host",
+                Some("http://127.0.0.1:1"),
+                false,
+            ),
+            ("not a URL", Some("null"), false),
+        ];
+        let session = new_session().await;
+        for (variant, origin, upgraded) in origins {
+            let result = tokio_tungstenite::connect_async(ws_request(&session, *origin)).await;
+            match (result, upgraded) {
+                (Ok(_), true) => {}
+                (Err(tokio_tungstenite::tungstenite::Error::Http(resp)), false) => {
+                    assert_eq!(resp.status().as_u16(), 403, "finding 9, origin {variant}");
+                }
+                (r, _) => panic!("finding 9, origin {variant}: {:?}", r.map(|_| "upgraded")),
+            }
+        }
+    });
+}

@@ -306,7 +306,14 @@ async fn console_stream(
     let shutdown = st.shutdown.clone();
     Ok(ws
         .on_upgrade(move |socket| {
-            crate::http::console::relay(socket, client, server.name, shutdown)
+            // A bearer token is checked at the upgrade; the stream is not tied to a session.
+            crate::http::console::relay(
+                socket,
+                client,
+                server.name,
+                shutdown,
+                std::future::pending(),
+            )
         })
         .into_response())
 }

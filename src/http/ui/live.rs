@@ -180,6 +180,7 @@ pub async fn server_live(
             .await?;
     }
     let csrf = sess.0.csrf.clone();
+    let ended = super::session_ended(st.clone(), sess.0.id);
     // Carried from look to look: the last timeline event and panel key sent.
     let state = (q.after, q.key);
     let stream = live_stream(st, state, move |st, (after, last_key)| {
@@ -231,7 +232,7 @@ pub async fn server_live(
             (look, (after, snap.key))
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream.take_until(ended)).keep_alive(KeepAlive::default()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,6 +261,7 @@ pub async fn servers_live(
         })
         .collect::<Result<_, _>>()?;
     let user = sess.user().clone();
+    let ended = super::session_ended(st.clone(), sess.0.id);
     // Carried from look to look: the last data sent.
     let stream = live_stream(st, String::new(), move |st, last| {
         let (user, ids) = (user.clone(), ids.clone());
@@ -281,7 +283,7 @@ pub async fn servers_live(
             }
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream.take_until(ended)).keep_alive(KeepAlive::default()))
 }
 
 fn statuses(
@@ -319,8 +321,10 @@ pub async fn console_stream(
     State(st): State<AppState>,
     sess: Sess,
     Path(id): Path<i64>,
+    headers: axum::http::HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, UiError> {
+    super::check_ws_origin(&st, &headers)?;
     let user = sess.user().clone();
     let server = st
         .db
@@ -332,7 +336,9 @@ pub async fn console_stream(
         .on_upgrade(move |socket| async move {
             match client {
                 Some(client) => {
-                    crate::http::console::relay(socket, client, label, st.shutdown.clone()).await
+                    let ended = super::session_ended(st.clone(), sess.0.id);
+                    crate::http::console::relay(socket, client, label, st.shutdown.clone(), ended)
+                        .await
                 }
                 None => crate::http::console::no_agent(socket, &label).await,
             }

@@ -30,7 +30,8 @@ use crate::util::untrusted;
 pub use assets::asset_url;
 pub use auth::prepare_setup;
 pub use session::{
-    LOGIN_CSRF_COOKIE, SESSION_COOKIE, Sess, UiState, cookie, session_of, set_cookie,
+    LOGIN_CSRF_COOKIE, SESSION_COOKIE, Sess, UiState, check_ws_origin, cookie, session_ended,
+    session_of, set_cookie,
 };
 
 /// Largest form body the UI reads.

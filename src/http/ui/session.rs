@@ -190,6 +190,59 @@ impl Sess {
     }
 }
 
+/// How often a long-lived stream (live page, console) checks that its session lives.
+const SESSION_RECHECK: Duration = Duration::from_secs(2);
+
+/// Resolves once session `id` has ended (logout, a new password, expiry): a stream
+/// selects on it and ends too. A failed check counts as ended (the page reconnects
+/// and signs in again), never as a pass.
+pub async fn session_ended(st: AppState, id: i64) {
+    loop {
+        tokio::time::sleep(SESSION_RECHECK).await;
+        match st.db.call(move |c| sessions::is_live(c, id)).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "checking the session of a stream");
+                return;
+            }
+        }
+    }
+}
+
+/// Refuses a WebSocket upgrade from another site's page (403): a browser sends the
+/// page's `Origin`, which must be this site as the request names it (`Host`) or the
+/// configured `advertise_url`. Clients that are not browsers send no `Origin`.
+pub fn check_ws_origin(st: &AppState, headers: &HeaderMap) -> Result<(), UiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin
+        .to_str()
+        .ok()
+        .and_then(|o| reqwest::Url::parse(o).ok());
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let allowed = origin.is_some_and(|o| {
+        let same_host = o.host_str().is_some_and(|h| {
+            let authority = match o.port() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_string(),
+            };
+            host.is_some_and(|host| host.eq_ignore_ascii_case(&authority))
+        });
+        let advertised =
+            reqwest::Url::parse(&st.config.advertised()).is_ok_and(|a| a.origin() == o.origin());
+        same_host || advertised
+    });
+    if allowed {
+        Ok(())
+    } else {
+        Err(UiError::Forbidden(
+            "WebSocket from another site's page: the Origin is not this site".into(),
+        ))
+    }
+}
+
 /// A cookie's value from the request headers.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
