@@ -33,6 +33,9 @@ pub enum AppError {
     Forbidden(String),
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
+    /// Over a cap (e.g. open console streams): 429.
+    #[error("{0}")]
+    TooMany(String),
     /// An upstream the request depended on failed (e.g. an artifact fill).
     #[error("{0}")]
     BadGateway(String),
@@ -113,6 +116,7 @@ impl AppError {
             AppError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            AppError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             AppError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "upstream"),
             AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             AppError::Db(_) | AppError::Internal(_) => {

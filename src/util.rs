@@ -1,4 +1,6 @@
-//! Small shared helpers.
+//! Small shared helpers, and the HTTP listener of `zlh serve` and `zlh agent`.
+
+pub mod listener;
 
 /// Formats ms since the epoch as RFC 3339 UTC (`2026-11-28T12:47:49Z`).
 pub fn format_ts(ms: i64) -> String {

@@ -898,3 +898,322 @@ fn f09_streams_end_with_their_session() {
         }
     });
 }
+
+/// What a raw connection does in [`f06_header_idle_and_request_timeouts`].
+#[derive(Clone, Copy, Debug)]
+enum Slow {
+    /// This many connections that send part of a request's headers, then nothing.
+    PartialHeaders(usize),
+    /// One complete request on a kept-alive connection, then nothing.
+    IdleKeepAlive,
+    /// Complete headers announcing a body that never fully comes.
+    SlowBody,
+}
+
+/// Reads until the peer closes; the bytes read, or None when still open at `deadline`.
+fn read_until_closed(
+    stream: &mut std::net::TcpStream,
+    deadline: std::time::Instant,
+) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut got = vec![];
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.checked_duration_since(std::time::Instant::now())?;
+        stream
+            .set_read_timeout(Some(left.max(std::time::Duration::from_millis(1))))
+            .expect("a read timeout");
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None;
+            }
+            // Reset by the peer: closed too.
+            Err(_) => return Some(got),
+        }
+    }
+}
+
+/// Opens the connections of `slow` to `addr` and checks that every one is closed (or,
+/// for a slow body, answered 503) within `limit` plus a margin, and not long before.
+fn check_slow(
+    target: &str,
+    addr: std::net::SocketAddr,
+    slow: Slow,
+    limit: std::time::Duration,
+    auth: &str,
+) {
+    use std::time::{Duration, Instant};
+    let connect = || {
+        let s = std::net::TcpStream::connect(addr).expect("connecting");
+        s.set_nodelay(true).expect("nodelay");
+        s
+    };
+    let mut conns = vec![];
+    match slow {
+        Slow::PartialHeaders(n) => {
+            for _ in 0..n {
+                let mut s = connect();
+                s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: 1")
+                    .expect("a partial header");
+                conns.push(s);
+            }
+        }
+        Slow::IdleKeepAlive => {
+            let mut s = connect();
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("a request");
+            let mut buf = [0u8; 1024];
+            let n = std::io::Read::read(&mut s, &mut buf).expect("an answer");
+            assert!(
+                buf[..n].starts_with(b"HTTP/1.1 "),
+                "{target}: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+            conns.push(s);
+        }
+        Slow::SlowBody => {
+            let mut s = connect();
+            let head = format!(
+                "POST {} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\ncsrf=",
+                if target.contains("agent") {
+                    "/config"
+                } else {
+                    "/login"
+                }
+            );
+            s.write_all(head.as_bytes())
+                .expect("a request without all its body");
+            conns.push(s);
+        }
+    }
+    let started = Instant::now();
+    let margin = Duration::from_secs(4);
+    for (i, s) in conns.iter_mut().enumerate() {
+        let got = read_until_closed(s, started + limit + margin).unwrap_or_else(|| {
+            panic!(
+                "finding 6, {target} {slow:?}: connection {i} still open after {:?}",
+                limit + margin
+            )
+        });
+        let text = String::from_utf8_lossy(&got);
+        if matches!(slow, Slow::SlowBody) {
+            assert!(
+                text.starts_with("HTTP/1.1 503"),
+                "finding 6, {target} {slow:?}: {text}"
+            );
+        }
+    }
+    let took = started.elapsed();
+    // Not closed for some other reason straight away (the limit itself was at work).
+    assert!(
+        took + Duration::from_millis(300) >= limit,
+        "finding 6, {target} {slow:?}: closed after {took:?}, before the {limit:?} limit"
+    );
+}
+
+/// Finding 6: `zlh serve` and `zlh agent` close connections that send partial headers
+/// or sit idle, and answer 503 to a request whose handler does not answer in time (a
+/// body that never comes), each by its configured deadline.
+#[test]
+fn f06_header_idle_and_request_timeouts() {
+    use std::time::Duration;
+    const LIMIT: Duration = Duration::from_secs(2);
+    const ROWS: &[Slow] = &[
+        Slow::PartialHeaders(50),
+        Slow::IdleKeepAlive,
+        Slow::SlowBody,
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let served = serve(
+        tmp.path(),
+        &[],
+        &[
+            ("ZLH_HTTP_HEADER_TIMEOUT_SECS", "2"),
+            ("ZLH_HTTP_IDLE_TIMEOUT_SECS", "2"),
+            ("ZLH_HTTP_REQUEST_TIMEOUT_SECS", "2"),
+        ],
+    );
+    // An agent with the same deadlines.
+    let port = crate::support::free_port();
+    let agent_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("an address");
+    let token = "web-agent-token-0123456789";
+    let agent = zlh(tmp.path())
+        .args(["agent", "--listen", &agent_addr.to_string(), "--dir"])
+        .arg(tmp.path().join("agent"))
+        .args([
+            "--header-timeout",
+            "2s",
+            "--idle-timeout",
+            "2s",
+            "--request-timeout",
+            "2s",
+        ])
+        .env("ZLH_AGENT_TOKEN", token)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning zlh agent");
+    let _agent = KillOnDrop(agent);
+    crate::support::wait_for("the agent to answer", Duration::from_secs(20), || {
+        crate::support::http_get(&format!("http://{agent_addr}/health")).map(|_| ())
+    });
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    // The rows run side by side: each waits out the same deadline.
+    std::thread::scope(|s| {
+        for slow in ROWS {
+            s.spawn(|| check_slow("zlh serve", served.addr, *slow, LIMIT, ""));
+            s.spawn(|| check_slow("zlh agent", agent_addr, *slow, LIMIT, &auth));
+        }
+    });
+    // Both still serve.
+    assert!(
+        crate::support::http_get(&served.url("/healthz")).is_some(),
+        "zlh serve still answers"
+    );
+    assert!(
+        crate::support::http_get(&format!("http://{agent_addr}/health")).is_some(),
+        "zlh agent still answers"
+    );
+}
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.kill().and_then(|()| self.0.wait().map(drop)) {
+            eprintln!("stopping a child process: {e}");
+        }
+    }
+}
+
+/// Finding 6: at most `http.max_connections` connections are served at once: with the
+/// cap taken by connections that send partial headers, another client is answered
+/// only once the header deadline has closed them.
+#[test]
+fn f06_connection_cap() {
+    use std::time::{Duration, Instant};
+    const CAP: usize = 4;
+    let tmp = tempfile::tempdir().unwrap();
+    let served = serve(
+        tmp.path(),
+        &[],
+        &[
+            ("ZLH_HTTP_HEADER_TIMEOUT_SECS", "2"),
+            ("ZLH_HTTP_MAX_CONNECTIONS", "4"),
+        ],
+    );
+    // The readiness polls' connections are closed first (idle), so all 4 are free.
+    crate::support::wait_for(
+        "the readiness connections to close",
+        Duration::from_secs(10),
+        || {
+            let mut probe = std::net::TcpStream::connect(served.addr).ok()?;
+            probe
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .ok()?;
+            read_until_closed(&mut probe, Instant::now() + Duration::from_secs(2)).map(drop)
+        },
+    );
+    let mut hogs: Vec<std::net::TcpStream> = (0..CAP)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(served.addr).expect("connecting");
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .expect("a partial header");
+            s
+        })
+        .collect();
+    let started = Instant::now();
+    let mut late = std::net::TcpStream::connect(served.addr).expect("connecting (backlog)");
+    late.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("a request");
+    let answer = read_until_closed(&mut late, started + Duration::from_secs(8))
+        .expect("finding 6: the capped client is answered once slots free up");
+    let answered_after = started.elapsed();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "finding 6: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        answered_after >= Duration::from_millis(1500),
+        "finding 6: answered after {answered_after:?}, while {CAP} connections held the cap"
+    );
+    for (i, h) in hogs.iter_mut().enumerate() {
+        assert!(
+            read_until_closed(h, Instant::now() + Duration::from_secs(1)).is_some(),
+            "finding 6: hog {i} still open"
+        );
+    }
+}
+
+/// Finding 6: live pages and consoles are capped per session and per user (429).
+#[test]
+fn f06_streams_capped_per_session_and_user() {
+    let tmp = tempfile::tempdir().unwrap();
+    let served = serve(
+        tmp.path(),
+        &[],
+        &[
+            ("ZLH_HTTP_MAX_STREAMS_PER_SESSION", "2"),
+            ("ZLH_HTTP_MAX_STREAMS_PER_USER", "3"),
+        ],
+    );
+    let client = ui_client();
+    rt().block_on(async {
+        let (a, b) = (
+            sign_in(&client, &served).await,
+            sign_in(&client, &served).await,
+        );
+        let open = |session: String| {
+            let client = client.clone();
+            let url = served.url("/servers/live?ids=");
+            async move {
+                let r = client
+                    .get(url)
+                    .header("cookie", session)
+                    .send()
+                    .await
+                    .expect("GET /servers/live");
+                (r.status().as_u16(), r)
+            }
+        };
+        // (variant, session, status)
+        let steps = [
+            ("session A, 1st", &a, 200),
+            ("session A, 2nd", &a, 200),
+            ("session A, 3rd: over the session cap", &a, 429),
+            ("session B, 1st", &b, 200),
+            ("session B, 2nd: over the user cap", &b, 429),
+        ];
+        let mut held = vec![];
+        for (variant, session, want) in steps {
+            let (status, resp) = open(session.clone()).await;
+            assert_eq!(status, want, "finding 6, {variant}");
+            if status == 200 {
+                held.push(resp);
+            }
+        }
+        // A stream that ends gives its place back.
+        drop(held.remove(0));
+        crate::support::wait_for_async(
+            "a freed stream slot",
+            std::time::Duration::from_secs(10),
+            || {
+                let open = open(b.clone());
+                async move {
+                    let (status, resp) = open.await;
+                    (status == 200).then_some(resp)
+                }
+            },
+        )
+        .await;
+    });
+}

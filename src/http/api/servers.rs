@@ -304,8 +304,16 @@ async fn console_stream(
 ) -> Result<axum::response::Response, AppError> {
     let (server, client) = agent_of(&st, &caller, id).await?;
     let shutdown = st.shutdown.clone();
+    let slot = st
+        .ui
+        .open_stream(&[(
+            format!("user:{}", caller.0.id),
+            st.config.http.max_streams_per_user,
+        )])
+        .map_err(|e| AppError::TooMany(e.to_string()))?;
     Ok(ws
-        .on_upgrade(move |socket| {
+        .on_upgrade(move |socket| async move {
+            let _slot = slot;
             // A bearer token is checked at the upgrade; the stream is not tied to a session.
             crate::http::console::relay(
                 socket,
@@ -314,6 +322,7 @@ async fn console_stream(
                 shutdown,
                 std::future::pending(),
             )
+            .await
         })
         .into_response())
 }

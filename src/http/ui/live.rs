@@ -180,10 +180,13 @@ pub async fn server_live(
             .await?;
     }
     let csrf = sess.0.csrf.clone();
+    let slot = super::stream_slot(&st, &sess)?;
     let ended = super::session_ended(st.clone(), sess.0.id);
     // Carried from look to look: the last timeline event and panel key sent.
     let state = (q.after, q.key);
     let stream = live_stream(st, state, move |st, (after, last_key)| {
+        // Held as long as the stream lives.
+        let _slot = &slot;
         let (user, csrf) = (user.clone(), csrf.clone());
         async move {
             let found = st
@@ -261,9 +264,12 @@ pub async fn servers_live(
         })
         .collect::<Result<_, _>>()?;
     let user = sess.user().clone();
+    let slot = super::stream_slot(&st, &sess)?;
     let ended = super::session_ended(st.clone(), sess.0.id);
     // Carried from look to look: the last data sent.
     let stream = live_stream(st, String::new(), move |st, last| {
+        // Held as long as the stream lives.
+        let _slot = &slot;
         let (user, ids) = (user.clone(), ids.clone());
         async move {
             match st.db.call(move |c| statuses(c, &user, &ids)).await {
@@ -332,8 +338,10 @@ pub async fn console_stream(
         .await?;
     let client = server.agent_client();
     let label = server.name.clone();
+    let slot = super::stream_slot(&st, &sess)?;
     Ok(ws
         .on_upgrade(move |socket| async move {
+            let _slot = slot;
             match client {
                 Some(client) => {
                     let ended = super::session_ended(st.clone(), sess.0.id);

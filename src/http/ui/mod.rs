@@ -30,8 +30,8 @@ use crate::util::untrusted;
 pub use assets::asset_url;
 pub use auth::prepare_setup;
 pub use session::{
-    LOGIN_CSRF_COOKIE, SESSION_COOKIE, Sess, UiState, check_ws_origin, cookie, session_ended,
-    session_of, set_cookie,
+    LOGIN_CSRF_COOKIE, SESSION_COOKIE, Sess, StreamSlot, UiState, check_ws_origin, cookie,
+    session_ended, session_of, set_cookie, stream_slot,
 };
 
 /// Largest form body the UI reads.
@@ -150,6 +150,7 @@ impl From<AppError> for UiError {
             AppError::Forbidden(_) | AppError::Unauthorized => UiError::Forbidden(msg),
             AppError::BadRequest { .. } => UiError::BadRequest(msg),
             AppError::TooLarge(_) => UiError::TooLarge,
+            AppError::TooMany(_) => UiError::Busy(msg),
             AppError::Conflict { .. } => UiError::Conflict(msg),
             AppError::BadGateway(_)
             | AppError::Unavailable(_)

@@ -2,8 +2,8 @@
 //! middleware that requires a session and checks CSRF tokens, and login rate limits.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, Request, State};
@@ -32,6 +32,7 @@ pub struct UiState {
     hashing: tokio::sync::Semaphore,
     /// Sign-ins waiting for `hashing`: past [`MAX_HASH_WAITING`] more are refused.
     waiting: AtomicUsize,
+    streams: StreamSlots,
 }
 
 impl Default for UiState {
@@ -41,8 +42,73 @@ impl Default for UiState {
             attempts: Mutex::default(),
             hashing: tokio::sync::Semaphore::new((cores / 2).max(1)),
             waiting: AtomicUsize::new(0),
+            streams: StreamSlots::default(),
         }
     }
+}
+
+/// Long-lived streams (live pages, consoles) open per key (`session:<id>`,
+/// `user:<id>`), so one client cannot hold any number of them.
+#[derive(Default)]
+pub struct StreamSlots {
+    open: Mutex<HashMap<String, u32>>,
+}
+
+/// One open stream; its slots are given back when it is dropped (the stream ended).
+pub struct StreamSlot {
+    slots: Arc<UiState>,
+    keys: Vec<String>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.slots.streams.open.lock() {
+            for k in &self.keys {
+                if let Some(n) = open.get_mut(k) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        open.remove(k);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl UiState {
+    /// Takes a stream slot under every (key, limit), or refuses (429) when one is full.
+    pub fn open_stream(self: &Arc<Self>, keys: &[(String, u32)]) -> Result<StreamSlot, UiError> {
+        let mut open = self
+            .streams
+            .open
+            .lock()
+            .map_err(|_| UiError::Internal("the stream counters are poisoned".into()))?;
+        if let Some((key, limit)) = keys
+            .iter()
+            .find(|(k, limit)| open.get(k).is_some_and(|n| n >= limit))
+        {
+            let whose = key.split(':').next().unwrap_or("client");
+            return Err(UiError::Busy(format!(
+                "too many live pages and consoles open for this {whose} (at most {limit}): close some"
+            )));
+        }
+        for (k, _) in keys {
+            *open.entry(k.clone()).or_insert(0) += 1;
+        }
+        Ok(StreamSlot {
+            slots: self.clone(),
+            keys: keys.iter().map(|(k, _)| k.clone()).collect(),
+        })
+    }
+}
+
+/// A stream slot for a UI session: counted for the session and for its user.
+pub fn stream_slot(st: &AppState, sess: &Sess) -> Result<StreamSlot, UiError> {
+    let h = &st.config.http;
+    st.ui.open_stream(&[
+        (format!("session:{}", sess.0.id), h.max_streams_per_session),
+        (format!("user:{}", sess.0.user.id), h.max_streams_per_user),
+    ])
 }
 
 /// Sign-ins that may wait for a password check at once.
