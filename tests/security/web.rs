@@ -171,12 +171,13 @@ fn url_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -901,7 +902,7 @@ fn f09_streams_end_with_their_session() {
 
 /// What a raw connection does in [`f06_header_idle_and_request_timeouts`].
 #[derive(Clone, Copy, Debug)]
-enum Slow {
+enum Stall {
     /// This many connections that send part of a request's headers, then nothing.
     PartialHeaders(usize),
     /// One complete request on a kept-alive connection, then nothing.
@@ -945,7 +946,7 @@ fn read_until_closed(
 fn check_slow(
     target: &str,
     addr: std::net::SocketAddr,
-    slow: Slow,
+    slow: Stall,
     limit: std::time::Duration,
     auth: &str,
 ) {
@@ -957,15 +958,15 @@ fn check_slow(
     };
     let mut conns = vec![];
     match slow {
-        Slow::PartialHeaders(n) => {
+        Stall::PartialHeaders(n) => {
             for _ in 0..n {
                 let mut s = connect();
-                s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: 1")
+                s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Stall: 1")
                     .expect("a partial header");
                 conns.push(s);
             }
         }
-        Slow::IdleKeepAlive => {
+        Stall::IdleKeepAlive => {
             let mut s = connect();
             s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
                 .expect("a request");
@@ -978,7 +979,7 @@ fn check_slow(
             );
             conns.push(s);
         }
-        Slow::SlowBody => {
+        Stall::SlowBody => {
             let mut s = connect();
             let head = format!(
                 "POST {} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\ncsrf=",
@@ -1003,7 +1004,7 @@ fn check_slow(
             )
         });
         let text = String::from_utf8_lossy(&got);
-        if matches!(slow, Slow::SlowBody) {
+        if matches!(slow, Stall::SlowBody) {
             assert!(
                 text.starts_with("HTTP/1.1 503"),
                 "finding 6, {target} {slow:?}: {text}"
@@ -1025,10 +1026,10 @@ fn check_slow(
 fn f06_header_idle_and_request_timeouts() {
     use std::time::Duration;
     const LIMIT: Duration = Duration::from_secs(2);
-    const ROWS: &[Slow] = &[
-        Slow::PartialHeaders(50),
-        Slow::IdleKeepAlive,
-        Slow::SlowBody,
+    const ROWS: &[Stall] = &[
+        Stall::PartialHeaders(50),
+        Stall::IdleKeepAlive,
+        Stall::SlowBody,
     ];
     let tmp = tempfile::tempdir().unwrap();
     let served = serve(
