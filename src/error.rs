@@ -126,6 +126,15 @@ impl AppError {
     }
 }
 
+/// The rest of a refused body is never read, so the connection cannot carry another
+/// request: saying so keeps the client from reusing it while it closes.
+pub fn too_large_closes(resp: &mut Response) {
+    resp.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+}
+
 /// A short id that ties a 500 answer to the log line holding its details.
 pub fn error_id() -> String {
     format!("{:08x}", fastrand::u32(..))
@@ -155,6 +164,10 @@ impl IntoResponse for AppError {
             _ => None,
         };
         let body = json!({"error": {"code": code, "message": message, "field": field}});
-        (status, Json(body)).into_response()
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large_closes(&mut resp);
+        }
+        resp
     }
 }

@@ -173,7 +173,13 @@ pub async fn login(
     check_login_csrf(&headers, &f.csrf)?;
     let next = safe_next(f.next.as_deref());
     let username = f.username.trim().to_string();
-    let keys = vec![format!("ip:{}", peer.ip()), format!("user:{username}")];
+    // A name longer than any account's is keyed by its hash: the counters stay small.
+    let name_key = if username.len() > 64 {
+        sha256_hex(&username)
+    } else {
+        username.clone()
+    };
+    let keys = vec![format!("ip:{}", peer.ip()), format!("user:{name_key}")];
     if let Err(wait) = st.ui.begin_attempt(&keys) {
         tracing::warn!(user = ?untrusted(&username), peer = %peer.ip(), "login refused: too many failed attempts");
         return login_page(

@@ -217,13 +217,17 @@ impl IntoResponse for UiError {
             reason: status.canonical_reason().unwrap_or("Error"),
             message: &message,
         };
-        match page.render() {
+        let mut resp = match page.render() {
             Ok(html) => (status, Html(html)).into_response(),
             Err(e) => {
                 tracing::error!(error = ?untrusted(&e.to_string()), "rendering the error page");
                 (status, message).into_response()
             }
+        };
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            crate::error::too_large_closes(&mut resp);
         }
+        resp
     }
 }
 
