@@ -1042,29 +1042,18 @@ fn f06_header_idle_and_request_timeouts() {
         ],
     );
     // An agent with the same deadlines.
-    let port = crate::support::free_port();
-    let agent_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("an address");
-    let token = "web-agent-token-0123456789";
-    let agent = zlh(tmp.path())
-        .args(["agent", "--listen", &agent_addr.to_string(), "--dir"])
-        .arg(tmp.path().join("agent"))
-        .args([
+    let (_agent, agent_addr) = spawn_agent(
+        tmp.path(),
+        &[
             "--header-timeout",
             "2s",
             "--idle-timeout",
             "2s",
             "--request-timeout",
             "2s",
-        ])
-        .env("ZLH_AGENT_TOKEN", token)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawning zlh agent");
-    let _agent = KillOnDrop(agent);
-    crate::support::wait_for("the agent to answer", Duration::from_secs(20), || {
-        crate::support::http_get(&format!("http://{agent_addr}/health")).map(|_| ())
-    });
+        ],
+    );
+    let token = AGENT_TOKEN;
     let auth = format!("Authorization: Bearer {token}\r\n");
     // The rows run side by side: each waits out the same deadline.
     std::thread::scope(|s| {
@@ -1082,6 +1071,30 @@ fn f06_header_idle_and_request_timeouts() {
         crate::support::http_get(&format!("http://{agent_addr}/health")).is_some(),
         "zlh agent still answers"
     );
+}
+
+const AGENT_TOKEN: &str = "web-agent-token-0123456789";
+
+/// A `zlh agent` on a free port with [`AGENT_TOKEN`] and `extra` flags, answering.
+fn spawn_agent(tmp: &Path, extra: &[&str]) -> (KillOnDrop, std::net::SocketAddr) {
+    let port = crate::support::free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("an address");
+    let agent = zlh(tmp)
+        .args(["agent", "--listen", &addr.to_string(), "--dir"])
+        .arg(tmp.join("agent"))
+        .args(extra)
+        .env("ZLH_AGENT_TOKEN", AGENT_TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning zlh agent");
+    let agent = KillOnDrop(agent);
+    crate::support::wait_for(
+        "the agent to answer",
+        std::time::Duration::from_secs(20),
+        || crate::support::http_get(&format!("http://{addr}/health")).map(|_| ()),
+    );
+    (agent, addr)
 }
 
 /// A child process killed when the test ends, however it ends.
@@ -1167,6 +1180,7 @@ fn f06_streams_capped_per_session_and_user() {
             ("ZLH_HTTP_MAX_STREAMS_PER_USER", "3"),
         ],
     );
+    let (_agent, agent_addr) = spawn_agent(tmp.path(), &["--max-streams", "1"]);
     let client = ui_client();
     rt().block_on(async {
         let (a, b) = (
@@ -1202,6 +1216,36 @@ fn f06_streams_capped_per_session_and_user() {
                 held.push(resp);
             }
         }
+        // The agent's console streams are capped too.
+        let console = || {
+            use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+            let mut req = format!("ws://{agent_addr}/console/stream")
+                .into_client_request()
+                .expect("a WS request");
+            req.headers_mut().insert(
+                "authorization",
+                format!("Bearer {AGENT_TOKEN}").parse().expect("a header"),
+            );
+            tokio_tungstenite::connect_async(req)
+        };
+        let first = console()
+            .await
+            .expect("finding 6: the agent's first console stream");
+        match console().await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(
+                    resp.status().as_u16(),
+                    429,
+                    "finding 6: the agent's second console stream"
+                );
+            }
+            other => panic!(
+                "finding 6: the agent's second console stream: {:?}",
+                other.map(|_| "upgraded")
+            ),
+        }
+        drop(first);
+
         // A stream that ends gives its place back.
         drop(held.remove(0));
         crate::support::wait_for_async(

@@ -201,7 +201,7 @@ pub async fn server_live(
                 Err(e) => {
                     // Said once, then the stream ends (the page reconnects).
                     tracing::warn!(server = id, error = ?untrusted(&e.to_string()), "live page of a server");
-                    let ev = Event::default().event("error").data(e.to_string());
+                    let ev = Event::default().event("error").data(e.public_message());
                     return (Look::End(Some(ev)), (after, last_key));
                 }
             };

@@ -193,6 +193,20 @@ struct ErrorPage<'a> {
     message: &'a str,
 }
 
+impl UiError {
+    /// What the user may read: an internal error's text goes to the log under an id,
+    /// and only that id is shown.
+    pub fn public_message(&self) -> String {
+        if let UiError::Internal(_) = self {
+            let id = crate::error::error_id();
+            tracing::error!(error_id = %id, error = ?untrusted(&self.to_string()), "UI request failed");
+            crate::error::internal_message(&id)
+        } else {
+            self.to_string()
+        }
+    }
+}
+
 impl IntoResponse for UiError {
     fn into_response(self) -> Response {
         let status = match &self {
@@ -204,13 +218,7 @@ impl IntoResponse for UiError {
             UiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             UiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let message = if status.is_server_error() {
-            let id = crate::error::error_id();
-            tracing::error!(error_id = %id, error = ?untrusted(&self.to_string()), "UI request failed");
-            crate::error::internal_message(&id)
-        } else {
-            self.to_string()
-        };
+        let message = self.public_message();
         let page = ErrorPage {
             page: Page::bare("Error"),
             status: status.as_u16(),
