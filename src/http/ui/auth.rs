@@ -190,24 +190,15 @@ pub async fn login(
             Some(format!("Too many failed sign-ins. Try again in {wait} s.")),
         );
     }
-    // The pooled connection is held only for the look-up; argon2 runs after it.
-    let name = username.clone();
-    let found = st
-        .db
-        .call(move |c| users::password_hash_of(c, &name))
-        .await?;
-    let password = f.password;
-    let user = st
-        .ui
-        .hash(move || match found {
-            Some((user, phc)) => users::password_matches(&phc, &password).then_some(user),
-            None => {
-                // The same work as for a wrong password: the timing says nothing.
-                let _same_timing = users::password_matches(dummy_hash(), &password);
-                None
-            }
-        })
-        .await?;
+    let checked = check_password(&st, username.clone(), f.password).await;
+    let user = match checked {
+        Ok(user) => user,
+        Err(e) => {
+            // Not a guess that was judged (busy, or a failure of ours): not counted.
+            st.ui.refund(&keys);
+            return Err(e);
+        }
+    };
     let Some(user) = user else {
         tracing::info!(user = ?untrusted(&username), peer = %peer.ip(), "failed sign-in");
         return login_page(
@@ -223,6 +214,29 @@ pub async fn login(
     let secret = st.db.write(move |tx| sessions::create(tx, uid)).await?;
     tracing::info!(user = ?untrusted(&user.username), "signed in");
     Ok(session_redirect(&headers, &next, &secret))
+}
+
+/// The account `name` when `password` is its password. The pooled connection is held
+/// only for the look-up; argon2 runs after it, behind the UI's hashing gate.
+async fn check_password(
+    st: &AppState,
+    name: String,
+    password: String,
+) -> Result<Option<users::User>, UiError> {
+    let found = st
+        .db
+        .call(move |c| users::password_hash_of(c, &name))
+        .await?;
+    st.ui
+        .hash(move || match found {
+            Some((user, phc)) => users::password_matches(&phc, &password).then_some(user),
+            None => {
+                // The same work as for a wrong password: the timing says nothing.
+                let _same_timing = users::password_matches(dummy_hash(), &password);
+                None
+            }
+        })
+        .await
 }
 
 /// The redirect that starts a session: sets its cookie, drops the login CSRF cookie.
