@@ -1,8 +1,9 @@
 //! The HTTP listener of `zlh serve` and `zlh agent`: hyper's HTTP/1 server with the
 //! deadlines and caps `axum::serve` does not have. A client must send a request's
 //! headers within the header timeout; a connection with nothing in flight is closed
-//! after the idle timeout; at most `max_connections` are served at once (more wait in
-//! the kernel's backlog); a handler gets the request timeout to start its answer
+//! after the idle timeout; at most `max_connections` are open at once, WebSockets
+//! included (more wait in the kernel's backlog); a handler gets the request timeout to
+//! start its answer
 //! (streams — SSE bodies, WebSockets, artifact downloads — are not cut by it: they
 //! answer at once and are bounded by their own caps).
 
@@ -22,7 +23,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +52,8 @@ pub async fn serve(
     let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let slots = Arc::new(Semaphore::new(max));
     let closing = CancellationToken::new();
+    // Every connection task holds a sender: when all are gone, all have finished.
+    let (running, mut finished) = tokio::sync::mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -73,19 +76,23 @@ pub async fn serve(
             },
         };
         let (app, closing) = (app.clone(), closing.clone());
+        // The permit goes with the socket: held until it is closed, WebSockets included.
+        let io = Lingering {
+            stream: Some(stream),
+            permit: Some(permit),
+        };
+        let running = running.clone();
         tokio::spawn(async move {
-            connection(stream, peer, app, limits, closing).await;
-            drop(permit);
+            connection(io, peer, app, limits, closing).await;
+            drop(running);
         });
     }
     closing.cancel();
-    // Every connection holds a permit until it is done: all of them back means all done.
-    let all = u32::try_from(max).unwrap_or(u32::MAX);
-    slots
-        .acquire_many(all)
-        .await
-        .map(drop)
-        .map_err(|e| std::io::Error::other(format!("waiting for connections to close: {e}")))
+    // Like axum::serve: requests in flight finish; upgraded connections (WebSockets)
+    // are their handlers' to end, and a closing socket's lingering is not waited for.
+    drop(running);
+    finished.recv().await;
+    Ok(())
 }
 
 /// What is in flight on one connection, and since when it has been idle.
@@ -148,8 +155,121 @@ impl http_body::Body for TrackedBody {
     }
 }
 
+/// A connection's socket. When hyper is done with it, it is closed gently: the client
+/// may still be sending a body that was refused (413) or not read, and closing a socket
+/// with unread data resets the connection, losing the answer on its way. So the write
+/// side is shut first and the rest read and dropped, briefly, before the close — the
+/// "lingering close" of other servers.
+struct Lingering {
+    stream: Option<TcpStream>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// At most this long, and this much, is read from a closing connection.
+const LINGER_FOR: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 8 << 20;
+/// A closing connection that sends nothing for this long is closed at once.
+const LINGER_QUIET: Duration = Duration::from_millis(500);
+
+impl Lingering {
+    fn stream(&mut self) -> std::io::Result<&mut TcpStream> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("the connection is closed"))
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let (Some(stream), permit) = (self.stream.take(), self.permit.take()) else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                linger(stream).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let until = Instant::now() + LINGER_FOR;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut read = 0;
+    while read < LINGER_BYTES {
+        let Some(left) = until.checked_duration_since(Instant::now()) else {
+            return;
+        };
+        match tokio::time::timeout(left.min(LINGER_QUIET), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => read += n,
+            // Closed by the client, an error, or quiet: done.
+            _ => return,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Lingering {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.stream() {
+            Ok(s) => Pin::new(s).poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Lingering {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.stream() {
+            Ok(s) => Pin::new(s).poll_write(cx, data),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.stream() {
+            Ok(s) => Pin::new(s).poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.stream() {
+            Ok(s) => Pin::new(s).poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.stream() {
+            Ok(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.as_ref().is_some_and(|s| s.is_write_vectored())
+    }
+}
+
 async fn connection(
-    stream: tokio::net::TcpStream,
+    stream: Lingering,
     peer: SocketAddr,
     app: Router,
     limits: Limits,

@@ -1,5 +1,7 @@
 //! Sessions of the admin UI: the cookies, the signed-in user of a request, the
-//! middleware that requires a session and checks CSRF tokens, and login rate limits.
+//! middleware that requires a session and checks CSRF tokens, login rate limits and
+//! the password-hashing gate, and what long-lived streams need (a slot under the
+//! per-session and per-user caps, the end of their session, the WebSocket `Origin`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
