@@ -277,6 +277,36 @@ fn f13_headers_and_error_bodies() {
             );
         }
 
+        // (variant, method, API path, status, code)
+        const UNROUTED: &[(&str, &str, &str, u16, &str)] = &[
+            ("unknown API path", "GET", "/api/v1/nope", 404, "not_found"),
+            (
+                "method the route does not take",
+                "PUT",
+                "/api/v1/servers",
+                405,
+                "method_not_allowed",
+            ),
+        ];
+        for (variant, method, path, want, code) in UNROUTED {
+            let r = client
+                .request(method.parse().expect("a method"), served.url(path))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .expect("an API request");
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r
+                .json()
+                .await
+                .unwrap_or_else(|e| panic!("finding 13, {variant}: not JSON: {e}"));
+            assert_eq!(status, *want, "finding 13, {variant}: {body}");
+            assert_eq!(
+                body["error"]["code"], *code,
+                "finding 13, {variant}: {body}"
+            );
+        }
+
         // A table gone under the server's feet: SQLite's "no such table" is for the log.
         let db = crate::support::open_db(&served.data_dir);
         db.execute_batch("ALTER TABLE templates RENAME TO templates_gone")
