@@ -61,7 +61,7 @@ pub async fn relay(
         tokio::select! {
             _ = &mut ended => {
                 let _ = browser
-                    .send(Message::Text("[zlh] your session ended: sign in again".into()))
+                    .send(Message::Text("[zlh] the session or token of this stream ended: sign in again".into()))
                     .await;
                 let _ = browser.send(Message::Close(None)).await;
                 break;

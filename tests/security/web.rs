@@ -822,6 +822,27 @@ fn f09_streams_end_with_their_session() {
     let served = &api.served;
     // Adds the admin `ui-viewer` (signed in again below for every row).
     crate::support::ui_session(served);
+    let stream_token = {
+        let out = zlh(&served.data_dir)
+            .args([
+                "token",
+                "create",
+                "--user",
+                "admin",
+                "--name",
+                "stream-test",
+                "--data-dir",
+            ])
+            .arg(&served.data_dir)
+            .output()
+            .expect("zlh token create");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
     let new_session = || async {
         let r = post_login(&ui_client(), served, "ui-viewer", "ui-viewer-password", &[]).await;
         set_cookie(&r, "zlh_session").expect("signed in as ui-viewer")
@@ -901,6 +922,47 @@ fn f09_streams_end_with_their_session() {
             )
             .await
             .unwrap_or_else(|_| panic!("finding 9, {how:?}: the console outlived its session"));
+        }
+
+        // The API's console stream ends when its token is revoked.
+        {
+            let url = served
+                .url(&format!("/api/v1/servers/{id}/console/stream"))
+                .replacen("http", "ws", 1);
+            let mut req = url.into_client_request().expect("a WS request");
+            req.headers_mut().insert(
+                "authorization",
+                format!("Bearer {stream_token}").parse().expect("a header"),
+            );
+            let (mut ws, _) = tokio_tungstenite::connect_async(req)
+                .await
+                .expect("finding 9: the API console stream");
+            let first = tokio::time::timeout(WITHIN, ws.next()).await;
+            assert!(
+                matches!(first, Ok(Some(Ok(_)))),
+                "finding 9, API token: {first:?}"
+            );
+            let db = crate::support::open_db(&served.data_dir);
+            db.execute(
+                "UPDATE api_tokens SET revoked_at = 1 WHERE name = 'stream-test'",
+                [],
+            )
+            .expect("revoking the token");
+            let ws_end = async {
+                loop {
+                    match ws.next().await {
+                        Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)))
+                        | None
+                        | Some(Err(_)) => return,
+                        Some(Ok(_)) => continue,
+                    }
+                }
+            };
+            tokio::time::timeout(WITHIN, ws_end)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("finding 9: the API console outlived its revoked token")
+                });
         }
 
         // (variant, Origin sent, upgraded)

@@ -49,16 +49,42 @@ async fn require_token(
     if token.is_empty() {
         return Err(AppError::Unauthorized);
     }
+    let presented = token.clone();
     let user = st
         .db
         .call(move |c| users::verify_token(c, &token))
         .await?
         .ok_or(AppError::Unauthorized)?;
     req.extensions_mut().insert(user);
+    req.extensions_mut().insert(Bearer(presented));
     Ok(next.run(req).await)
 }
 
 pub type Caller = Extension<User>;
+
+/// The bearer token a request was let in with (a stream checks it again later).
+#[derive(Clone)]
+pub struct Bearer(String);
+
+/// How often a stream checks that its token still works.
+const TOKEN_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Resolves once `token` no longer lets anyone in (revoked, or its user gone): a
+/// stream opened with it ends then. A failed check counts as revoked.
+pub async fn token_revoked(st: AppState, Bearer(token): Bearer) {
+    loop {
+        tokio::time::sleep(TOKEN_RECHECK).await;
+        let token = token.clone();
+        match st.db.call(move |c| users::verify_token(c, &token)).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "checking the token of a stream");
+                return;
+            }
+        }
+    }
+}
 
 pub fn require_admin(user: &User) -> Result<(), AppError> {
     if user.is_admin {

@@ -299,6 +299,7 @@ async fn console_command(
 async fn console_stream(
     State(st): State<AppState>,
     caller: Caller,
+    axum::Extension(bearer): axum::Extension<super::Bearer>,
     Path(id): Path<i64>,
     ws: axum::extract::ws::WebSocketUpgrade,
 ) -> Result<axum::response::Response, AppError> {
@@ -314,15 +315,9 @@ async fn console_stream(
     Ok(ws
         .on_upgrade(move |socket| async move {
             let _slot = slot;
-            // A bearer token is checked at the upgrade; the stream is not tied to a session.
-            crate::http::console::relay(
-                socket,
-                client,
-                server.name,
-                shutdown,
-                std::future::pending(),
-            )
-            .await
+            // The stream ends when the token it was opened with stops working.
+            let ended = super::token_revoked(st, bearer);
+            crate::http::console::relay(socket, client, server.name, shutdown, ended).await
         })
         .into_response())
 }
