@@ -256,11 +256,11 @@ impl Prepared {
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "preparing the first-run setup token"),
         }
-        let http = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let limits = config.http.limits();
+        let app = app.layer(axum::middleware::from_fn(move |req, next| {
+            crate::util::listener::request_timeout(limits.request_timeout, req, next)
+        }));
+        let http = crate::util::listener::serve(listener, app, limits, async move {
             shutdown.await;
             tracing::info!("shutting down: draining HTTP and running jobs");
             ready_flag.store(false, Ordering::SeqCst);

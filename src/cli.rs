@@ -155,6 +155,21 @@ pub struct AgentArgs {
     /// Readiness probe interval.
     #[arg(long, default_value = "1s", value_parser = crate::util::parse_duration)]
     pub probe_interval: std::time::Duration,
+    /// Time a client has to send a request's headers.
+    #[arg(long, default_value = "10s", value_parser = crate::util::parse_duration)]
+    pub header_timeout: std::time::Duration,
+    /// A connection with no request in flight for this long is closed.
+    #[arg(long, default_value = "5s", value_parser = crate::util::parse_duration)]
+    pub idle_timeout: std::time::Duration,
+    /// Time a request has to start its answer (the console stream is not cut by it).
+    #[arg(long, default_value = "60s", value_parser = crate::util::parse_duration)]
+    pub request_timeout: std::time::Duration,
+    /// Connections served at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_connections: usize,
+    /// Console streams open at once (more are refused with 429).
+    #[arg(long, default_value_t = 16)]
+    pub max_streams: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -731,6 +746,13 @@ fn agent(args: &AgentArgs) -> Result<(), CliError> {
         stop_timeout: args.stop_timeout,
         term_timeout: args.term_timeout,
         probe_interval: args.probe_interval,
+        http: crate::util::listener::Limits {
+            header_timeout: args.header_timeout,
+            idle_timeout: args.idle_timeout,
+            request_timeout: args.request_timeout,
+            max_connections: args.max_connections,
+        },
+        max_streams: args.max_streams,
     };
     let listen = args.listen;
     runtime()?.block_on(async move {

@@ -95,6 +95,8 @@ pub struct Config {
     /// Delays before a local server's agent restarts a crashed game, one per crash in a
     /// row (`30s,60s,120s`); after the last it gives up and reports `error`.
     pub local_crash_backoff: String,
+    /// Deadlines and caps of the HTTP listener.
+    pub http: HttpConfig,
 }
 
 /// Default per-user limits (0: no limit). Admins are not limited.
@@ -116,12 +118,56 @@ impl Default for QuotaConfig {
     }
 }
 
+/// Deadlines and caps of the HTTP listener (see `crate::util::listener`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Seconds a client has to send a request's headers.
+    pub header_timeout_secs: u64,
+    /// Seconds a connection may sit with no request in flight before it is closed
+    /// (hyper also applies the header timeout to the wait for the next request, so
+    /// the shorter of the two wins).
+    pub idle_timeout_secs: u64,
+    /// Seconds a handler has to start its answer (streams are not cut by it).
+    pub request_timeout_secs: u64,
+    /// Connections served at once (more wait in the kernel's backlog).
+    pub max_connections: u32,
+    /// Live pages and consoles one UI session may have open at once.
+    pub max_streams_per_session: u32,
+    /// Live pages and consoles one user may have open at once (all sessions and tokens).
+    pub max_streams_per_user: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_timeout_secs: 10,
+            idle_timeout_secs: 5,
+            request_timeout_secs: 60,
+            max_connections: 1024,
+            max_streams_per_session: 16,
+            max_streams_per_user: 64,
+        }
+    }
+}
+
 impl QuotaConfig {
     /// As the domain takes it.
     pub fn defaults(&self) -> crate::domain::users::Quota {
         crate::domain::users::Quota {
             max_servers: (self.max_servers > 0).then_some(self.max_servers as i64),
             max_memory_mb: (self.max_memory_mb > 0).then_some(self.max_memory_mb as i64),
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn limits(&self) -> crate::util::listener::Limits {
+        crate::util::listener::Limits {
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            request_timeout: Duration::from_secs(self.request_timeout_secs),
+            max_connections: self.max_connections as usize,
         }
     }
 }
@@ -203,6 +249,7 @@ impl Default for Config {
             local_port_max: 30999,
             local_crash_backoff: "30s,60s,120s".into(),
             quota: QuotaConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -525,6 +572,23 @@ impl Config {
             message: e.message,
         })?;
         check(self.backup_keep >= 1, "backup_keep", "must be at least 1")?;
+        let h = &self.http;
+        for (value, key) in [
+            (h.header_timeout_secs, "http.header_timeout_secs"),
+            (h.idle_timeout_secs, "http.idle_timeout_secs"),
+            (h.request_timeout_secs, "http.request_timeout_secs"),
+            (u64::from(h.max_connections), "http.max_connections"),
+            (
+                u64::from(h.max_streams_per_session),
+                "http.max_streams_per_session",
+            ),
+            (
+                u64::from(h.max_streams_per_user),
+                "http.max_streams_per_user",
+            ),
+        ] {
+            check(value >= 1, key, "must be at least 1")?;
+        }
         check(
             self.backup_interval_hours <= 24 * 365,
             "backup_interval_hours",

@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::artifacts::{ArtifactError, ErrorClass};
 use crate::db::DbError;
 use crate::queue::QueueError;
+use crate::util::untrusted;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -32,6 +33,9 @@ pub enum AppError {
     Forbidden(String),
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
+    /// Over a cap (e.g. open console streams): 429.
+    #[error("{0}")]
+    TooMany(String),
     /// An upstream the request depended on failed (e.g. an artifact fill).
     #[error("{0}")]
     BadGateway(String),
@@ -112,6 +116,7 @@ impl AppError {
             AppError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            AppError::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             AppError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "upstream"),
             AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             AppError::Db(_) | AppError::Internal(_) => {
@@ -121,17 +126,48 @@ impl AppError {
     }
 }
 
+/// The rest of a refused body is never read, so the connection cannot carry another
+/// request: saying so keeps the client from reusing it while it closes.
+pub fn too_large_closes(resp: &mut Response) {
+    resp.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+}
+
+/// A short id that ties a 500 answer to the log line holding its details.
+pub fn error_id() -> String {
+    format!("{:08x}", fastrand::u32(..))
+}
+
+/// The message a 500 answers with: what failed inside (SQLite's text, a path) is for
+/// the log, under `id`, not for whoever sent the request.
+pub fn internal_message(id: &str) -> String {
+    format!("internal error (id {id}): the details are in the server log under this id")
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_code();
-        if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
-        }
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            let id = error_id();
+            tracing::error!(error_id = %id, error = ?untrusted(&self.to_string()), "request failed");
+            internal_message(&id)
+        } else {
+            if status.is_server_error() {
+                tracing::error!(error = ?untrusted(&self.to_string()), "request failed");
+            }
+            self.to_string()
+        };
         let field = match &self {
             AppError::BadRequest { field, .. } | AppError::Conflict { field, .. } => field.clone(),
             _ => None,
         };
-        let body = json!({"error": {"code": code, "message": self.to_string(), "field": field}});
-        (status, Json(body)).into_response()
+        let body = json!({"error": {"code": code, "message": message, "field": field}});
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large_closes(&mut resp);
+        }
+        resp
     }
 }

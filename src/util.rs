@@ -1,4 +1,6 @@
-//! Small shared helpers.
+//! Small shared helpers, and the HTTP listener of `zlh serve` and `zlh agent`.
+
+pub mod listener;
 
 /// Formats ms since the epoch as RFC 3339 UTC (`2026-11-28T12:47:49Z`).
 pub fn format_ts(ms: i64) -> String {
@@ -102,5 +104,58 @@ mod tests {
         assert_eq!(format_ts(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_ts(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(format_ts(1_795_873_669_000), "2026-11-28T13:47:49Z");
+    }
+}
+
+/// The most of a user-supplied string one log field carries (characters).
+pub const LOG_FIELD_MAX: usize = 512;
+
+/// A user-supplied string (a user name, a path, an error that quotes input) as a log
+/// field: always quoted and escaped, so a `\n` cannot forge a line nor an escape code
+/// paint a terminal, and cut to [`LOG_FIELD_MAX`] characters, saying how much was cut,
+/// so a 1 MB name costs the log a few hundred bytes. `%` and `?` print the same.
+pub struct Untrusted<'a>(&'a str);
+
+/// See [`Untrusted`]: `tracing::info!(user = ?untrusted(&name), …)`.
+pub fn untrusted(s: &str) -> Untrusted<'_> {
+    Untrusted(s)
+}
+
+impl std::fmt::Debug for Untrusted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let end = self
+            .0
+            .char_indices()
+            .nth(LOG_FIELD_MAX)
+            .map_or(self.0.len(), |(i, _)| i);
+        write!(f, "{:?}", &self.0[..end])?;
+        if end < self.0.len() {
+            write!(f, "…(+{} bytes)", self.0.len() - end)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Untrusted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod untrusted_tests {
+    use super::*;
+
+    #[test]
+    fn untrusted_strings_are_escaped_and_cut() {
+        assert_eq!(
+            format!("{:?}", untrusted("a\nINFO forged")),
+            "\"a\\nINFO forged\""
+        );
+        assert_eq!(format!("{}", untrusted("\u{1b}[31m")), "\"\\u{1b}[31m\"");
+        let long = "é".repeat(LOG_FIELD_MAX + 10);
+        let shown = format!("{:?}", untrusted(&long));
+        assert!(shown.ends_with("…(+20 bytes)"), "{shown}");
+        assert!(shown.len() < 2 * LOG_FIELD_MAX + 40, "{}", shown.len());
     }
 }

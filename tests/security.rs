@@ -8,3 +8,5 @@ mod fuzz;
 #[path = "security/input.rs"]
 mod input;
 mod support;
+#[path = "security/web.rs"]
+mod web;

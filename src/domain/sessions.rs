@@ -76,6 +76,16 @@ pub fn lookup(conn: &Connection, secret: &str) -> Result<Option<Session>, Domain
     Ok(Some(session))
 }
 
+/// Whether session `id` is still live (not ended, not expired). Long-lived streams
+/// ask this now and then, so they end with their session.
+pub fn is_live(conn: &Connection, id: i64) -> Result<bool, DomainError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1 AND expires_at > ?2")?
+        .query_row(params![id, now_ms()], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
 /// Ends one session (logout).
 pub fn delete(conn: &Connection, session_id: i64) -> Result<(), DomainError> {
     conn.execute("DELETE FROM sessions WHERE id = ?1", [session_id])?;

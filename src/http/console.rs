@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::client::AgentClient;
+use crate::util::untrusted;
 
 /// Tells the client there is nothing to stream yet, and closes.
 pub async fn no_agent(mut socket: WebSocket, label: &str) {
@@ -19,14 +20,16 @@ pub async fn no_agent(mut socket: WebSocket, label: &str) {
         .await;
 }
 
-/// Relays the agent's console (recent lines, then live ones) until either side closes
-/// or `shutdown` is cancelled.
+/// Relays the agent's console (recent lines, then live ones) until either side closes,
+/// `shutdown` is cancelled or `ended` resolves (the session behind it ended).
 pub async fn relay(
     mut browser: WebSocket,
     client: AgentClient,
     label: String,
     shutdown: CancellationToken,
+    ended: impl std::future::Future<Output = ()>,
 ) {
+    tokio::pin!(ended);
     use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
     let url = client.console_stream_url();
     let request = url.as_str().into_client_request().map(|mut r| {
@@ -45,7 +48,7 @@ pub async fn relay(
     let mut agent = match connected {
         Ok((stream, _)) => stream,
         Err(e) => {
-            tracing::warn!(server = %label, error = %e, "console relay: agent unreachable");
+            tracing::warn!(server = ?untrusted(&label), error = ?untrusted(&e), "console relay: agent unreachable");
             let _ = browser
                 .send(Message::Text(
                     format!("[zlh] the console of {label} is unavailable: {e}").into(),
@@ -56,6 +59,13 @@ pub async fn relay(
     };
     loop {
         tokio::select! {
+            _ = &mut ended => {
+                let _ = browser
+                    .send(Message::Text("[zlh] the session or token of this stream ended: sign in again".into()))
+                    .await;
+                let _ = browser.send(Message::Close(None)).await;
+                break;
+            }
             _ = shutdown.cancelled() => {
                 let _ = browser
                     .send(Message::Text("[zlh] zlh serve is shutting down; reconnecting…".into()))

@@ -20,8 +20,34 @@ pub fn router(state: AppState) -> Router {
         .merge(api::router(state.clone()))
         .merge(ui::router(state.clone()))
         .merge(traefik::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(middleware::from_fn(log_request))
+}
+
+/// Unknown paths: under `/api` in the API's JSON error shape, elsewhere a plain 404.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    use axum::response::IntoResponse;
+    if uri.path().starts_with("/api/") {
+        crate::error::AppError::NotFound(format!("no API route {}", uri.path())).into_response()
+    } else {
+        (axum::http::StatusCode::NOT_FOUND, "not found").into_response()
+    }
+}
+
+/// A known path with another method: under `/api` in the API's JSON error shape.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    use axum::response::IntoResponse;
+    let message = format!("{} does not take {method}", uri.path());
+    if uri.path().starts_with("/api/") {
+        let body = serde_json::json!({
+            "error": {"code": "method_not_allowed", "message": message, "field": null}
+        });
+        (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+    } else {
+        (axum::http::StatusCode::METHOD_NOT_ALLOWED, message).into_response()
+    }
 }
 
 /// Whether the request's `If-None-Match` names `etag` (or `*`): a 304 will do.
@@ -39,7 +65,7 @@ async fn log_request(req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     tracing::debug!(
         %method,
-        %path,
+        path = ?crate::util::untrusted(&path),
         status = resp.status().as_u16(),
         ms = started.elapsed().as_millis() as u64,
         "request"

@@ -681,7 +681,7 @@ fn record(stats: &WorkerStats, d: &Done, state: Option<JobState>) {
         Some(st) => {
             if let Finish::Failed { error, .. } | Finish::Discarded { error } = &d.result {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(job = d.fence.id, kind = %d.kind, attempt = d.fence.attempt, state = %st, error = %error, "job failed");
+                tracing::warn!(job = d.fence.id, kind = %d.kind, attempt = d.fence.attempt, state = %st, error = ?crate::util::untrusted(error), "job failed");
             }
         }
     }

@@ -45,6 +45,10 @@ pub struct AgentOptions {
     pub term_timeout: Duration,
     /// Readiness probe interval.
     pub probe_interval: Duration,
+    /// Deadlines and caps of the HTTP listener.
+    pub http: crate::util::listener::Limits,
+    /// Console streams open at once.
+    pub max_streams: usize,
 }
 
 impl Default for AgentOptions {
@@ -61,6 +65,13 @@ impl Default for AgentOptions {
             stop_timeout: Duration::from_secs(30),
             term_timeout: Duration::from_secs(10),
             probe_interval: Duration::from_secs(1),
+            http: crate::util::listener::Limits {
+                header_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(5),
+                request_timeout: Duration::from_secs(60),
+                max_connections: 64,
+            },
+            max_streams: 16,
         }
     }
 }
@@ -103,6 +114,8 @@ pub(crate) struct Status {
 
 pub(crate) struct Shared {
     pub opts: AgentOptions,
+    /// Console streams open now (at most `opts.max_streams`).
+    streams: std::sync::atomic::AtomicUsize,
     token: RwLock<Option<String>>,
     pub status: Mutex<Status>,
     pub console: Console,
@@ -164,6 +177,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         console: Console::new(opts.dir.join("logs").join("console.log")),
         opts: opts.clone(),
+        streams: std::sync::atomic::AtomicUsize::new(0),
         token: RwLock::new(token),
         status: Mutex::new(Status {
             state: AgentState::Idle,
@@ -188,8 +202,11 @@ pub async fn run(
     let app = router(shared.clone());
     let addr = listener.local_addr().map_err(AgentError::Http)?;
     tracing::info!(%addr, dir = %opts.dir.display(), "zlh agent listening");
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let limits = opts.http;
+    let app = app.layer(middleware::from_fn(move |req, next| {
+        crate::util::listener::request_timeout(limits.request_timeout, req, next)
+    }));
+    let result = crate::util::listener::serve(listener, app, limits, shutdown)
         .await
         .map_err(AgentError::Http);
     let (tx, rx) = oneshot::channel();
@@ -479,7 +496,29 @@ async fn console_tail(
 }
 
 async fn console_stream(State(shared): State<Arc<Shared>>, ws: WebSocketUpgrade) -> Response {
-    ws.on_upgrade(move |socket| stream_console(shared, socket))
+    use std::sync::atomic::Ordering;
+    /// Gives the stream's place back when the stream ends.
+    struct Slot(Arc<Shared>);
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            self.0.streams.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let slot = Slot(shared.clone());
+    if shared.streams.fetch_add(1, Ordering::SeqCst) >= shared.opts.max_streams {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            format!(
+                "{} console streams are open already: close one",
+                shared.opts.max_streams
+            ),
+        );
+    }
+    ws.on_upgrade(move |socket| async move {
+        let _slot = slot;
+        stream_console(shared, socket).await
+    })
 }
 
 async fn stream_console(shared: Arc<Shared>, mut socket: WebSocket) {

@@ -3,7 +3,7 @@
 //! unprotect, delete), `/api/v1/servers/{id}/backups/retention`,
 //! `/api/v1/servers/{id}/schedules`, `/api/v1/schedules/{id}`.
 
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::servers::job_json;
-use super::{BODY_LIMIT, Caller, json_error};
+use super::{BODY_LIMIT, Caller, Path, Query, json_error};
 use crate::app::AppState;
 use crate::domain::DomainError;
 use crate::domain::backups::{self, RestoreRequest, Retention};

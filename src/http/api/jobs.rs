@@ -1,12 +1,12 @@
 //! `/api/v1/jobs`: the queue, for admins.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Caller, require_admin};
+use super::{Caller, Path, Query, require_admin};
 use crate::app::AppState;
 use crate::error::AppError;
 use crate::queue::{JobFilter, JobState};

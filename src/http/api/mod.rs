@@ -6,8 +6,10 @@ mod openapi;
 mod servers;
 mod templates_nodes;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::header;
+use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::{Extension, Router};
@@ -47,16 +49,42 @@ async fn require_token(
     if token.is_empty() {
         return Err(AppError::Unauthorized);
     }
+    let presented = token.clone();
     let user = st
         .db
         .call(move |c| users::verify_token(c, &token))
         .await?
         .ok_or(AppError::Unauthorized)?;
     req.extensions_mut().insert(user);
+    req.extensions_mut().insert(Bearer(presented));
     Ok(next.run(req).await)
 }
 
 pub type Caller = Extension<User>;
+
+/// The bearer token a request was let in with (a stream checks it again later).
+#[derive(Clone)]
+pub struct Bearer(String);
+
+/// How often a stream checks that its token still works.
+const TOKEN_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Resolves once `token` no longer lets anyone in (revoked, or its user gone): a
+/// stream opened with it ends then. A failed check counts as revoked.
+pub async fn token_revoked(st: AppState, Bearer(token): Bearer) {
+    loop {
+        tokio::time::sleep(TOKEN_RECHECK).await;
+        let token = token.clone();
+        match st.db.call(move |c| users::verify_token(c, &token)).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "checking the token of a stream");
+                return;
+            }
+        }
+    }
+}
 
 pub fn require_admin(user: &User) -> Result<(), AppError> {
     if user.is_admin {
@@ -105,5 +133,59 @@ fn json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> AppError {
     AppError::BadRequest {
         field: Some(field),
         message: format!("invalid JSON body: {msg}"),
+    }
+}
+
+/// Path parameters that answer a bad one (`/servers/abc`) with the API's error shape.
+pub struct Path<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Path<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::path::ErrorKind;
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => {
+                let field = match e.kind() {
+                    ErrorKind::ParseErrorAtKey { key, .. }
+                    | ErrorKind::InvalidUtf8InPathParam { key } => key.clone(),
+                    // A lone parameter (`Path<i64>`) is reported without its name.
+                    _ => axum::extract::RawPathParams::from_request_parts(parts, state)
+                        .await
+                        .ok()
+                        .and_then(|p| match p.iter().collect::<Vec<_>>()[..] {
+                            [(key, _)] => Some(key.to_string()),
+                            _ => None,
+                        })
+                        .unwrap_or_else(|| "path".into()),
+                };
+                Err(AppError::bad_request(&field, e.body_text()))
+            }
+            Err(e) => Err(AppError::bad_request("path", e.body_text())),
+        }
+    }
+}
+
+/// A query string that answers bad parameters (`?limit=x`) with the API's error shape.
+pub struct Query<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Query<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // The message names the parameter (`limit: invalid digit found in string`).
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| Query(v))
+            .map_err(|e: QueryRejection| AppError::bad_request("query", e.body_text()))
     }
 }

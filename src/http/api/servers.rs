@@ -1,6 +1,6 @@
 //! `/api/v1/servers`: create (idempotent), list, get, events, actions, delete.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiJson, Caller};
+use super::{ApiJson, Caller, Path, Query};
 use crate::app::AppState;
 use crate::domain::servers::{self, Action, CreateServer, Server, ServerStatus};
 use crate::domain::{DomainError, nodes, templates};
@@ -300,14 +300,25 @@ async fn console_command(
 async fn console_stream(
     State(st): State<AppState>,
     caller: Caller,
+    axum::Extension(bearer): axum::Extension<super::Bearer>,
     Path(id): Path<i64>,
     ws: axum::extract::ws::WebSocketUpgrade,
 ) -> Result<axum::response::Response, AppError> {
     let (server, client) = agent_of(&st, &caller, id).await?;
     let shutdown = st.shutdown.clone();
+    let slot = st
+        .ui
+        .open_stream(&[(
+            format!("user:{}", caller.0.id),
+            st.config.http.max_streams_per_user,
+        )])
+        .map_err(|e| AppError::TooMany(e.to_string()))?;
     Ok(ws
-        .on_upgrade(move |socket| {
-            crate::http::console::relay(socket, client, server.name, shutdown)
+        .on_upgrade(move |socket| async move {
+            let _slot = slot;
+            // The stream ends when the token it was opened with stops working.
+            let ended = super::token_revoked(st, bearer);
+            crate::http::console::relay(socket, client, server.name, shutdown, ended).await
         })
         .into_response())
 }

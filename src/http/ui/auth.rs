@@ -19,6 +19,7 @@ use crate::app::AppState;
 use crate::db::{Db, DbError};
 use crate::domain::sessions::{self, SESSION_TTL_MS};
 use crate::domain::{DomainError, random_secret, sha256_hex, users};
+use crate::util::untrusted;
 
 /// Meta key holding the SHA-256 of the current setup token.
 const SETUP_TOKEN_KEY: &str = "setup_token_hash";
@@ -38,12 +39,32 @@ pub async fn prepare_setup(db: &Db) -> Result<Option<String>, DomainError> {
     .await
 }
 
-/// Where to go after logging in: a local path only (never another site).
+/// Where to go after logging in: a local path only (never another site). Browsers
+/// drop tabs and newlines and read `\` as `/`, so `/\t/evil.com` would be `//evil.com`:
+/// one leading `/`, then neither `/` nor `\`, no whitespace or control character
+/// anywhere (they also break the `Location` header), and the path must resolve
+/// against this origin to this origin. Anything else goes to `/`.
 fn safe_next(next: Option<&str>) -> String {
-    match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.into(),
-        _ => "/".into(),
+    next.filter(|n| is_local_path(n))
+        .map_or_else(|| "/".into(), str::to_string)
+}
+
+fn is_local_path(n: &str) -> bool {
+    let mut chars = n.chars();
+    if chars.next() != Some('/') || matches!(chars.next(), Some('/' | '\\')) {
+        return false;
     }
+    if n.chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '\\')
+    {
+        return false;
+    }
+    // The last word: resolved against an origin, it stays on that origin.
+    let Ok(base) = reqwest::Url::parse("http://zlh.invalid/") else {
+        return false;
+    };
+    base.join(n)
+        .is_ok_and(|u| u.origin() == base.origin() && u.username().is_empty())
 }
 
 /// A page with a form shown before there is a session (login, setup): a fresh CSRF
@@ -152,9 +173,15 @@ pub async fn login(
     check_login_csrf(&headers, &f.csrf)?;
     let next = safe_next(f.next.as_deref());
     let username = f.username.trim().to_string();
-    let keys = vec![format!("ip:{}", peer.ip()), format!("user:{username}")];
-    if let Some(wait) = st.ui.locked_for(&keys) {
-        tracing::warn!(user = %username, peer = %peer.ip(), "login refused: too many failed attempts");
+    // A name longer than any account's is keyed by its hash: the counters stay small.
+    let name_key = if username.len() > 64 {
+        sha256_hex(&username)
+    } else {
+        username.clone()
+    };
+    let keys = vec![format!("ip:{}", peer.ip()), format!("user:{name_key}")];
+    if let Err(wait) = st.ui.begin_attempt(&keys) {
+        tracing::warn!(user = ?untrusted(&username), peer = %peer.ip(), "login refused: too many failed attempts");
         return login_page(
             &headers,
             StatusCode::TOO_MANY_REQUESTS,
@@ -163,24 +190,17 @@ pub async fn login(
             Some(format!("Too many failed sign-ins. Try again in {wait} s.")),
         );
     }
-    let (name, password) = (username.clone(), f.password.clone());
-    let user = st
-        .db
-        .call(move |c| {
-            let found = users::password_hash_of(c, &name)?;
-            let ok = match &found {
-                Some((_, phc)) => users::password_matches(phc, &password),
-                None => {
-                    let _ = users::password_matches(dummy_hash(), &password);
-                    false
-                }
-            };
-            Ok::<_, DomainError>(found.filter(|_| ok).map(|(u, _)| u))
-        })
-        .await?;
+    let checked = check_password(&st, username.clone(), f.password).await;
+    let user = match checked {
+        Ok(user) => user,
+        Err(e) => {
+            // Not a guess that was judged (busy, or a failure of ours): not counted.
+            st.ui.refund(&keys);
+            return Err(e);
+        }
+    };
     let Some(user) = user else {
-        st.ui.record_failure(&keys);
-        tracing::info!(user = %username, peer = %peer.ip(), "failed sign-in");
+        tracing::info!(user = ?untrusted(&username), peer = %peer.ip(), "failed sign-in");
         return login_page(
             &headers,
             StatusCode::UNAUTHORIZED,
@@ -192,8 +212,31 @@ pub async fn login(
     st.ui.clear(&keys);
     let uid = user.id;
     let secret = st.db.write(move |tx| sessions::create(tx, uid)).await?;
-    tracing::info!(user = %user.username, "signed in");
+    tracing::info!(user = ?untrusted(&user.username), "signed in");
     Ok(session_redirect(&headers, &next, &secret))
+}
+
+/// The account `name` when `password` is its password. The pooled connection is held
+/// only for the look-up; argon2 runs after it, behind the UI's hashing gate.
+async fn check_password(
+    st: &AppState,
+    name: String,
+    password: String,
+) -> Result<Option<users::User>, UiError> {
+    let found = st
+        .db
+        .call(move |c| users::password_hash_of(c, &name))
+        .await?;
+    st.ui
+        .hash(move || match found {
+            Some((user, phc)) => users::password_matches(&phc, &password).then_some(user),
+            None => {
+                // The same work as for a wrong password: the timing says nothing.
+                let _same_timing = users::password_matches(dummy_hash(), &password);
+                None
+            }
+        })
+        .await
 }
 
 /// The redirect that starts a session: sets its cookie, drops the login CSRF cookie.
@@ -278,9 +321,12 @@ pub async fn setup(
     UiForm(f): UiForm<SetupForm>,
 ) -> Result<Response, UiError> {
     check_login_csrf(&headers, &f.csrf)?;
-    let keys = vec![format!("setup-ip:{}", peer.ip()), "setup".to_string()];
+    // Keyed by address only: wrong tokens from one place must not lock the right
+    // token out from every other.
+    let keys = vec![format!("setup-ip:{}", peer.ip())];
     let username = f.username.trim().to_string();
-    if let Some(wait) = st.ui.locked_for(&keys) {
+    if let Err(wait) = st.ui.begin_attempt(&keys) {
+        tracing::warn!(peer = %peer.ip(), "setup refused: too many wrong tokens");
         return setup_page(
             &headers,
             StatusCode::TOO_MANY_REQUESTS,
@@ -291,43 +337,91 @@ pub async fn setup(
             )),
         );
     }
-    if f.password != f.password2 {
-        return setup_page(
-            &headers,
-            StatusCode::BAD_REQUEST,
-            username,
-            Some(("password2".into(), "The two passwords differ.".into())),
-        );
+    let outcome = setup_attempt(&st, &f, &username).await;
+    match outcome {
+        Ok(Ok((user, secret))) => {
+            st.ui.clear(&keys);
+            tracing::info!(user = ?untrusted(&user.username), "first-run setup done: admin account created");
+            Ok(session_redirect(&headers, "/", &secret))
+        }
+        Ok(Err((field, message))) => {
+            // Only a wrong token is a guess; the attempt is taken back for the rest.
+            if field != "token" {
+                st.ui.refund(&keys);
+            } else {
+                tracing::info!(peer = %peer.ip(), "wrong setup token");
+            }
+            setup_page(
+                &headers,
+                StatusCode::BAD_REQUEST,
+                username,
+                Some((field, message)),
+            )
+        }
+        Err(e) => {
+            st.ui.refund(&keys);
+            Err(e)
+        }
     }
-    let (name, password, token) = (
-        username.clone(),
-        f.password.clone(),
-        f.token.trim().to_string(),
-    );
+}
+
+/// A (field, message) the setup form shows again.
+type SetupRefusal = (String, String);
+
+/// Why a setup with the token of SHA-256 `token_hash` is refused now, if it is.
+fn setup_refusal(
+    c: &rusqlite::Connection,
+    token_hash: &str,
+) -> Result<Option<SetupRefusal>, DomainError> {
+    if !users::setup_needed(c)? {
+        return Ok(Some((
+            "token".into(),
+            "Setup is already done: sign in.".into(),
+        )));
+    }
+    let stored = crate::db::meta_get(c, SETUP_TOKEN_KEY).map_err(DbError::from)?;
+    if !stored.is_some_and(|h| constant_time_eq(h.as_bytes(), token_hash.as_bytes())) {
+        return Ok(Some((
+            "token".into(),
+            "Wrong setup token: copy it from the log of `zlh serve`.".into(),
+        )));
+    }
+    Ok(None)
+}
+
+/// Checks the token, hashes the password (outside the database pool) and creates the
+/// admin with a session, or says which field is wrong.
+async fn setup_attempt(
+    st: &AppState,
+    f: &SetupForm,
+    username: &str,
+) -> Result<Result<(users::User, String), SetupRefusal>, UiError> {
+    if f.password != f.password2 {
+        return Ok(Err((
+            "password2".into(),
+            "The two passwords differ.".into(),
+        )));
+    }
+    let token_hash = sha256_hex(f.token.trim());
+    let hash = token_hash.clone();
+    if let Some(refusal) = st.db.call(move |c| setup_refusal(c, &hash)).await? {
+        return Ok(Err(refusal));
+    }
+    // The password is checked before the account exists: nothing half-made.
+    let password = f.password.clone();
+    let phc = match st.ui.hash(move || users::hash_password(&password)).await? {
+        Ok(p) => p,
+        Err(DomainError::Invalid { field, message }) => return Ok(Err((field, message))),
+        Err(e) => return Err(e.into()),
+    };
+    let name = username.to_string();
     let outcome = st
         .db
         .write(move |tx| {
-            if !users::setup_needed(tx)? {
-                return Ok(Err((
-                    "token".to_string(),
-                    "Setup is already done: sign in.".to_string(),
-                )));
+            // Again inside the transaction: another setup may have won meanwhile.
+            if let Some(refusal) = setup_refusal(tx, &token_hash)? {
+                return Ok(Err(refusal));
             }
-            let stored = crate::db::meta_get(tx, SETUP_TOKEN_KEY).map_err(DbError::from)?;
-            let matches = stored
-                .is_some_and(|h| constant_time_eq(h.as_bytes(), sha256_hex(&token).as_bytes()));
-            if !matches {
-                return Ok(Err((
-                    "token".to_string(),
-                    "Wrong setup token: copy it from the log of `zlh serve`.".to_string(),
-                )));
-            }
-            // The password is checked before the account exists: nothing half-made.
-            let phc = match users::hash_password(&password) {
-                Ok(p) => p,
-                Err(DomainError::Invalid { field, message }) => return Ok(Err((field, message))),
-                Err(e) => return Err(e),
-            };
             let user = match users::create_user(tx, &name, true, Some(&phc)) {
                 Ok(u) => u,
                 Err(DomainError::Invalid { field, message }) => return Ok(Err((field, message))),
@@ -339,21 +433,34 @@ pub async fn setup(
             Ok::<_, DomainError>(Ok((user, secret)))
         })
         .await?;
-    match outcome {
-        Ok((user, secret)) => {
-            tracing::info!(user = %user.username, "first-run setup done: admin account created");
-            Ok(session_redirect(&headers, "/", &secret))
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn next_is_a_local_path_or_home() {
+        for ok in ["/", "/servers/3", "/servers?x=1#a", "/a/b//c"] {
+            assert_eq!(safe_next(Some(ok)), ok, "{ok:?}");
         }
-        Err((field, message)) => {
-            if field == "token" {
-                st.ui.record_failure(&keys);
-            }
-            setup_page(
-                &headers,
-                StatusCode::BAD_REQUEST,
-                username,
-                Some((field, message)),
-            )
+        for bad in [
+            "",
+            "//evil.com",
+            "/\\evil.com",
+            "\\/evil.com",
+            "/\t/evil.com",
+            "/\0",
+            "/\r\nX: y",
+            "/ /evil.com",
+            "http://evil.com/",
+            "evil.com",
+            "/a\\b",
+            "/\u{a0}/evil.com",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
         }
+        assert_eq!(safe_next(None), "/");
     }
 }

@@ -21,6 +21,7 @@ use crate::domain::servers;
 use crate::domain::users::User;
 use crate::domain::{DomainError, edge};
 use crate::queue;
+use crate::util::untrusted;
 
 /// How often a live page looks for changes. Changes are written by jobs in this
 /// process and by CLI commands in others; the database is where they all meet.
@@ -179,9 +180,13 @@ pub async fn server_live(
             .await?;
     }
     let csrf = sess.0.csrf.clone();
+    let slot = super::stream_slot(&st, &sess)?;
+    let ended = super::session_ended(st.clone(), sess.0.id);
     // Carried from look to look: the last timeline event and panel key sent.
     let state = (q.after, q.key);
     let stream = live_stream(st, state, move |st, (after, last_key)| {
+        // Held as long as the stream lives.
+        let _slot = &slot;
         let (user, csrf) = (user.clone(), csrf.clone());
         async move {
             let found = st
@@ -195,8 +200,8 @@ pub async fn server_live(
                 Ok(s) => s,
                 Err(e) => {
                     // Said once, then the stream ends (the page reconnects).
-                    tracing::warn!(server = id, error = %e, "live page of a server");
-                    let ev = Event::default().event("error").data(e.to_string());
+                    tracing::warn!(server = id, error = ?untrusted(&e.to_string()), "live page of a server");
+                    let ev = Event::default().event("error").data(e.public_message());
                     return (Look::End(Some(ev)), (after, last_key));
                 }
             };
@@ -230,7 +235,7 @@ pub async fn server_live(
             (look, (after, snap.key))
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream.take_until(ended)).keep_alive(KeepAlive::default()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -259,8 +264,12 @@ pub async fn servers_live(
         })
         .collect::<Result<_, _>>()?;
     let user = sess.user().clone();
+    let slot = super::stream_slot(&st, &sess)?;
+    let ended = super::session_ended(st.clone(), sess.0.id);
     // Carried from look to look: the last data sent.
     let stream = live_stream(st, String::new(), move |st, last| {
+        // Held as long as the stream lives.
+        let _slot = &slot;
         let (user, ids) = (user.clone(), ids.clone());
         async move {
             match st.db.call(move |c| statuses(c, &user, &ids)).await {
@@ -274,13 +283,13 @@ pub async fn servers_live(
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "live server list");
+                    tracing::warn!(error = ?untrusted(&e.to_string()), "live server list");
                     (Look::End(None), last)
                 }
             }
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream.take_until(ended)).keep_alive(KeepAlive::default()))
 }
 
 fn statuses(
@@ -318,8 +327,10 @@ pub async fn console_stream(
     State(st): State<AppState>,
     sess: Sess,
     Path(id): Path<i64>,
+    headers: axum::http::HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, UiError> {
+    super::check_ws_origin(&st, &headers)?;
     let user = sess.user().clone();
     let server = st
         .db
@@ -327,11 +338,15 @@ pub async fn console_stream(
         .await?;
     let client = server.agent_client();
     let label = server.name.clone();
+    let slot = super::stream_slot(&st, &sess)?;
     Ok(ws
         .on_upgrade(move |socket| async move {
+            let _slot = slot;
             match client {
                 Some(client) => {
-                    crate::http::console::relay(socket, client, label, st.shutdown.clone()).await
+                    let ended = super::session_ended(st.clone(), sess.0.id);
+                    crate::http::console::relay(socket, client, label, st.shutdown.clone(), ended)
+                        .await
                 }
                 None => crate::http::console::no_agent(socket, &label).await,
             }

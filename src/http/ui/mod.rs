@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use askama::Template;
 use axum::Router;
-use axum::extract::{FromRequest, Request};
-use axum::http::{HeaderValue, StatusCode};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -25,11 +25,13 @@ use crate::app::AppState;
 use crate::domain::DomainError;
 use crate::domain::users::User;
 use crate::error::AppError;
+use crate::util::untrusted;
 
 pub use assets::asset_url;
 pub use auth::prepare_setup;
 pub use session::{
-    LOGIN_CSRF_COOKIE, SESSION_COOKIE, Sess, UiState, cookie, session_of, set_cookie,
+    LOGIN_CSRF_COOKIE, SESSION_COOKIE, Sess, StreamSlot, UiState, check_ws_origin, cookie,
+    session_ended, session_of, set_cookie, stream_slot,
 };
 
 /// Largest form body the UI reads.
@@ -93,6 +95,32 @@ pub fn router(state: AppState) -> Router<AppState> {
             session::require_session,
         )))
         .layer(middleware::from_fn(server_timing))
+        .layer(middleware::from_fn(security_headers))
+        // Forms are small: nothing the UI reads is larger (axum's default is 2 MB).
+        .layer(DefaultBodyLimit::max(FORM_LIMIT))
+}
+
+/// The pages load only their own scripts and styles (no inline code anywhere), are
+/// never framed, and do not leak their URLs (server ids, `next`) to other sites.
+const CSP: &str = "default-src 'self'; frame-ancestors 'none'; object-src 'none'; \
+                   base-uri 'none'; form-action 'self'";
+
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    resp
 }
 
 /// Errors of UI handlers: rendered as a page with the status code.
@@ -106,6 +134,11 @@ pub enum UiError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
+    /// Too many requests (429), e.g. sign-ins waiting for a password check.
+    #[error("{0}")]
+    Busy(String),
+    #[error("form larger than {} KiB ({FORM_LIMIT} bytes)", FORM_LIMIT / 1024)]
+    TooLarge,
     #[error("{0}")]
     Internal(String),
 }
@@ -116,7 +149,9 @@ impl From<AppError> for UiError {
         match e {
             AppError::NotFound(_) => UiError::NotFound(msg),
             AppError::Forbidden(_) | AppError::Unauthorized => UiError::Forbidden(msg),
-            AppError::BadRequest { .. } | AppError::TooLarge(_) => UiError::BadRequest(msg),
+            AppError::BadRequest { .. } => UiError::BadRequest(msg),
+            AppError::TooLarge(_) => UiError::TooLarge,
+            AppError::TooMany(_) => UiError::Busy(msg),
             AppError::Conflict { .. } => UiError::Conflict(msg),
             AppError::BadGateway(_)
             | AppError::Unavailable(_)
@@ -159,6 +194,20 @@ struct ErrorPage<'a> {
     message: &'a str,
 }
 
+impl UiError {
+    /// What the user may read: an internal error's text goes to the log under an id,
+    /// and only that id is shown.
+    pub fn public_message(&self) -> String {
+        if let UiError::Internal(_) = self {
+            let id = crate::error::error_id();
+            tracing::error!(error_id = %id, error = ?untrusted(&self.to_string()), "UI request failed");
+            crate::error::internal_message(&id)
+        } else {
+            self.to_string()
+        }
+    }
+}
+
 impl IntoResponse for UiError {
     fn into_response(self) -> Response {
         let status = match &self {
@@ -166,25 +215,28 @@ impl IntoResponse for UiError {
             UiError::Forbidden(_) => StatusCode::FORBIDDEN,
             UiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             UiError::Conflict(_) => StatusCode::CONFLICT,
+            UiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             UiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status.is_server_error() {
-            tracing::error!(error = %self, "UI request failed");
-        }
-        let message = self.to_string();
+        let message = self.public_message();
         let page = ErrorPage {
             page: Page::bare("Error"),
             status: status.as_u16(),
             reason: status.canonical_reason().unwrap_or("Error"),
             message: &message,
         };
-        match page.render() {
+        let mut resp = match page.render() {
             Ok(html) => (status, Html(html)).into_response(),
             Err(e) => {
-                tracing::error!(error = %e, "rendering the error page");
+                tracing::error!(error = ?untrusted(&e.to_string()), "rendering the error page");
                 (status, message).into_response()
             }
+        };
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            crate::error::too_large_closes(&mut resp);
         }
+        resp
     }
 }
 
@@ -233,7 +285,13 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|_| UiError::BadRequest(format!("form larger than {FORM_LIMIT} bytes")))?;
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    UiError::TooLarge
+                } else {
+                    UiError::BadRequest(format!("reading the form: {}", e.body_text()))
+                }
+            })?;
         serde_urlencoded::from_bytes(&bytes)
             .map(UiForm)
             .map_err(|e| UiError::BadRequest(format!("invalid form: {e}")))
