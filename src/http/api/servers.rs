@@ -302,9 +302,17 @@ async fn console_stream(
     caller: Caller,
     axum::Extension(bearer): axum::Extension<super::Bearer>,
     Path(id): Path<i64>,
-    ws: axum::extract::ws::WebSocketUpgrade,
+    ws: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
 ) -> Result<axum::response::Response, AppError> {
     let (server, client) = agent_of(&st, &caller, id).await?;
+    // A plain GET gets the API's error shape, not axum's text rejection.
+    let ws = ws.map_err(|e| AppError::BadRequest {
+        field: None,
+        message: format!("this is a WebSocket endpoint: connect with `Upgrade: websocket` ({e})"),
+    })?;
     let shutdown = st.shutdown.clone();
     let slot = st
         .ui
