@@ -4,3 +4,5 @@
 //! `tests/security/` with its own table, so the list can grow.
 
 mod support;
+#[path = "security/data.rs"]
+mod data;

@@ -761,7 +761,15 @@ async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
             destination: m.destination.clone(),
         });
     }
-    let secret = w.svc.config.forwarding_secret.clone().unwrap_or_default();
+    // Only a server players reach through Velocity needs the forwarding secret; any
+    // other game would just hold a credential of the proxy it never talks to.
+    let proxied = w.template.spec.edge == templates::EdgeKind::Velocity
+        && w.svc.config.edge.velocity.is_some();
+    let secret = if proxied {
+        w.svc.config.forwarding_secret.clone().unwrap_or_default()
+    } else {
+        String::new()
+    };
     let file_vars = [
         ("version", version),
         ("name", s.name.as_str()),
