@@ -3,6 +3,6 @@
 //! grouped by the part of zlh they touch; each group is a module under
 //! `tests/security/` with its own table, so the list can grow.
 
-mod support;
 #[path = "security/data.rs"]
 mod data;
+mod support;

@@ -65,11 +65,28 @@ impl World {
 type Check = fn(&World) -> Result<(), String>;
 
 /// One row per finding (and variant): number, name, check.
-const CASES: &[(u8, &str, Check)] = &[(
-    10,
-    "forwarding secret only to Velocity-published servers",
-    payload_of_unproxied_server_has_no_forwarding_secret,
-)];
+const CASES: &[(u8, &str, Check)] = &[
+    (
+        10,
+        "forwarding secret only to Velocity-published servers",
+        payload_of_unproxied_server_has_no_forwarding_secret,
+    ),
+    (
+        1,
+        "the game's environment holds no secret",
+        game_environment_is_clean,
+    ),
+    (
+        1,
+        "the local agent's environment holds no serve secret",
+        agent_environment_is_clean,
+    ),
+    (
+        1,
+        "the agent's token and payload files are 0600",
+        agent_files_are_private,
+    ),
+];
 
 #[test]
 fn secrets_and_files() {
@@ -88,6 +105,110 @@ fn payload_of_unproxied_server_has_no_forwarding_secret(w: &World) -> Result<(),
     let payload: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     if !payload["forwarding_secret"].is_null() || text.contains(FORWARDING_SECRET) {
         return Err(format!("the agent got the forwarding secret: {text}"));
+    }
+    Ok(())
+}
+
+/// The secrets `zlh serve` was given and the server's own agent token.
+fn secrets(w: &World) -> Result<Vec<String>, String> {
+    let conn = crate::support::open_db(w.data());
+    let agent_token: String = conn
+        .query_row(
+            "SELECT agent_token FROM servers WHERE id = ?1",
+            [w.id],
+            |r| r.get(0),
+        )
+        .map_err(|e| format!("reading the agent token: {e}"))?;
+    // Stored encrypted once #2 is in: the agent's own copy is the clear one.
+    let agent_token = std::fs::read_to_string(w.agent_dir().join("token"))
+        .map(|t| t.trim().to_string())
+        .unwrap_or(agent_token);
+    Ok(vec![
+        FORWARDING_SECRET.into(),
+        TRAEFIK_TOKEN.into(),
+        DNS_TOKEN.into(),
+        agent_token,
+    ])
+}
+
+/// `KEY=value` entries of a process's environment.
+fn environ(pid: i32) -> Result<Vec<String>, String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ"))
+        .map_err(|e| format!("reading /proc/{pid}/environ: {e}"))?;
+    Ok(raw
+        .split(|b| *b == 0)
+        .filter(|e| !e.is_empty())
+        .map(|e| String::from_utf8_lossy(e).into_owned())
+        .collect())
+}
+
+fn pid_in(path: &Path) -> Result<i32, String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .trim()
+        .parse()
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Neither a `ZLH_` variable nor any configured secret among `env`.
+fn no_secret_in(
+    what: &str,
+    env: &[String],
+    secrets: &[String],
+    zlh_ok: &[&str],
+) -> Result<(), String> {
+    let bad: Vec<&String> = env
+        .iter()
+        .filter(|e| {
+            let key = e.split('=').next().unwrap_or_default();
+            (key.starts_with("ZLH_") && !zlh_ok.contains(&key))
+                || secrets.iter().any(|s| e.contains(s.as_str()))
+        })
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{what} holds {bad:?}"))
+    }
+}
+
+/// #1: `/proc/<game>/environ` of the stand-in game.
+fn game_environment_is_clean(w: &World) -> Result<(), String> {
+    let pid = pid_in(&w.agent_dir().join("game.pid"))?;
+    let env = environ(pid)?;
+    if !env.iter().any(|e| e == "STANDIN_LOAD_MS=300") {
+        return Err(format!("the template's env is missing: {env:?}"));
+    }
+    no_secret_in("the game's environment", &env, &secrets(w)?, &[])
+}
+
+/// #1: the local agent got only the allow-list (its token comes from a file).
+fn agent_environment_is_clean(w: &World) -> Result<(), String> {
+    let pid = pid_in(&w.agent_dir().with_file_name("agent.pid"))?;
+    no_secret_in(
+        "the agent's environment",
+        &environ(pid)?,
+        &secrets(w)?,
+        &["ZLH_LOG"],
+    )
+}
+
+/// #1: what the agent keeps for itself is readable by its user only.
+fn agent_files_are_private(w: &World) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    for name in ["token", "payload.json"] {
+        let path = w.agent_dir().join(name);
+        let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if meta.mode() & 0o777 != 0o600 || meta.uid() != me {
+            return Err(format!(
+                "{} has mode {:o}, owner {}",
+                path.display(),
+                meta.mode() & 0o777,
+                meta.uid()
+            ));
+        }
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::install::{self, Installed};
+use super::sandbox;
 use super::{PAYLOAD_FILE, Shared};
 use crate::agent::{AgentState, ConfigPayload, LastCrash, ReadinessKind, slp};
 use crate::util::format_ts;
@@ -369,12 +370,17 @@ impl Manager {
         } else {
             format!("exec {cmdline}")
         };
+        // A cleared environment: the agent's token, the services it talks to and
+        // whatever its own parent had stay with the agent.
+        let env = sandbox::game_env(std::env::vars(), &p.env, &java, &server_dir);
+        // As root (a Proxmox container) the game runs as an unprivileged user.
+        let user = sandbox::prepare_game_user(&self.dir())?;
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
             .arg(&cmdline)
             .current_dir(&server_dir)
-            .envs(&p.services)
-            .envs(&p.env)
+            .env_clear()
+            .envs(&env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -382,8 +388,12 @@ impl Manager {
             .kill_on_drop(false);
         #[cfg(target_os = "linux")]
         unsafe {
-            cmd.pre_exec(|| {
-                // The game must not outlive its supervisor: a restarted agent starts it again.
+            cmd.pre_exec(move || {
+                if let Some(user) = user {
+                    sandbox::drop_privileges(user)?;
+                }
+                // The game must not outlive its supervisor: a restarted agent starts it
+                // again. After the drop: a change of credentials clears this signal.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }

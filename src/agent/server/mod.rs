@@ -4,6 +4,7 @@
 mod console;
 pub mod install;
 mod manager;
+mod sandbox;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -384,7 +385,13 @@ async fn write_private(path: &Path, bytes: &[u8]) -> Result<(), install::Install
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let _ = tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).await;
+        tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .await
+            .map_err(|source| install::InstallError::Io {
+                action: "restricting",
+                path: path.to_path_buf(),
+                source,
+            })?;
     }
     Ok(())
 }
