@@ -104,6 +104,8 @@ pub fn backup_to(src: &Path, dest: &Path, overwrite: bool) -> Result<BackupInfo,
             });
         }
         drop(to);
+        // Private even where the umask is not ours (a library caller) or FILE existed.
+        crate::db::files::private_file(&tmp).map_err(io)?;
         let f = std::fs::File::open(&tmp).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, dest).map_err(io)?;
@@ -197,7 +199,7 @@ pub struct Restored {
 /// and parks every unfinished side-effecting job as `held`: nothing replays until an
 /// operator has looked at the world and released or cancelled them.
 pub fn restore(src: &Path, data_dir: &Path) -> Result<Restored, RestoreError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| RestoreError::Io {
+    crate::db::files::private_dir(data_dir).map_err(|source| RestoreError::Io {
         path: data_dir.to_path_buf(),
         source,
     })?;

@@ -155,6 +155,14 @@ pub struct AgentArgs {
     /// Readiness probe interval.
     #[arg(long, default_value = "1s", value_parser = crate::util::parse_duration)]
     pub probe_interval: std::time::Duration,
+    /// When the agent runs as root, the unprivileged user the game runs as (created
+    /// with `useradd --system` if missing).
+    #[arg(long, default_value = "zlh-game", value_name = "USER")]
+    pub game_user: String,
+    /// Run the game as the agent's own user, even as root (a local node's agents: the
+    /// data dir is private to `zlh serve`'s user, so run that as an unprivileged one).
+    #[arg(long, conflicts_with = "game_user")]
+    pub game_as_agent_user: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -311,6 +319,12 @@ pub enum CliError {
 }
 
 pub fn main() -> ExitCode {
+    // Everything zlh writes (database, backups, keys, agent files, and what a local
+    // agent's game writes) is for zlh's user alone.
+    // SAFETY: umask has no preconditions and cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -377,7 +391,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 
 /// Opens (creating if needed) the database in the data dir.
 fn open_or_create(config: &Config) -> Result<Db, CliError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+    crate::db::files::private_dir(&config.data_dir).map_err(|source| {
         crate::app::ServeError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -652,6 +666,7 @@ fn agent(args: &AgentArgs) -> Result<(), CliError> {
         stop_timeout: args.stop_timeout,
         term_timeout: args.term_timeout,
         probe_interval: args.probe_interval,
+        game_user: (!args.game_as_agent_user).then(|| args.game_user.clone()),
     };
     let listen = args.listen;
     runtime()?.block_on(async move {
@@ -701,7 +716,7 @@ fn artifacts(config: &Config, command: &ArtifactsCommand) -> Result<ExitCode, Cl
                 path: file.clone(),
                 source,
             })?;
-            std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+            crate::db::files::private_dir(&config.data_dir).map_err(|source| {
                 crate::app::ServeError::DataDir {
                     path: config.data_dir.clone(),
                     source,

@@ -9,6 +9,8 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
 
+pub mod files;
+
 /// The database file name inside the data dir.
 pub const DB_FILE: &str = "zlh.db";
 

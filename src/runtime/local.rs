@@ -196,6 +196,9 @@ impl Runtime for LocalRuntime {
             .arg("--dir")
             .arg(dir.join("agent"))
             .args(&self.agent_args)
+            // The data dir is private to our user: a game of another user could not
+            // even reach its own directory.
+            .arg("--game-as-agent-user")
             // Nothing of `zlh serve`'s environment (edge tokens, the forwarding
             // secret …) but what any process needs.
             .env_clear()

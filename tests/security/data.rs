@@ -86,6 +86,11 @@ const CASES: &[(u8, &str, Check)] = &[
         "the agent's token and payload files are 0600",
         agent_files_are_private,
     ),
+    (
+        2,
+        "nothing zlh writes is readable by group or others",
+        files_are_private_after_every_writer,
+    ),
 ];
 
 #[test]
@@ -211,4 +216,87 @@ fn agent_files_are_private(w: &World) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Runs `zlh ARGS --data-dir <data>` and returns its standard output.
+fn run_zlh(w: &World, args: &[&str]) -> Result<String, String> {
+    let out = zlh(w.tmp.path())
+        .args(args)
+        .arg("--data-dir")
+        .arg(w.data())
+        .output()
+        .map_err(|e| format!("spawning zlh {args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "zlh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Paths under `dir` (and `dir` itself) whose mode lets group or others in.
+fn loose_paths(dir: &Path, out: &mut Vec<String>) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if !meta.file_type().is_symlink() && mode & 0o066 != 0 {
+        out.push(format!("{} ({mode:o})", dir.display()));
+    }
+    if meta.is_dir() {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            loose_paths(&e.path(), out);
+        }
+    }
+}
+
+/// #2: after `zlh serve` started (and installed a local agent and its game), `zlh
+/// artifacts add`, `zlh backup` and a world backup, nothing under the data dir (nor
+/// the backup copy) lets group or others read or write it; the data dir is 0700.
+fn files_are_private_after_every_writer(w: &World) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let standin = Path::new(env!("CARGO_MANIFEST_DIR")).join(crate::support::api::STANDIN);
+    run_zlh(
+        w,
+        &[
+            "artifacts",
+            "add",
+            "test/modes/1.0/server.jar",
+            &standin.to_string_lossy(),
+        ],
+    )?;
+    let copy = w.tmp.path().join("modes-backup.db");
+    run_zlh(w, &["backup", &copy.to_string_lossy()])?;
+    run_zlh(w, &["backups", "create", "sec", "--note", "modes"])?;
+    let backup = wait_for("the world backup", Duration::from_secs(60), || {
+        let (_, body) = w
+            .api
+            .call("GET", &format!("/api/v1/servers/{}/backups", w.id), None);
+        body["backups"]
+            .as_array()?
+            .iter()
+            .find(|b| b["note"] == "modes" && b["state"] == "completed")
+            .cloned()
+    });
+    let mut loose = Vec::new();
+    loose_paths(w.data(), &mut loose);
+    loose_paths(&copy, &mut loose);
+    if let Some(location) = backup["location"].as_str() {
+        loose_paths(Path::new(location), &mut loose);
+    }
+    let dir_mode = std::fs::metadata(w.data())
+        .map_err(|e| e.to_string())?
+        .permissions()
+        .mode()
+        & 0o777;
+    if dir_mode != 0o700 {
+        loose.push(format!("the data dir is {dir_mode:o}"));
+    }
+    if loose.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("open to group or others: {loose:?}"))
+    }
 }

@@ -374,7 +374,10 @@ impl Manager {
         // whatever its own parent had stay with the agent.
         let env = sandbox::game_env(std::env::vars(), &p.env, &java, &server_dir);
         // As root (a Proxmox container) the game runs as an unprivileged user.
-        let user = sandbox::prepare_game_user(&self.dir())?;
+        let user = match &self.shared.opts.game_user {
+            Some(name) => sandbox::prepare_game_user(&self.dir(), name)?,
+            None => None,
+        };
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
             .arg(&cmdline)

@@ -46,6 +46,9 @@ pub struct AgentOptions {
     pub term_timeout: Duration,
     /// Readiness probe interval.
     pub probe_interval: Duration,
+    /// The unprivileged user the game runs as when the agent is root (created if
+    /// missing); `None` runs it as the agent's own user.
+    pub game_user: Option<String>,
 }
 
 impl Default for AgentOptions {
@@ -62,6 +65,7 @@ impl Default for AgentOptions {
             stop_timeout: Duration::from_secs(30),
             term_timeout: Duration::from_secs(10),
             probe_interval: Duration::from_secs(1),
+            game_user: Some(sandbox::GAME_USER.to_string()),
         }
     }
 }

@@ -54,16 +54,16 @@ pub(crate) struct GameUser {
     pub gid: libc::gid_t,
 }
 
-/// `None` unless the agent runs as root. As root: makes sure the `zlh-game`
-/// system user exists, hands it the server directory and the Java runtime, and
+/// `None` unless the agent runs as root. As root: makes sure the system user
+/// `name` exists, hands it the server directory and the Java runtime, and
 /// lets it traverse (not list or read) the agent directory, whose token and
 /// payload stay the agent's own (0600).
-pub(crate) fn prepare_game_user(agent_dir: &Path) -> Result<Option<GameUser>, String> {
+pub(crate) fn prepare_game_user(agent_dir: &Path, name: &str) -> Result<Option<GameUser>, String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(None);
     }
-    let user = match lookup(GAME_USER)? {
+    let user = match lookup(name)? {
         Some(u) => u,
         None => {
             let out = std::process::Command::new("useradd")
@@ -74,29 +74,28 @@ pub(crate) fn prepare_game_user(agent_dir: &Path) -> Result<Option<GameUser>, St
                     "/nonexistent",
                     "--shell",
                     "/usr/sbin/nologin",
-                    GAME_USER,
+                    name,
                 ])
                 .output()
-                .map_err(|e| format!("creating the user {GAME_USER} (useradd): {e}"))?;
+                .map_err(|e| format!("creating the user {name} (useradd): {e}"))?;
             if !out.status.success() {
                 return Err(format!(
-                    "creating the user {GAME_USER}: useradd {}: {}",
+                    "creating the user {name}: useradd {}: {}",
                     out.status,
                     String::from_utf8_lossy(&out.stderr).trim()
                 ));
             }
-            lookup(GAME_USER)?
-                .ok_or_else(|| format!("the user {GAME_USER} is missing after useradd"))?
+            lookup(name)?.ok_or_else(|| format!("the user {name} is missing after useradd"))?
         }
     };
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(agent_dir, std::fs::Permissions::from_mode(0o711))
-        .map_err(|e| format!("letting {GAME_USER} through {}: {e}", agent_dir.display()))?;
+        .map_err(|e| format!("letting {name} through {}: {e}", agent_dir.display()))?;
     for sub in ["server", "runtime"] {
         let dir = agent_dir.join(sub);
         if dir.exists() {
             chown_tree(&dir, user)
-                .map_err(|e| format!("handing {} to the user {GAME_USER}: {e}", dir.display()))?;
+                .map_err(|e| format!("handing {} to the user {name}: {e}", dir.display()))?;
         }
     }
     Ok(Some(user))
@@ -209,6 +208,6 @@ mod tests {
             return; // the tests do not create system users
         }
         let dir = tempfile::tempdir().expect("a temp dir");
-        assert_eq!(prepare_game_user(dir.path()), Ok(None));
+        assert_eq!(prepare_game_user(dir.path(), GAME_USER), Ok(None));
     }
 }
