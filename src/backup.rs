@@ -186,6 +186,8 @@ pub enum RestoreError {
     Db(#[from] crate::db::DbError),
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
+    #[error("refusing to restore: {0}")]
+    Secret(#[from] crate::db::secret::SecretError),
 }
 
 /// What a restore did.
@@ -230,6 +232,23 @@ pub fn restore(src: &Path, data_dir: &Path) -> Result<Restored, RestoreError> {
         }
         conn.query_row("SELECT count(*) FROM jobs", [], |r| r.get::<_, i64>(0))
             .map_err(|e| bad(format!("no job table: {e}")))?;
+        // Its secrets open only with the key that sealed them: refuse now, not at
+        // the first agent call after the swap.
+        let sealed_with = crate::db::meta_get(&conn, crate::db::secret::KEY_ID_META)
+            .map_err(|e| bad(format!("no meta table: {e}")))?;
+        if let Some(stored) = sealed_with {
+            let path = crate::db::secret::key_path(data_dir);
+            let current = crate::db::secret::key_id_of_file(&path)?;
+            if current.as_deref() != Some(stored.as_str()) {
+                return Err(crate::db::secret::SecretError::WrongKey {
+                    db: src.to_path_buf(),
+                    path,
+                    stored,
+                    current: current.unwrap_or_else(|| "none: the file is missing".into()),
+                }
+                .into());
+            }
+        }
     }
     // The copy goes through the backup API into a temp file, then replaces the live
     // database and its WAL in one rename.

@@ -351,7 +351,12 @@ fn load_config(cli: &Cli, serve: Option<&ServeArgs>) -> Result<Config, ConfigErr
             sources = sources.flag("queue.workers", w, "--workers");
         }
     }
-    Config::load(&sources)
+    let config = Config::load(&sources)?;
+    // Before any database is opened: its secrets are sealed under this key.
+    if let Some(path) = &config.secret_key_file {
+        crate::db::secret::set_key_file(path.clone());
+    }
+    Ok(config)
 }
 
 fn init_logging(format: LogFormat) {
@@ -436,6 +441,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 "backup written to {} ({} bytes, integrity ok)",
                 info.path.display(),
                 info.bytes
+            );
+            println!(
+                "its secrets open only with the key {}: keep a copy of that file apart from the backup",
+                config.secret_key_path().display()
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -10,6 +10,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
 
 pub mod files;
+pub mod secret;
 
 /// The database file name inside the data dir.
 pub const DB_FILE: &str = "zlh.db";
@@ -37,6 +38,8 @@ pub enum DbError {
     },
     #[error("database task did not finish: {0}")]
     Join(String),
+    #[error(transparent)]
+    Secret(#[from] secret::SecretError),
 }
 
 fn migrations() -> Migrations<'static> {
@@ -109,6 +112,12 @@ impl Db {
                 path: path.to_path_buf(),
                 source,
             })?;
+        // Secrets at rest are sealed under the key beside the database.
+        let data_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        secret::check_and_migrate(&mut conn, path, data_dir)?;
         Ok(db)
     }
 

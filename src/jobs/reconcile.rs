@@ -66,7 +66,14 @@ async fn poll_agents(svc: &Services) -> Result<(), DomainError> {
                  FROM servers WHERE deleted_at IS NULL AND status IN ('running', 'crashed')
                    AND json_extract(checkpoints, '$.address.agent_url') IS NOT NULL",
             )?;
-            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            let rows = s.query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    crate::db::secret::open_column(r, 2)?,
+                    r.get(3)?,
+                ))
+            })?;
             Ok::<_, DomainError>(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await?;

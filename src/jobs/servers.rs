@@ -410,7 +410,13 @@ async fn provision(w: &mut Work) -> JobResult {
         if let Err(e) = agent.configure(&payload).await {
             return w.finish("agent", e.into()).await;
         }
-        let stored = serde_json::to_string(&payload).unwrap_or_default();
+        // What was sent, minus its secrets (the agent has them; the row need not).
+        let stored = serde_json::to_value(&payload)
+            .map(|mut v| {
+                crate::db::secret::redact_payload(&mut v);
+                v.to_string()
+            })
+            .unwrap_or_default();
         let install_id = payload.install_id.clone();
         if let Err(e) = w
             .fenced(move |tx, sid, _| {

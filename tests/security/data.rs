@@ -7,23 +7,31 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::api::Api;
+use crate::support::pve_sim::PveSim;
 use crate::support::{Served, wait_for, zlh};
 
 const FORWARDING_SECRET: &str = "fwd-secret-5e1f0a7d93c2";
 const TRAEFIK_TOKEN: &str = "traefik-token-a4b1c9e07f3d";
 const DNS_TOKEN: &str = "dns-token-0b7e6c2d91aa";
+/// Secrets of a Proxmox node an older version stored in clear.
+const OLD_TOKEN_SECRET: &str = "old-token-secret-2c9d4e1f";
+const OLD_BOOTSTRAP: &str = "old-bootstrap-token-7a3b5c";
 
 /// A served data dir with secrets configured and one running local server.
 struct World {
-    tmp: tempfile::TempDir,
+    // Dropped in this order: the served instance (and its local agents, found
+    // through their pid files) before the directory that holds them.
     api: Api,
+    pve: PveSim,
     id: i64,
     vmid: i64,
+    tmp: tempfile::TempDir,
 }
 
 impl World {
     fn start() -> World {
         let tmp = tempfile::tempdir().expect("a temp dir");
+        let data = tmp.path().join("data");
         let env = [
             ("ZLH_ARTIFACTS_UPSTREAM", "false"),
             ("ZLH_FORWARDING_SECRET", FORWARDING_SECRET),
@@ -35,18 +43,53 @@ impl World {
             ("ZLH_EDGE_DNS_TOKEN", DNS_TOKEN),
             ("ZLH_EDGE_DNS_ZONE", "games.example.com"),
         ];
-        let served = Served::start_with_env(tmp.path(), &tmp.path().join("data"), &[], &env);
+        // A first start makes the database (and its local node); stopped, it gets a
+        // node whose secrets an older version stored in clear.
+        let mut first = Served::start_with_env(tmp.path(), &data, &[], &env);
+        assert!(first.signal_and_wait(libc::SIGTERM).success());
+        drop(first);
+        let pve = PveSim::start();
+        let mut old = serde_json::to_value(pve.proxmox_config()).expect("node settings");
+        old["token_secret"] = json!(OLD_TOKEN_SECRET);
+        old["bootstrap_token"] = json!(OLD_BOOTSTRAP);
+        crate::support::open_db(&data)
+            .execute(
+                "INSERT INTO nodes (name, kind, settings, memory_mb, vmid_min, vmid_max, port_min, port_max, enabled, created_at)
+                 VALUES ('old-pve', 'proxmox', ?1, 1024, 7000, 7099, 40000, 40999, 0, 0)",
+                [old.to_string()],
+            )
+            .expect("a clear node row");
+        let served = Served::start_with_env(tmp.path(), &data, &[], &env);
         let api = Api::start_on(tmp.path(), served);
+        // A node added today, through the API.
+        let (code, body) = api.call(
+            "POST",
+            "/api/v1/nodes",
+            Some(
+                json!({"name": "pve", "kind": "proxmox", "memory_mb": 100000,
+                        "settings": serde_json::to_value(pve.proxmox_config()).expect("settings")}),
+            ),
+        );
+        assert_eq!(code, 201, "{body}");
         let (code, body) = api.call(
             "POST",
             "/api/v1/servers",
-            Some(json!({"name": "sec", "template": "standin", "version": "1.0", "eula": true})),
+            Some(
+                json!({"name": "sec", "template": "standin", "version": "1.0", "eula": true,
+                        "node": "local"}),
+            ),
         );
         assert_eq!(code, 202, "{body}");
         let id = body["server"]["id"].as_i64().expect("a server id");
         let s = api.wait_status(id, "running");
         let vmid = s["vmid"].as_i64().expect("a vmid");
-        World { tmp, api, id, vmid }
+        World {
+            tmp,
+            api,
+            pve,
+            id,
+            vmid,
+        }
     }
 
     fn data(&self) -> &Path {
@@ -91,6 +134,16 @@ const CASES: &[(u8, &str, Check)] = &[
         "nothing zlh writes is readable by group or others",
         files_are_private_after_every_writer,
     ),
+    (
+        2,
+        "no secret in clear in zlh.db, its WAL or a zlh backup",
+        no_secret_in_the_database_files,
+    ),
+    (
+        2,
+        "a restore whose secrets do not open with the key refuses",
+        restore_without_the_key_refuses,
+    ),
 ];
 
 #[test]
@@ -117,22 +170,32 @@ fn payload_of_unproxied_server_has_no_forwarding_secret(w: &World) -> Result<(),
 /// The secrets `zlh serve` was given and the server's own agent token.
 fn secrets(w: &World) -> Result<Vec<String>, String> {
     let conn = crate::support::open_db(w.data());
-    let agent_token: String = conn
+    let stored: String = conn
         .query_row(
             "SELECT agent_token FROM servers WHERE id = ?1",
             [w.id],
             |r| r.get(0),
         )
         .map_err(|e| format!("reading the agent token: {e}"))?;
-    // Stored encrypted once #2 is in: the agent's own copy is the clear one.
-    let agent_token = std::fs::read_to_string(w.agent_dir().join("token"))
-        .map(|t| t.trim().to_string())
-        .unwrap_or(agent_token);
+    if !stored.starts_with("enc:v1:") {
+        return Err(format!("the agent token is stored as {stored:?}"));
+    }
+    // The agent's own copy (0600, its directory) is the clear one.
+    let path = w.agent_dir().join("token");
+    let agent_token = std::fs::read_to_string(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .trim()
+        .to_string();
+    let sim = w.pve.options();
     Ok(vec![
         FORWARDING_SECRET.into(),
         TRAEFIK_TOKEN.into(),
         DNS_TOKEN.into(),
         agent_token,
+        sim.token_secret.clone(),
+        sim.bootstrap_token.clone(),
+        OLD_TOKEN_SECRET.into(),
+        OLD_BOOTSTRAP.into(),
     ])
 }
 
@@ -299,4 +362,84 @@ fn files_are_private_after_every_writer(w: &World) -> Result<(), String> {
     } else {
         Err(format!("open to group or others: {loose:?}"))
     }
+}
+
+/// #2: the raw bytes of `zlh.db`, its WAL and a `zlh backup` copy hold none of the
+/// secrets (nodes' token secrets and bootstrap tokens, old and new; the agent token;
+/// the configured forwarding secret and edge tokens).
+fn no_secret_in_the_database_files(w: &World) -> Result<(), String> {
+    let copy = w.tmp.path().join("secrets-backup.db");
+    run_zlh(w, &["backup", &copy.to_string_lossy()])?;
+    let secrets = secrets(w)?;
+    let mut found = Vec::new();
+    for file in [w.data().join("zlh.db"), w.data().join("zlh.db-wal"), copy] {
+        let Ok(bytes) = std::fs::read(&file) else {
+            continue; // no WAL right after a checkpoint
+        };
+        for s in &secrets {
+            if bytes.windows(s.len()).any(|win| win == s.as_bytes()) {
+                found.push(format!("{s} in {}", file.display()));
+            }
+        }
+    }
+    if found.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("secrets in clear: {found:?}"))
+    }
+}
+
+/// #2: a backup restored where another key (or none) is refuses with a message
+/// naming the key file; with the key copied beside it, the same restore works.
+fn restore_without_the_key_refuses(w: &World) -> Result<(), String> {
+    let copy = w.tmp.path().join("restore-backup.db");
+    run_zlh(w, &["backup", &copy.to_string_lossy()])?;
+    let restore = |dir: &Path| {
+        zlh(w.tmp.path())
+            .args(["restore"])
+            .arg(&copy)
+            .arg("--data-dir")
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("spawning zlh restore: {e}"))
+    };
+    // A data dir with a key of its own, and one with no key at all.
+    let other = w.tmp.path().join("other-host");
+    let out = zlh(w.tmp.path())
+        .args(["migrate", "--data-dir"])
+        .arg(&other)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "zlh migrate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    for dir in [other, w.tmp.path().join("bare-host")] {
+        let out = restore(&dir)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success()
+            || !err.contains("sealed with another key")
+            || !err.contains("secret.key")
+        {
+            return Err(format!(
+                "restore into {} without the key: {} {err}",
+                dir.display(),
+                out.status
+            ));
+        }
+    }
+    let moved = w.tmp.path().join("new-host");
+    std::fs::create_dir_all(&moved).map_err(|e| e.to_string())?;
+    std::fs::copy(w.data().join("secret.key"), moved.join("secret.key"))
+        .map_err(|e| format!("copying the key: {e}"))?;
+    let out = restore(&moved)?;
+    if !out.status.success() {
+        return Err(format!(
+            "restore with the key copied: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
 }
