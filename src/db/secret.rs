@@ -11,7 +11,7 @@
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use base64::Engine;
 use chacha20poly1305::aead::Aead;
@@ -63,7 +63,7 @@ pub enum SecretError {
     NoKey,
 }
 
-/// The process's key (one data dir per process).
+/// A data dir's key.
 pub struct Key {
     cipher: XChaCha20Poly1305,
     id: String,
@@ -80,8 +80,14 @@ impl Key {
     }
 }
 
-static KEY: OnceLock<Key> = OnceLock::new();
+/// Keys loaded by this process, by key file (one in `zlh serve`; tests and tools
+/// may open several data dirs).
+static KEYS: Mutex<Vec<Arc<Key>>> = Mutex::new(Vec::new());
 static KEY_FILE_SETTING: OnceLock<PathBuf> = OnceLock::new();
+
+fn keys() -> std::sync::MutexGuard<'static, Vec<Arc<Key>>> {
+    KEYS.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Uses `path` as the key file instead of `<data_dir>/secret.key` (the
 /// `secret_key_file` setting); call before the database is opened.
@@ -101,18 +107,34 @@ pub fn key_path(data_dir: &Path) -> PathBuf {
 }
 
 /// The key of `data_dir`: loaded from its key file, which is made (0600) when
-/// missing. Loaded once per process.
-pub fn load(data_dir: &Path) -> Result<&'static Key, SecretError> {
-    if let Some(k) = KEY.get() {
-        return Ok(k);
-    }
+/// missing. Loaded once per process and key file.
+pub fn load(data_dir: &Path) -> Result<Arc<Key>, SecretError> {
     let path = key_path(data_dir);
-    let key = read_or_create(&path)?;
-    // Two threads racing here read the same file: either value is the same key.
-    if KEY.set(key).is_err() {
-        tracing::debug!("the secret key was loaded concurrently");
+    let mut keys = keys();
+    if let Some(k) = keys.iter().find(|k| k.path == path) {
+        return Ok(k.clone());
     }
-    KEY.get().ok_or(SecretError::NoKey)
+    let key = Arc::new(read_or_create(&path)?);
+    keys.push(key.clone());
+    Ok(key)
+}
+
+/// The key of the database `conn` is open on.
+fn key_of(conn: &Connection) -> Result<Arc<Key>, SecretError> {
+    match conn.path().filter(|p| !p.is_empty()) {
+        Some(db) => {
+            let dir = Path::new(db)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            load(dir)
+        }
+        // An in-memory database: the process's key, if it has exactly one.
+        None => match keys().as_slice() {
+            [k] => Ok(k.clone()),
+            _ => Err(SecretError::NoKey),
+        },
+    }
 }
 
 /// The key of a key file, without making one or keeping it (a restore's check).
@@ -203,9 +225,12 @@ pub fn is_sealed(stored: &str) -> bool {
     stored.starts_with(PREFIX)
 }
 
-/// Seals `plain` under the process's key.
-pub fn seal(plain: &str) -> Result<String, SecretError> {
-    let key = KEY.get().ok_or(SecretError::NoKey)?;
+/// Seals `plain` under the key of the database `conn` is open on.
+pub fn seal(conn: &Connection, plain: &str) -> Result<String, SecretError> {
+    seal_with(key_of(conn)?.as_ref(), plain)
+}
+
+fn seal_with(key: &Key, plain: &str) -> Result<String, SecretError> {
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::fill(&mut nonce).map_err(|e| SecretError::Random(e.to_string()))?;
     let ct = key
@@ -226,8 +251,14 @@ pub fn open(stored: &str) -> Result<String, SecretError> {
     let Some(b64) = stored.strip_prefix(PREFIX) else {
         return Ok(stored.to_string());
     };
-    let key = KEY.get().ok_or(SecretError::NoKey)?;
-    let fail = || SecretError::Open(key.path.clone());
+    let keys: Vec<Arc<Key>> = keys().clone();
+    let fail = || {
+        SecretError::Open(
+            keys.first()
+                .map(|k| k.path.clone())
+                .unwrap_or_else(|| PathBuf::from(KEY_FILE)),
+        )
+    };
     let raw = base64::engine::general_purpose::STANDARD_NO_PAD
         .decode(b64)
         .map_err(|_| fail())?;
@@ -235,10 +266,11 @@ pub fn open(stored: &str) -> Result<String, SecretError> {
         return Err(fail());
     }
     let (nonce, ct) = raw.split_at(NONCE_LEN);
-    let plain = key
-        .cipher
-        .decrypt(XNonce::from_slice(nonce), ct)
-        .map_err(|_| fail())?;
+    // The AEAD tag tells which loaded key sealed it (with one data dir: the one).
+    let plain = keys
+        .iter()
+        .find_map(|k| k.cipher.decrypt(XNonce::from_slice(nonce), ct).ok())
+        .ok_or_else(fail)?;
     String::from_utf8(plain).map_err(|_| fail())
 }
 
@@ -251,14 +283,18 @@ pub fn open_column(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Stri
 }
 
 /// Node settings with their secret values sealed (`open_settings` undoes it).
-pub fn seal_settings(settings: &Value) -> Result<Value, SecretError> {
+pub fn seal_settings(conn: &Connection, settings: &Value) -> Result<Value, SecretError> {
+    seal_settings_with(key_of(conn)?.as_ref(), settings)
+}
+
+fn seal_settings_with(key: &Key, settings: &Value) -> Result<Value, SecretError> {
     let mut out = settings.clone();
     if let Some(obj) = out.as_object_mut() {
         for k in NODE_SECRET_KEYS {
             if let Some(Value::String(s)) = obj.get(*k)
                 && !is_sealed(s)
             {
-                let sealed = seal(s)?;
+                let sealed = seal_with(key, s)?;
                 obj.insert((*k).to_string(), Value::String(sealed));
             }
         }
@@ -329,7 +365,6 @@ pub fn check_and_migrate(
     // A sealed database and no key: say so, rather than make a new key that
     // cannot open it.
     if let Some(stored) = &sealed_with
-        && KEY.get().is_none()
         && !path.exists()
     {
         return Err(SecretError::WrongKey {
@@ -388,7 +423,7 @@ pub fn check_and_migrate(
         for (id, token) in tokens {
             tx.execute(
                 "UPDATE servers SET agent_token = ?2 WHERE id = ?1",
-                rusqlite::params![id, seal(&token)?],
+                rusqlite::params![id, seal_with(&key, &token)?],
             )?;
             n += 1;
         }
@@ -400,7 +435,7 @@ pub fn check_and_migrate(
             let Ok(settings) = serde_json::from_str::<Value>(&text) else {
                 continue;
             };
-            let sealed = seal_settings(&settings)?;
+            let sealed = seal_settings_with(&key, &settings)?;
             if sealed != settings {
                 tx.execute(
                     "UPDATE nodes SET settings = ?2 WHERE id = ?1",
@@ -446,9 +481,9 @@ mod tests {
     #[test]
     fn sealed_values_open_and_differ_each_time() {
         let tmp = tempfile::tempdir().expect("a temp dir");
-        load(tmp.path()).expect("a key");
-        let a = seal("token-123").expect("seal");
-        let b = seal("token-123").expect("seal");
+        let key = load(tmp.path()).expect("a key");
+        let a = seal_with(&key, "token-123").expect("seal");
+        let b = seal_with(&key, "token-123").expect("seal");
         assert!(is_sealed(&a) && a != b, "a random nonce per value");
         assert!(!a.contains("token-123"));
         assert_eq!(open(&a).expect("open"), "token-123");

@@ -125,7 +125,7 @@ pub fn create(conn: &Connection, n: &NewNode) -> Result<Node, DomainError> {
         params![
             n.name,
             n.kind,
-            crate::db::secret::seal_settings(&n.settings)
+            crate::db::secret::seal_settings(conn, &n.settings)
                 .map_err(crate::db::DbError::from)?
                 .to_string(),
             n.memory_mb,

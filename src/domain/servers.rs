@@ -663,7 +663,7 @@ pub fn create(
             cores,
             req.eula,
             // Sealed at rest: a copied database reveals no agent token.
-            crate::db::secret::seal(&token).map_err(crate::db::DbError::from)?,
+            crate::db::secret::seal(tx, &token).map_err(crate::db::DbError::from)?,
             install_id,
             now + PROVISION_DEADLINE_MS,
             now
