@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::support::api::Api;
 use crate::support::pve_sim::PveSim;
+use crate::support::upstream::{self, Upstream, sha256_hex};
 use crate::support::{Served, wait_for, zlh};
 
 const FORWARDING_SECRET: &str = "fwd-secret-5e1f0a7d93c2";
@@ -23,6 +24,7 @@ struct World {
     // through their pid files) before the directory that holds them.
     api: Api,
     pve: PveSim,
+    up: Upstream,
     id: i64,
     vmid: i64,
     tmp: tempfile::TempDir,
@@ -32,8 +34,15 @@ impl World {
     fn start() -> World {
         let tmp = tempfile::tempdir().expect("a temp dir");
         let data = tmp.path().join("data");
+        // The mirror fills from simulated upstreams (the stand-in is imported).
+        let up = Upstream::start();
+        let base = up.config().mojang_url;
         let env = [
-            ("ZLH_ARTIFACTS_UPSTREAM", "false"),
+            ("ZLH_ARTIFACTS_UPSTREAM", "true"),
+            ("ZLH_ARTIFACTS_MOJANG_URL", base.as_str()),
+            ("ZLH_ARTIFACTS_FABRIC_URL", base.as_str()),
+            ("ZLH_ARTIFACTS_PAPER_URL", base.as_str()),
+            ("ZLH_ARTIFACTS_ADOPTIUM_URL", base.as_str()),
             ("ZLH_FORWARDING_SECRET", FORWARDING_SECRET),
             ("ZLH_EDGE_TRAEFIK_TOKEN", TRAEFIK_TOKEN),
             ("ZLH_EDGE_TRAEFIK_EDGE_IP", "203.0.113.8"),
@@ -87,6 +96,7 @@ impl World {
             tmp,
             api,
             pve,
+            up,
             id,
             vmid,
         }
@@ -143,6 +153,27 @@ const CASES: &[(u8, &str, Check)] = &[
         2,
         "a restore whose secrets do not open with the key refuses",
         restore_without_the_key_refuses,
+    ),
+    (
+        4,
+        "anonymous misses are refused without asking upstream or naming it",
+        anonymous_misses_never_reach_upstream,
+    ),
+    (
+        4,
+        "anonymous GETs of what the mirror holds are served",
+        anonymous_hits_are_served,
+    ),
+    (
+        4,
+        "an API token, a UI session, an agent token or a bootstrap token may fill",
+        credentials_may_fill,
+    ),
+    (4, "a failed look-up is cached", failed_lookups_are_cached),
+    (
+        4,
+        "zlh agent presents its token when it downloads",
+        agent_downloads_with_its_token,
     ),
 ];
 
@@ -440,6 +471,228 @@ fn restore_without_the_key_refuses(w: &World) -> Result<(), String> {
             "restore with the key copied: {}",
             String::from_utf8_lossy(&out.stderr)
         ));
+    }
+    Ok(())
+}
+
+/// GET `/artifacts/<path>` with optional headers: (status, body).
+fn get_artifact(w: &World, path: &str, headers: &[(&str, &str)]) -> Result<(u16, String), String> {
+    let mut req = w
+        .api
+        .http
+        .inner
+        .get(w.api.served.url(&format!("/artifacts/{path}")));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    w.api.http.rt.block_on(async {
+        let resp = req.send().await.map_err(|e| format!("GET {path}: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(|e| format!("GET {path}: {e}"))?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    })
+}
+
+/// #4: 20 unknown versions and one real one, anonymously: 401 each, not one
+/// upstream request, nothing stored, no upstream URL in the answers.
+fn anonymous_misses_never_reach_upstream(w: &World) -> Result<(), String> {
+    let before = w.up.requests().len();
+    let mut paths: Vec<String> = (0..20)
+        .map(|i| format!("minecraft/vanilla/9.9.{i}/server.jar"))
+        .collect();
+    paths.push(format!(
+        "minecraft/vanilla/{}/server.jar",
+        upstream::VANILLA
+    ));
+    for path in &paths {
+        let (status, body) = get_artifact(w, path, &[])?;
+        if status != 401 || body.contains(&w.up.config().mojang_url) || body.contains("http") {
+            return Err(format!("anonymous GET {path}: {status} {body}"));
+        }
+    }
+    let after = w.up.requests().len();
+    if after != before {
+        return Err(format!("{} upstream requests", after - before));
+    }
+    let stored = w
+        .data()
+        .join("artifacts")
+        .join(paths.last().map(String::as_str).unwrap_or_default());
+    if stored.exists() {
+        return Err(format!("{} was stored", stored.display()));
+    }
+    Ok(())
+}
+
+/// #4: reading the mirror needs nothing.
+fn anonymous_hits_are_served(w: &World) -> Result<(), String> {
+    let (status, body) = get_artifact(w, "test/standin/1.0/server.jar", &[])?;
+    let want = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(crate::support::api::STANDIN),
+    )
+    .map_err(|e| e.to_string())?;
+    if status != 200 || body != want {
+        return Err(format!("anonymous GET of an imported artifact: {status}"));
+    }
+    Ok(())
+}
+
+/// #4: each credential zlh issues starts a fill (a different path each); a wrong
+/// token does not.
+fn credentials_may_fill(w: &World) -> Result<(), String> {
+    let agent_token = std::fs::read_to_string(w.agent_dir().join("token"))
+        .map_err(|e| e.to_string())?
+        .trim()
+        .to_string();
+    let bearer = |t: &str| format!("Bearer {t}");
+    let session = crate::support::ui_session(&w.api.served);
+    let cases = [
+        (
+            "an API token",
+            format!("minecraft/vanilla/{}/server.jar", upstream::VANILLA),
+            ("authorization", bearer(&w.api.token)),
+        ),
+        (
+            "a UI session",
+            format!("minecraft/vanilla/{}/server.jar", upstream::VANILLA_OLD),
+            ("cookie", session),
+        ),
+        (
+            "an agent token",
+            format!("minecraft/fabric/{}/fabric-server.jar", upstream::FABRIC),
+            ("authorization", bearer(&agent_token)),
+        ),
+        (
+            "a bootstrap token",
+            format!("java/{0}/OpenJDK{0}.tar.gz", upstream::JAVA),
+            ("authorization", bearer(&w.pve.options().bootstrap_token)),
+        ),
+    ];
+    let (status, _) = get_artifact(
+        w,
+        &cases[0].1,
+        &[("authorization", "Bearer not-a-token-of-ours")],
+    )?;
+    if status != 401 {
+        return Err(format!("a wrong token: {status}"));
+    }
+    for (what, path, (k, v)) in &cases {
+        let (status, body) = get_artifact(w, path, &[(k, v.as_str())])?;
+        if status != 200 {
+            return Err(format!("{what} for {path}: {status} {body}"));
+        }
+    }
+    Ok(())
+}
+
+/// #4: an unknown version asked for twice (with a credential) asks upstream once.
+fn failed_lookups_are_cached(w: &World) -> Result<(), String> {
+    let path = "minecraft/vanilla/0.0.404/server.jar";
+    let auth = format!("Bearer {}", w.api.token);
+    let before = w.up.requests().len();
+    for _ in 0..3 {
+        let (status, body) = get_artifact(w, path, &[("authorization", &auth)])?;
+        if status != 404 {
+            return Err(format!("GET {path}: {status} {body}"));
+        }
+    }
+    let asked = w.up.requests().len() - before;
+    if asked != 1 {
+        return Err(format!(
+            "{asked} upstream requests for one unknown version asked 3 times"
+        ));
+    }
+    Ok(())
+}
+
+/// A `zlh agent` child, killed when dropped.
+struct AgentChild(std::process::Child);
+
+impl Drop for AgentChild {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child; its game dies with it (parent-death signal).
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGKILL);
+        }
+        if let Err(e) = self.0.wait() {
+            eprintln!("reaping the test agent: {e}");
+        }
+    }
+}
+
+/// #4: an agent (on a Proxmox node's bootstrap token) installs a game whose jar the
+/// mirror does not hold yet: its download carries the token, so the mirror fills.
+fn agent_downloads_with_its_token(w: &World) -> Result<(), String> {
+    let path = format!("minecraft/paper/{}/server.jar", upstream::PAPER);
+    let bytes =
+        w.up.bytes(&upstream::paper_key(upstream::PAPER_STABLE_BUILD));
+    let token = w.pve.options().bootstrap_token.clone();
+    let port = crate::support::free_port();
+    let dir = w.tmp.path().join("standalone-agent");
+    let child = zlh(w.tmp.path())
+        .args(["agent", "--listen", &format!("127.0.0.1:{port}"), "--dir"])
+        .arg(&dir)
+        .env("ZLH_AGENT_TOKEN", &token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawning zlh agent: {e}"))?;
+    let _agent = AgentChild(child);
+    let payload = json!({
+        "vmid": 5999, "container_type": "game", "game": "minecraft", "variant": "paper",
+        "version": upstream::PAPER, "ports": [crate::support::free_port()],
+        "artifact_path": path, "artifact_sha256": sha256_hex(&bytes),
+        "install_id": "agent-token-download", "eula": true,
+        "start_command": "sleep 30",
+        "services": {"ARTIFACT_SERVER": w.api.served.url("/artifacts")},
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    let http = &w.api.http;
+    wait_for(
+        "the agent to answer /health",
+        Duration::from_secs(20),
+        || {
+            http.rt
+                .block_on(http.inner.get(format!("{url}/health")).send())
+                .ok()
+                .filter(|r| r.status().is_success())
+        },
+    );
+    let status = http
+        .rt
+        .block_on(
+            http.inner
+                .post(format!("{url}/config"))
+                .bearer_auth(&token)
+                .json(&payload)
+                .send(),
+        )
+        .map_err(|e| format!("POST /config: {e}"))?
+        .status();
+    if status.as_u16() != 202 {
+        return Err(format!("POST /config: {status}"));
+    }
+    // Installed (the jar is in the server dir) or failed saying why.
+    let outcome = wait_for("the agent's install", Duration::from_secs(30), || {
+        let st: Value = http.rt.block_on(async {
+            http.inner
+                .get(format!("{url}/status"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()
+        })?;
+        if st["state"] == "error" {
+            return Some(Err(format!("the agent's install failed: {st}")));
+        }
+        dir.join("server/server.jar").exists().then_some(Ok(()))
+    });
+    outcome?;
+    if std::fs::read(dir.join("server/server.jar")).map_err(|e| e.to_string())? != bytes {
+        return Err("the installed jar is not the upstream's".into());
     }
     Ok(())
 }

@@ -265,13 +265,19 @@ impl Manager {
         let shared = self.shared.clone();
         let http = self.http.clone();
         let dir = self.dir();
+        // The server's own token once /config brought one, else the one it runs with.
+        let bearer = p
+            .agent_token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .or_else(|| self.shared.current_token());
         tokio::spawn(async move {
             let progress_shared = shared.clone();
             let progress = move |step: String| {
                 progress_shared.update(|s| s.install_step = Some(step));
             };
             let result = tokio::select! {
-                r = install::install(&http, &dir, &p, &progress) => r.map_err(|e| e.to_string()),
+                r = install::install(&http, &dir, &p, bearer.as_deref(), &progress) => r.map_err(|e| e.to_string()),
                 _ = token.cancelled() => Err(install::InstallError::Cancelled.to_string()),
             };
             let _ = shared.ops.send(Op::InstallDone {

@@ -125,6 +125,11 @@ impl Shared {
         self.status.lock().ok().map(|s| s.clone())
     }
 
+    /// The token the agent accepts now (it also presents it to the artifact mirror).
+    pub fn current_token(&self) -> Option<String> {
+        self.token.read().ok().and_then(|t| t.clone())
+    }
+
     fn token_matches(&self, presented: &str) -> bool {
         match self.token.read() {
             Ok(t) => t
