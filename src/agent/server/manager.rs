@@ -156,6 +156,9 @@ impl Manager {
                     }
                 } => {
                     self.restart_at = None;
+                    if self.install.is_some() {
+                        continue; // the install starts the game when it is done
+                    }
                     self.note("restarting the game after a crash");
                     if let Err(e) = self.start_game().await {
                         self.fail(e);
@@ -241,8 +244,11 @@ impl Manager {
             return;
         }
         self.cancel_install();
-        // A reinstall replaces files the game has open: stop it first.
+        // A reinstall replaces files the game has open: stop it first, and drop a
+        // pending crash restart (the install starts the game when it is done; a
+        // restart firing mid-install would start a second one).
         self.stop_game().await;
+        self.restart_at = None;
         self.set_desired(true);
         self.crash_streak = 0;
         self.payload = Some(p.clone());
