@@ -244,7 +244,8 @@ pub fn restore(src: &Path, data_dir: &Path) -> Result<Restored, RestoreError> {
                     db: src.to_path_buf(),
                     path,
                     stored,
-                    current: current.unwrap_or_else(|| "none: the file is missing".into()),
+                    current: current
+                        .map_or_else(|| "the file is missing".into(), |id| format!("key id {id}")),
                 }
                 .into());
             }

@@ -45,7 +45,7 @@ pub enum SecretError {
     )]
     LooseKey { path: PathBuf, mode: u32 },
     #[error(
-        "the secrets in {db} are sealed with another key (key id {stored}) than {path} (key id {current}): \
+        "the secrets in {db} are sealed with another key (key id {stored}) than {path} ({current}): \
          put the secret.key that belongs to this database in place (see README, \"Moving to a new host\"), \
          or point ZLH_SECRET_KEY_FILE at it"
     )]
@@ -371,7 +371,7 @@ pub fn check_and_migrate(
             db: db.to_path_buf(),
             path,
             stored: stored.clone(),
-            current: "none: the file is missing".into(),
+            current: "the file is missing".into(),
         }
         .into());
     }
@@ -383,7 +383,7 @@ pub fn check_and_migrate(
             db: db.to_path_buf(),
             path: key.path.clone(),
             stored,
-            current: key.id.clone(),
+            current: format!("key id {}", key.id),
         }
         .into());
     }
