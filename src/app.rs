@@ -47,6 +47,12 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("making the files in {path} private to this user: {source}")]
+    Modes {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Instance(#[from] InstanceError),
     #[error(transparent)]
@@ -78,12 +84,28 @@ pub struct Prepared {
 /// Creates the data dir, takes the instance lock and opens (migrating) the database.
 /// Fails at once, naming the holder, if another `zlh serve` owns the data dir.
 pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
+    crate::db::files::private_dir(&config.data_dir).map_err(|source| ServeError::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
     let host = hostname();
     let lock = instance::acquire(&config.data_dir, &host)?;
+    // A data dir written before files were kept private (or files copied in by
+    // hand): nothing in it stays readable by group or others.
+    match crate::db::files::tighten(&config.data_dir) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            count = n,
+            data_dir = %config.data_dir.display(),
+            "took group and other access off files and directories in the data dir"
+        ),
+        Err(source) => {
+            return Err(ServeError::Modes {
+                path: config.data_dir.clone(),
+                source,
+            });
+        }
+    }
     let db = Db::open_in(&config.data_dir)?;
     let host_id = config.host_id.clone().unwrap_or_else(machine_host_id);
     Ok(Prepared {

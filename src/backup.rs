@@ -104,6 +104,8 @@ pub fn backup_to(src: &Path, dest: &Path, overwrite: bool) -> Result<BackupInfo,
             });
         }
         drop(to);
+        // Private even where the umask is not ours (a library caller) or FILE existed.
+        crate::db::files::private_file(&tmp).map_err(io)?;
         let f = std::fs::File::open(&tmp).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, dest).map_err(io)?;
@@ -184,6 +186,8 @@ pub enum RestoreError {
     Db(#[from] crate::db::DbError),
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
+    #[error("refusing to restore: {0}")]
+    Secret(#[from] crate::db::secret::SecretError),
 }
 
 /// What a restore did.
@@ -197,7 +201,7 @@ pub struct Restored {
 /// and parks every unfinished side-effecting job as `held`: nothing replays until an
 /// operator has looked at the world and released or cancelled them.
 pub fn restore(src: &Path, data_dir: &Path) -> Result<Restored, RestoreError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| RestoreError::Io {
+    crate::db::files::private_dir(data_dir).map_err(|source| RestoreError::Io {
         path: data_dir.to_path_buf(),
         source,
     })?;
@@ -228,6 +232,24 @@ pub fn restore(src: &Path, data_dir: &Path) -> Result<Restored, RestoreError> {
         }
         conn.query_row("SELECT count(*) FROM jobs", [], |r| r.get::<_, i64>(0))
             .map_err(|e| bad(format!("no job table: {e}")))?;
+        // Its secrets open only with the key that sealed them: refuse now, not at
+        // the first agent call after the swap.
+        let sealed_with = crate::db::meta_get(&conn, crate::db::secret::KEY_ID_META)
+            .map_err(|e| bad(format!("no meta table: {e}")))?;
+        if let Some(stored) = sealed_with {
+            let path = crate::db::secret::key_path(data_dir);
+            let current = crate::db::secret::key_id_of_file(&path)?;
+            if current.as_deref() != Some(stored.as_str()) {
+                return Err(crate::db::secret::SecretError::WrongKey {
+                    db: src.to_path_buf(),
+                    path,
+                    stored,
+                    current: current
+                        .map_or_else(|| "the file is missing".into(), |id| format!("key id {id}")),
+                }
+                .into());
+            }
+        }
     }
     // The copy goes through the backup API into a temp file, then replaces the live
     // database and its WAL in one rename.

@@ -170,6 +170,14 @@ pub struct AgentArgs {
     /// Console streams open at once (more are refused with 429).
     #[arg(long, default_value_t = 16)]
     pub max_streams: usize,
+    /// When the agent runs as root, the unprivileged user the game runs as (created
+    /// with `useradd --system` if missing).
+    #[arg(long, default_value = "zlh-game", value_name = "USER")]
+    pub game_user: String,
+    /// Run the game as the agent's own user, even as root (a local node's agents: the
+    /// data dir is private to `zlh serve`'s user, so run that as an unprivileged one).
+    #[arg(long, conflicts_with = "game_user")]
+    pub game_as_agent_user: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -355,6 +363,12 @@ pub enum CliError {
 }
 
 pub fn main() -> ExitCode {
+    // Everything zlh writes (database, backups, keys, agent files, and what a local
+    // agent's game writes) is for zlh's user alone.
+    // SAFETY: umask has no preconditions and cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -381,7 +395,12 @@ fn load_config(cli: &Cli, serve: Option<&ServeArgs>) -> Result<Config, ConfigErr
             sources = sources.flag("queue.workers", w, "--workers");
         }
     }
-    Config::load(&sources)
+    let config = Config::load(&sources)?;
+    // Before any database is opened: its secrets are sealed under this key.
+    if let Some(path) = &config.secret_key_file {
+        crate::db::secret::set_key_file(path.clone());
+    }
+    Ok(config)
 }
 
 fn init_logging(format: LogFormat) {
@@ -421,7 +440,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 
 /// Opens (creating if needed) the database in the data dir.
 fn open_or_create(config: &Config) -> Result<Db, CliError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+    crate::db::files::private_dir(&config.data_dir).map_err(|source| {
         crate::app::ServeError::DataDir {
             path: config.data_dir.clone(),
             source,
@@ -466,6 +485,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 "backup written to {} ({} bytes, integrity ok)",
                 info.path.display(),
                 info.bytes
+            );
+            println!(
+                "its secrets open only with the key {}: keep a copy of that file apart from the backup",
+                config.secret_key_path().display()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -753,6 +776,7 @@ fn agent(args: &AgentArgs) -> Result<(), CliError> {
             max_connections: args.max_connections,
         },
         max_streams: args.max_streams,
+        game_user: (!args.game_as_agent_user).then(|| args.game_user.clone()),
     };
     let listen = args.listen;
     runtime()?.block_on(async move {
@@ -802,7 +826,7 @@ fn artifacts(config: &Config, command: &ArtifactsCommand) -> Result<ExitCode, Cl
                 path: file.clone(),
                 source,
             })?;
-            std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+            crate::db::files::private_dir(&config.data_dir).map_err(|source| {
                 crate::app::ServeError::DataDir {
                     path: config.data_dir.clone(),
                     source,

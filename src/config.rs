@@ -29,6 +29,7 @@ const OPTIONAL_KEYS: &[(&str, Kind)] = &[
     ("advertise_url", Kind::Str),
     ("agent_binary", Kind::Str),
     ("forwarding_secret", Kind::Str),
+    ("secret_key_file", Kind::Str),
     ("edge.allow_hostnames", Kind::Bool),
     ("edge.velocity.url", Kind::Str),
     ("edge.velocity.secret", Kind::Str),
@@ -72,6 +73,10 @@ pub struct Config {
     /// Velocity modern-forwarding secret seeded into proxied servers (FabricProxy-Lite).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forwarding_secret: Option<String>,
+    /// The key that seals secrets at rest (default: `<data_dir>/secret.key`, made at
+    /// first start). Keep it with the database's backups, not inside them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_key_file: Option<PathBuf>,
     /// The `zlh` binary local nodes run as `zlh agent` (default: this binary).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_binary: Option<PathBuf>,
@@ -237,6 +242,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             advertise_url: None,
             forwarding_secret: None,
+            secret_key_file: None,
             agent_binary: None,
             queue: QueueConfig::default(),
             artifacts: ArtifactsConfig::default(),
@@ -699,6 +705,13 @@ impl Config {
 
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join(crate::db::DB_FILE)
+    }
+
+    /// The key file sealing secrets at rest.
+    pub fn secret_key_path(&self) -> PathBuf {
+        self.secret_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(crate::db::secret::KEY_FILE))
     }
 
     /// The worker pool settings derived from `[queue]`.

@@ -135,6 +135,9 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
         ));
     }
 
+    // File modes: the data dir holds the database, backups and the secret key.
+    findings.push(file_modes(&svc.config.data_dir, opts.fix, &mut fixed));
+
     // Duplicates in the database (the constraints should make these impossible).
     let (dupes, live) = svc
         .db
@@ -571,6 +574,66 @@ async fn server_check(
 }
 
 /// The report as text for a terminal.
+/// Files and directories in the data dir that group or others may read or write
+/// (`zlh serve` tightens them at start; `--fix` does it now).
+fn file_modes(data_dir: &std::path::Path, fix: bool, fixed: &mut Vec<String>) -> Finding {
+    let subject = crate::config::display_path(data_dir);
+    let (dir_mode, loose) = {
+        use std::os::unix::fs::PermissionsExt;
+        let dir_mode = std::fs::metadata(data_dir).map(|m| m.permissions().mode() & 0o777);
+        (dir_mode, crate::db::files::loose(data_dir, 5))
+    };
+    let problem = |detail: String| {
+        finding(
+            "file modes",
+            Verdict::Problem,
+            subject.clone(),
+            detail,
+            "run `zlh doctor --fix` (or restart zlh serve): only zlh's user may read the data dir",
+        )
+    };
+    match (dir_mode, loose) {
+        (Err(e), _) | (_, Err(e)) => problem(format!("cannot check: {e}")),
+        (Ok(mode), Ok(loose)) if mode & 0o077 != 0 || !loose.is_empty() => {
+            if fix {
+                let done = crate::db::files::private_dir(data_dir)
+                    .and_then(|()| crate::db::files::tighten(data_dir));
+                match done {
+                    Ok(n) => {
+                        fixed.push(format!(
+                            "made {subject} 0700 and took group/other access off {n} path(s) in it"
+                        ));
+                        return finding(
+                            "file modes",
+                            Verdict::Ok,
+                            subject,
+                            "private to this user".into(),
+                            "",
+                        );
+                    }
+                    Err(e) => return problem(format!("tightening failed: {e}")),
+                }
+            }
+            let shown: Vec<String> = loose.iter().map(|p| p.display().to_string()).collect();
+            problem(format!(
+                "the data dir is {mode:o}; readable or writable by group or others: {}",
+                if shown.is_empty() {
+                    "(only the data dir itself)".to_string()
+                } else {
+                    shown.join(", ")
+                }
+            ))
+        }
+        (Ok(_), Ok(_)) => finding(
+            "file modes",
+            Verdict::Ok,
+            subject,
+            "private to this user".into(),
+            "",
+        ),
+    }
+}
+
 pub fn render_text(r: &Report) -> String {
     let mut out = String::new();
     for f in &r.findings {

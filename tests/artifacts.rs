@@ -458,6 +458,38 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A client presenting an API token of a new admin of `data`: an upstream fill
+/// needs a credential (anonymous callers only read what the mirror holds).
+fn authed_client(cwd: &Path, data: &Path) -> reqwest::Client {
+    let run = |args: &[&str]| {
+        let out = zlh(cwd)
+            .args(args)
+            .arg("--data-dir")
+            .arg(data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    run(&["user", "add", "fetcher", "--admin"]);
+    let token = run(&["token", "create", "--user", "fetcher"]);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .no_proxy()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 /// A request sent byte for byte (HTTP clients normalise `..` and `%2e%2e` away,
 /// which would hide what the server does with them): (status, body).
 fn raw_get(addr: SocketAddr, target: &str) -> (u16, String) {
@@ -506,7 +538,7 @@ fn twenty_concurrent_gets_fill_once_and_serve_the_bytes_with_their_checksum() {
         .enable_all()
         .build()
         .unwrap();
-    let client = client();
+    let client = authed_client(tmp.path(), &data);
     let gets: Vec<_> = (0..20)
         .map(|_| {
             let (client, url) = (client.clone(), url.clone());
@@ -591,7 +623,7 @@ fn http_errors_have_the_json_shape_and_fitting_status() {
         .enable_all()
         .build()
         .unwrap();
-    let client = client();
+    let client = authed_client(tmp.path(), &tmp.path().join("data"));
     let get_json = |path: &str| {
         let (status, _, body) = rt.block_on(fetch(&client, &served.url(path)));
         let v: serde_json::Value = serde_json::from_slice(&body)

@@ -72,6 +72,9 @@ fn host_move_holds_the_in_flight_job_until_released_and_clones_once() {
     let dir_b = tmp.path().join("b");
     std::fs::create_dir_all(&dir_b).unwrap();
     let data_b = dir_b.join("data");
+    // The runbook carries the secret key along (the backup's secrets open only with it).
+    std::fs::create_dir_all(&data_b).unwrap();
+    std::fs::copy(dir_a.join("data/secret.key"), data_b.join("secret.key")).unwrap();
     let out = run(&dir_b, &["restore", backup.to_str().unwrap()], &data_b);
     assert!(
         out.status.success(),

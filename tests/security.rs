@@ -3,6 +3,8 @@
 //! grouped by the part of zlh they touch; each group is a module under
 //! `tests/security/` with its own table, so the list can grow.
 
+#[path = "security/data.rs"]
+mod data;
 #[path = "security/fuzz.rs"]
 mod fuzz;
 #[path = "security/input.rs"]

@@ -515,13 +515,16 @@ fn agent_status_code(sim: &PveSim, vmid: i64, token: &str) -> u16 {
 }
 
 fn token_of(data: &Path, sid: i64) -> String {
-    support::open_db(data)
+    let sealed: String = support::open_db(data)
         .query_row(
             "SELECT agent_token FROM servers WHERE id = ?1",
             [sid],
             |r| r.get(0),
         )
-        .unwrap()
+        .unwrap();
+    // Sealed at rest under the data dir's key.
+    zlh::db::secret::load(data).unwrap();
+    zlh::db::secret::open(&sealed).unwrap()
 }
 
 fn count_sql(data: &Path, sql: &str, sid: i64) -> i64 {

@@ -144,7 +144,13 @@ impl ConfigPayload {
     /// The payload with secrets blanked, for anything that may be shown or logged.
     pub fn redacted(&self) -> ConfigPayload {
         let mut p = self.clone();
-        if p.forwarding_secret.is_some() {
+        if let Some(secret) = p.forwarding_secret.take() {
+            // Seeded files (FabricProxy-Lite's config) carry it too.
+            if !secret.is_empty() {
+                for f in &mut p.files {
+                    f.content = f.content.replace(&secret, "********");
+                }
+            }
             p.forwarding_secret = Some("********".into());
         }
         if p.agent_token.is_some() {

@@ -220,7 +220,17 @@ pub struct MirrorStats {
     pub fills_failed: AtomicU64,
     /// Calls currently waiting for an upstream fill.
     pub waiters: AtomicU64,
+    /// Calls answered from the negative cache (an upstream said "no such version"
+    /// a moment ago), without asking it again.
+    pub negative_hits: AtomicU64,
+    /// Requests for a missing artifact refused for want of a credential.
+    pub fills_refused: AtomicU64,
 }
+
+/// How long an upstream's "no such version" is believed without asking again.
+const NEGATIVE_TTL: Duration = Duration::from_secs(600);
+/// At most this many remembered misses (expired ones go first; then all).
+const NEGATIVE_MAX: usize = 4096;
 
 /// Download progress of one fill: bytes done, and the total when known.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -242,6 +252,8 @@ struct Inner {
     db: Db,
     upstream: Option<Upstream>,
     flights: Mutex<HashMap<String, Arc<Flight>>>,
+    /// Failed look-ups: path → (until, the error).
+    negative: Mutex<HashMap<String, (std::time::Instant, Arc<ArtifactError>)>>,
     stats: MirrorStats,
 }
 
@@ -300,6 +312,7 @@ impl Mirror {
                 db,
                 upstream,
                 flights: Mutex::new(HashMap::new()),
+                negative: Mutex::new(HashMap::new()),
                 stats: MirrorStats::default(),
             }),
         })
@@ -312,6 +325,49 @@ impl Mirror {
 
     pub fn upstream_enabled(&self) -> bool {
         self.inner.upstream.is_some()
+    }
+
+    /// Whether a miss of `path` would go to an upstream (fill on, a source known).
+    pub fn fillable(&self, path: &str) -> bool {
+        self.inner.upstream.is_some() && validate_path(path).is_ok() && Known::parse(path).is_some()
+    }
+
+    /// A recent "no such version" of `path`, if one is remembered.
+    fn negative_hit(&self, path: &str) -> Option<Arc<ArtifactError>> {
+        let mut neg = self
+            .inner
+            .negative
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match neg.get(path) {
+            Some((until, e)) if *until > std::time::Instant::now() => Some(e.clone()),
+            Some(_) => {
+                neg.remove(path);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Remembers a failed look-up (only "unknown": a transport error or a bad
+    /// download may be gone on the next try).
+    fn remember_miss(&self, path: &str, e: &Arc<ArtifactError>) {
+        if e.class() != ErrorClass::NotFound {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut neg = self
+            .inner
+            .negative
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if neg.len() >= NEGATIVE_MAX {
+            neg.retain(|_, (until, _)| *until > now);
+            if neg.len() >= NEGATIVE_MAX {
+                neg.clear();
+            }
+        }
+        neg.insert(path.to_string(), (now + NEGATIVE_TTL, e.clone()));
     }
 
     pub fn stats(&self) -> &MirrorStats {
@@ -377,6 +433,13 @@ impl Mirror {
             ));
         };
 
+        if let Some(e) = self.negative_hit(path) {
+            self.inner
+                .stats
+                .negative_hits
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(ArtifactError::Shared(e));
+        }
         let flight = self.join_flight(path, known);
         let mut progress_rx = flight.progress.subscribe();
         let mut outcome_rx = flight.outcome.subscribe();
@@ -614,9 +677,11 @@ impl Drop for FlightGuard {
                 stats.fills_failed.fetch_add(1, Ordering::Relaxed)
             }
         };
-        self.flight
-            .outcome
-            .send_replace(Some(result.map_err(Arc::new)));
+        let result = result.map_err(Arc::new);
+        if let Err(e) = &result {
+            self.mirror.remember_miss(&self.path, e);
+        }
+        self.flight.outcome.send_replace(Some(result));
     }
 }
 

@@ -1,12 +1,10 @@
 //! `GET /artifacts/{*path}`: the mirror over HTTP, for agents (`ARTIFACT_SERVER`).
 //!
-//! No authentication: agents fetch by IP from inside the private network, and
-//! the content is mostly public software. (DESIGN §7: control plane by IP.)
-//
-// TODO(auth): anyone who reaches this route can make the server download every
-// fillable version from upstream (disk use), and imported artifacts may be private
-// (mods, configs). Once agents hold per-server tokens, require one here — at least
-// for requests that would start an upstream fill.
+//! Anyone who reaches the route may read what the mirror holds (agents fetch by IP
+//! from inside the private network; DESIGN §7). A miss that would start an upstream
+//! fill — traffic, and disk for good — needs a credential zlh issued (an agent
+//! token, a node's bootstrap token, an API token or a UI session); anonymous callers
+//! get 401 without any upstream being asked.
 
 use axum::Router;
 use axum::body::Body;
@@ -37,7 +35,19 @@ async fn serve_artifact(
         field: Some("path".into()),
         message: format!("invalid artifact path: {e}"),
     })?;
-    let info = st.mirror.ensure(&path).await?;
+    let info = match st.mirror.lookup(&path).await? {
+        Some(info) => info,
+        None => {
+            if st.mirror.fillable(&path) && !may_fill(&st, &headers).await? {
+                st.mirror
+                    .stats()
+                    .fills_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(fill_needs_credential(&path));
+            }
+            st.mirror.ensure(&path).await?
+        }
+    };
     let etag = format!("\"{}\"", info.sha256);
 
     if crate::http::etag_matches(&headers, &etag) {
@@ -77,4 +87,44 @@ async fn serve_artifact(
 
 fn header_value(s: &str) -> Result<HeaderValue, AppError> {
     HeaderValue::from_str(s).map_err(|e| AppError::Internal(format!("header value {s:?}: {e}")))
+}
+
+/// Whether the request carries a credential that may start an upstream fill.
+async fn may_fill(st: &AppState, headers: &HeaderMap) -> Result<bool, AppError> {
+    let presented = crate::domain::credentials::Presented {
+        bearer: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string()),
+        session: headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix("zlh_session="))
+            .map(str::to_string),
+    };
+    st.db
+        .call(move |c| {
+            crate::domain::credentials::may_fill(c, &presented)
+                .map_err(|e| AppError::Internal(e.to_string()))
+        })
+        .await
+}
+
+/// 401 for an anonymous miss: says what would work, names no upstream.
+fn fill_needs_credential(path: &str) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+        axum::Json(serde_json::json!({"error": {
+            "code": "unauthorized",
+            "message": format!(
+                "artifact {path} is not in the mirror; fetching it from upstream needs a credential \
+                 (Authorization: Bearer <agent token, node bootstrap token or API token>, or a UI session)"
+            ),
+        }})),
+    )
+        .into_response()
 }

@@ -9,6 +9,9 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
 
+pub mod files;
+pub mod secret;
+
 /// The database file name inside the data dir.
 pub const DB_FILE: &str = "zlh.db";
 
@@ -35,6 +38,8 @@ pub enum DbError {
     },
     #[error("database task did not finish: {0}")]
     Join(String),
+    #[error(transparent)]
+    Secret(#[from] secret::SecretError),
 }
 
 /// The schema, one SQL file a version, oldest first.
@@ -110,6 +115,12 @@ impl Db {
                 path: path.to_path_buf(),
                 source,
             })?;
+        // Secrets at rest are sealed under the key beside the database.
+        let data_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        secret::check_and_migrate(&mut conn, path, data_dir)?;
         Ok(db)
     }
 

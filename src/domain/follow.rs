@@ -45,7 +45,7 @@ pub fn watched(conn: &Connection) -> Result<Vec<Watched>, DomainError> {
         Ok(Watched {
             id: r.get(0)?,
             name: r.get(1)?,
-            agent_token: r.get(2)?,
+            agent_token: crate::db::secret::open_column(r, 2)?,
             agent_url: r.get(3)?,
             status: r.get(4)?,
         })

@@ -1,6 +1,7 @@
 //! The domain: users and tokens, nodes, templates, servers (DESIGN §5).
 
 pub mod backups;
+pub mod credentials;
 pub mod cron;
 pub mod edge;
 pub mod follow;

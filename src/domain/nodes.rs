@@ -6,6 +6,8 @@ use serde_json::Value;
 
 use super::{DomainError, invalid, is_dns_label};
 use crate::db::now_ms;
+// Keys of node settings that are secrets: never shown, sealed at rest.
+use crate::db::secret::NODE_SECRET_KEYS as SECRET_KEYS;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Node {
@@ -23,9 +25,6 @@ pub struct Node {
     pub enabled: bool,
     pub created_at: i64,
 }
-
-/// Keys of node settings that are secrets and never leave the server.
-const SECRET_KEYS: &[&str] = &["token_secret", "bootstrap_token", "password"];
 
 impl Node {
     /// The node as the API shows it: settings with secrets blanked.
@@ -67,11 +66,15 @@ const COLUMNS: &str = "id, name, kind, settings, memory_mb, vmid_min, vmid_max, 
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Node> {
     let settings: String = r.get(3)?;
+    let settings = serde_json::from_str(&settings).unwrap_or(Value::Null);
+    let settings = crate::db::secret::open_settings(&settings).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+    })?;
     Ok(Node {
         id: r.get(0)?,
         name: r.get(1)?,
         kind: r.get(2)?,
-        settings: serde_json::from_str(&settings).unwrap_or(Value::Null),
+        settings,
         memory_mb: r.get(4)?,
         vmid_min: r.get(5)?,
         vmid_max: r.get(6)?,
@@ -122,7 +125,9 @@ pub fn create(conn: &Connection, n: &NewNode) -> Result<Node, DomainError> {
         params![
             n.name,
             n.kind,
-            n.settings.to_string(),
+            crate::db::secret::seal_settings(conn, &n.settings)
+                .map_err(crate::db::DbError::from)?
+                .to_string(),
             n.memory_mb,
             vmid_min,
             vmid_max,

@@ -165,7 +165,7 @@ pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Server> {
         memory_mb: r.get(10)?,
         cores: r.get(11)?,
         eula_accepted: r.get(12)?,
-        agent_token: r.get(13)?,
+        agent_token: crate::db::secret::open_column(r, 13)?,
         install_id: r.get(14)?,
         payload: payload.and_then(|p| serde_json::from_str(&p).ok()),
         desired_state: r.get(16)?,
@@ -680,7 +680,8 @@ pub fn create(
             memory,
             cores,
             req.eula,
-            token,
+            // Sealed at rest: a copied database reveals no agent token.
+            crate::db::secret::seal(tx, &token).map_err(crate::db::DbError::from)?,
             install_id,
             now + PROVISION_DEADLINE_MS,
             now

@@ -165,6 +165,10 @@ async fn metrics(State(st): State<AppState>) -> Result<impl IntoResponse, AppErr
     for (outcome, n) in [
         ("stored", a.fills_stored.load(Ordering::Relaxed)),
         ("failed", a.fills_failed.load(Ordering::Relaxed)),
+        // Answered from the negative cache, and refused to anonymous callers:
+        // neither reached an upstream.
+        ("cached_miss", a.negative_hits.load(Ordering::Relaxed)),
+        ("refused", a.fills_refused.load(Ordering::Relaxed)),
     ] {
         let _ = writeln!(out, "zlh_artifact_fills_total{{outcome=\"{outcome}\"}} {n}");
     }

@@ -410,7 +410,13 @@ async fn provision(w: &mut Work) -> JobResult {
         if let Err(e) = agent.configure(&payload).await {
             return w.finish("agent", e.into()).await;
         }
-        let stored = serde_json::to_string(&payload).unwrap_or_default();
+        // What was sent, minus its secrets (the agent has them; the row need not).
+        let stored = serde_json::to_value(&payload)
+            .map(|mut v| {
+                crate::db::secret::redact_payload(&mut v);
+                v.to_string()
+            })
+            .unwrap_or_default();
         let install_id = payload.install_id.clone();
         if let Err(e) = w
             .fenced(move |tx, sid, _| {
@@ -761,7 +767,15 @@ async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
             destination: m.destination.clone(),
         });
     }
-    let secret = w.svc.config.forwarding_secret.clone().unwrap_or_default();
+    // Only a server players reach through Velocity needs the forwarding secret; any
+    // other game would just hold a credential of the proxy it never talks to.
+    let proxied = w.template.spec.edge == templates::EdgeKind::Velocity
+        && w.svc.config.edge.velocity.is_some();
+    let secret = if proxied {
+        w.svc.config.forwarding_secret.clone().unwrap_or_default()
+    } else {
+        String::new()
+    };
     let file_vars = [
         ("version", version),
         ("name", s.name.as_str()),

@@ -10,6 +10,37 @@ use super::{ContainerInfo, ContainerSpec, Created, Runtime, RuntimeError};
 
 const META_FILE: &str = "container.json";
 const AGENT_PID: &str = "agent.pid";
+/// The agent reads its token from this file in its directory (`agent/token`).
+const AGENT_TOKEN_FILE: &str = "token";
+
+/// The part of `zlh serve`'s environment a local agent inherits: PATH, HOME,
+/// locale, time zone, temp dir and the log filter.
+fn agent_env(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> impl Iterator<Item = (String, String)> {
+    env.into_iter().filter(|(k, _)| {
+        matches!(
+            k.as_str(),
+            "PATH" | "HOME" | "LANG" | "TZ" | "TMPDIR" | "ZLH_LOG"
+        ) || k.starts_with("LC_")
+    })
+}
+
+/// Writes `text` to `path` atomically, readable by its owner only.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
 
 #[derive(Debug, Clone)]
 pub struct LocalRuntime {
@@ -154,6 +185,10 @@ impl Runtime for LocalRuntime {
         let log2 = log
             .try_clone()
             .map_err(|e| Self::io("opening the agent log in", &dir, e))?;
+        // The token goes in the agent's own token file (0600), never in its
+        // environment, where every process it starts could read it.
+        write_private(&dir.join("agent").join(AGENT_TOKEN_FILE), &spec.agent_token)
+            .map_err(|e| Self::io("writing the agent token in", &dir, e))?;
         let mut cmd = std::process::Command::new(&self.agent_binary);
         cmd.arg("agent")
             .arg("--listen")
@@ -161,8 +196,13 @@ impl Runtime for LocalRuntime {
             .arg("--dir")
             .arg(dir.join("agent"))
             .args(&self.agent_args)
-            .env("ZLH_AGENT_TOKEN", &spec.agent_token)
-            .env_remove("ZLH_AGENT_TOKEN_FILE")
+            // The data dir is private to our user: a game of another user could not
+            // even reach its own directory.
+            .arg("--game-as-agent-user")
+            // Nothing of `zlh serve`'s environment (edge tokens, the forwarding
+            // secret …) but what any process needs.
+            .env_clear()
+            .envs(agent_env(std::env::vars()))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);

@@ -131,11 +131,13 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Downloads and installs; `dir` is the agent directory.
+/// Downloads and installs; `dir` is the agent directory. Downloads present `token`
+/// (the agent's own): the mirror fills from upstream only for a credential.
 pub async fn install(
     http: &reqwest::Client,
     dir: &Path,
     payload: &ConfigPayload,
+    token: Option<&str>,
     progress: Progress<'_>,
 ) -> Result<Installed, InstallError> {
     validate(payload)?;
@@ -150,7 +152,7 @@ pub async fn install(
         let base = base.clone();
         async move {
             let base = base.ok_or_else(|| InstallError::NoArtifactServer(path.clone()))?;
-            fetch_cached(http, dir, &base, &path, &sha, progress).await
+            fetch_cached(http, dir, &base, &path, &sha, token, progress).await
         }
     };
 
@@ -268,6 +270,7 @@ async fn fetch_cached(
     base: &str,
     path: &str,
     sha: &str,
+    token: Option<&str>,
     progress: Progress<'_>,
 ) -> Result<PathBuf, InstallError> {
     let sha = sha.to_ascii_lowercase();
@@ -285,11 +288,11 @@ async fn fetch_cached(
         url: url.clone(),
         reason,
     };
-    let mut resp = http
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+    let mut req = http.get(&url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let mut resp = req.send().await.map_err(|e| fail(e.to_string()))?;
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::install::{self, Installed};
+use super::sandbox;
 use super::{PAYLOAD_FILE, Shared};
 use crate::agent::{AgentState, ConfigPayload, LastCrash, ReadinessKind, slp};
 use crate::util::format_ts;
@@ -155,6 +156,9 @@ impl Manager {
                     }
                 } => {
                     self.restart_at = None;
+                    if self.install.is_some() {
+                        continue; // the install starts the game when it is done
+                    }
                     self.note("restarting the game after a crash");
                     if let Err(e) = self.start_game().await {
                         self.fail(e);
@@ -240,8 +244,11 @@ impl Manager {
             return;
         }
         self.cancel_install();
-        // A reinstall replaces files the game has open: stop it first.
+        // A reinstall replaces files the game has open: stop it first, and drop a
+        // pending crash restart (the install starts the game when it is done; a
+        // restart firing mid-install would start a second one).
         self.stop_game().await;
+        self.restart_at = None;
         self.set_desired(true);
         self.crash_streak = 0;
         self.payload = Some(p.clone());
@@ -264,13 +271,19 @@ impl Manager {
         let shared = self.shared.clone();
         let http = self.http.clone();
         let dir = self.dir();
+        // The server's own token once /config brought one, else the one it runs with.
+        let bearer = p
+            .agent_token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .or_else(|| self.shared.current_token());
         tokio::spawn(async move {
             let progress_shared = shared.clone();
             let progress = move |step: String| {
                 progress_shared.update(|s| s.install_step = Some(step));
             };
             let result = tokio::select! {
-                r = install::install(&http, &dir, &p, &progress) => r.map_err(|e| e.to_string()),
+                r = install::install(&http, &dir, &p, bearer.as_deref(), &progress) => r.map_err(|e| e.to_string()),
                 _ = token.cancelled() => Err(install::InstallError::Cancelled.to_string()),
             };
             let _ = shared.ops.send(Op::InstallDone {
@@ -369,12 +382,20 @@ impl Manager {
         } else {
             format!("exec {cmdline}")
         };
+        // A cleared environment: the agent's token, the services it talks to and
+        // whatever its own parent had stay with the agent.
+        let env = sandbox::game_env(std::env::vars(), &p.env, &java, &server_dir);
+        // As root (a Proxmox container) the game runs as an unprivileged user.
+        let user = match &self.shared.opts.game_user {
+            Some(name) => sandbox::prepare_game_user(&self.dir(), name)?,
+            None => None,
+        };
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
             .arg(&cmdline)
             .current_dir(&server_dir)
-            .envs(&p.services)
-            .envs(&p.env)
+            .env_clear()
+            .envs(&env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -382,8 +403,12 @@ impl Manager {
             .kill_on_drop(false);
         #[cfg(target_os = "linux")]
         unsafe {
-            cmd.pre_exec(|| {
-                // The game must not outlive its supervisor: a restarted agent starts it again.
+            cmd.pre_exec(move || {
+                if let Some(user) = user {
+                    sandbox::drop_privileges(user)?;
+                }
+                // The game must not outlive its supervisor: a restarted agent starts it
+                // again. After the drop: a change of credentials clears this signal.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }

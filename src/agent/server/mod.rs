@@ -4,6 +4,7 @@
 mod console;
 pub mod install;
 mod manager;
+mod sandbox;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,9 @@ pub struct AgentOptions {
     pub http: crate::util::listener::Limits,
     /// Console streams open at once.
     pub max_streams: usize,
+    /// The unprivileged user the game runs as when the agent is root (created if
+    /// missing); `None` runs it as the agent's own user.
+    pub game_user: Option<String>,
 }
 
 impl Default for AgentOptions {
@@ -72,6 +76,7 @@ impl Default for AgentOptions {
                 max_connections: 64,
             },
             max_streams: 16,
+            game_user: Some(sandbox::GAME_USER.to_string()),
         }
     }
 }
@@ -131,6 +136,11 @@ impl Shared {
 
     pub fn snapshot(&self) -> Option<Status> {
         self.status.lock().ok().map(|s| s.clone())
+    }
+
+    /// The token the agent accepts now (it also presents it to the artifact mirror).
+    pub fn current_token(&self) -> Option<String> {
+        self.token.read().ok().and_then(|t| t.clone())
     }
 
     fn token_matches(&self, presented: &str) -> bool {
@@ -401,7 +411,13 @@ async fn write_private(path: &Path, bytes: &[u8]) -> Result<(), install::Install
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let _ = tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).await;
+        tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .await
+            .map_err(|source| install::InstallError::Io {
+                action: "restricting",
+                path: path.to_path_buf(),
+                source,
+            })?;
     }
     Ok(())
 }
