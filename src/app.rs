@@ -83,7 +83,8 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
         source,
     })?;
     let host = hostname();
-    let lock = instance::acquire(&config.data_dir, &host)?;
+    let listen = config.listen.to_string();
+    let lock = instance::acquire(&config.data_dir, &host, Some(&listen))?;
     let db = Db::open_in(&config.data_dir)?;
     let host_id = config.host_id.clone().unwrap_or_else(machine_host_id);
     Ok(Prepared {

@@ -416,12 +416,12 @@ async fn new_page(
             let t: Vec<TemplateOption> = templates::list(c)?
                 .into_iter()
                 .map(|t| TemplateOption {
+                    eula_required: t.needs_eula(),
                     slug: t.slug,
                     name: t.name,
                     versions: t.spec.versions.clone(),
                     memory_mb: t.spec.default_memory_mb,
                     cores: t.spec.default_cores,
-                    eula_required: t.spec.eula_required,
                 })
                 .collect();
             let n: Vec<NodeOption> = nodes::free_memory(c)?
