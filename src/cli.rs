@@ -443,7 +443,6 @@ fn require_database(config: &Config) -> Result<(), CliError> {
     })
 }
 
-
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match &cli.command {
         Command::Serve(args) => {

@@ -4,6 +4,7 @@
 mod support;
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::api::{Api, standin_template};
@@ -51,7 +52,10 @@ fn a_minecraft_template_needs_eula_at_create_time_unless_it_declares_a_third_par
     // Nothing was written: no server, no job, no directory.
     assert_eq!(count(&data, "SELECT count(*) FROM servers"), 0);
     assert_eq!(
-        count(&data, "SELECT count(*) FROM jobs WHERE kind LIKE 'server.%'"),
+        count(
+            &data,
+            "SELECT count(*) FROM jobs WHERE kind LIKE 'server.%'"
+        ),
         0
     );
     assert!(!data.join("servers").exists() || dir_is_empty(&data.join("servers")));
@@ -108,7 +112,10 @@ fn cli_commands_refuse_a_data_dir_without_a_database_and_name_the_running_one() 
                 && err.contains("pass --data-dir or set ZLH_DATA_DIR"),
             "{args:?}: {err}"
         );
-        assert!(dir_is_empty(&empty), "{args:?} created something in {empty:?}");
+        assert!(
+            dir_is_empty(&empty),
+            "{args:?} created something in {empty:?}"
+        );
     }
     // The issue's repro: no --data-dir at all, run from another directory.
     let out = zlh(&elsewhere).args(["user", "list"]).output().unwrap();
@@ -151,7 +158,11 @@ fn cli_commands_refuse_a_data_dir_without_a_database_and_name_the_running_one() 
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stdout.lines().count(), 1, "only the token on stdout: {stdout}");
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "only the token on stdout: {stdout}"
+    );
     assert!(
         err.contains(&data.display().to_string())
             && err.contains(&format!("http://{}", served.addr)),
@@ -159,4 +170,170 @@ fn cli_commands_refuse_a_data_dir_without_a_database_and_name_the_running_one() 
     );
     let code = support::http_get_with_bearer(&served.url("/api/v1/templates"), stdout.trim());
     assert_eq!(code, 200, "the token works on the server it names");
+}
+
+/// The first ```sh block after `heading` in a markdown file.
+fn code_block(markdown: &str, heading: &str, lang: &str) -> String {
+    let after = markdown
+        .split_once(heading)
+        .unwrap_or_else(|| panic!("no {heading:?}"))
+        .1;
+    let start = after
+        .split_once(&format!("```{lang}\n"))
+        .unwrap_or_else(|| panic!("no ```{lang} block after {heading:?}"))
+        .1;
+    start
+        .split_once("\n```")
+        .expect("a closed code block")
+        .0
+        .to_string()
+}
+
+/// A gzipped tarball holding `jdk-21.0.5+11-jre/bin/java`: a script standing in for
+/// Java that runs the "server jar" (the stand-in game) the way `java -jar` would.
+fn fake_jre_tarball(dir: &Path) -> Vec<u8> {
+    let root = dir.join("jre-src");
+    let bin = root.join("jdk-21.0.5+11-jre/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let java = bin.join("java");
+    // The default start command is `{java} -Xms…M -Xmx…M -jar {jar} nogui`.
+    std::fs::write(
+        &java,
+        "#!/bin/sh\n[ \"$3\" = -jar ] || exit 64\nexec python3 \"$4\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&java, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = dir.join("jre.tar.gz");
+    let status = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&out)
+        .arg("-C")
+        .arg(&root)
+        .arg("jdk-21.0.5+11-jre")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::read(out).unwrap()
+}
+
+/// Stops the `zlh serve` a script left in the background (found from its lock file)
+/// and the local agents under its data dir, also when the test fails.
+struct Background(std::path::PathBuf);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let holder = std::fs::read_to_string(self.0.join("zlh.lock"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|h| h["pid"].as_i64());
+        if let Some(pid) = holder.filter(|p| *p > 1) {
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+        support::kill_local_agents(&self.0);
+    }
+}
+
+#[test]
+fn the_readmes_first_server_steps_work_as_written() {
+    use support::upstream::{JAVA_KEY, Upstream, VANILLA, vanilla_key};
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Mojang's jar is the stand-in game; Adoptium's JRE runs it.
+    let standin = std::fs::read(repo.join(support::api::STANDIN)).unwrap();
+    let up = Upstream::start_with(vec![
+        (vanilla_key(VANILLA), standin),
+        (JAVA_KEY.to_string(), fake_jre_tarball(tmp.path())),
+    ]);
+
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let steps = code_block(&readme, "### A first server", "sh");
+    let (first, rest) = steps.split_once('\n').unwrap();
+    assert_eq!(
+        first, "cargo build --release && alias zlh=$PWD/target/release/zlh",
+        "the README's first step changed: update this test"
+    );
+    // The only changes: the binary under test instead of a release build, and a free
+    // port instead of 8080 (tests run side by side).
+    let port = support::free_port();
+    let script = format!(
+        "set -e\nshopt -s expand_aliases\nalias zlh={}\n{}\necho\necho \"TOKEN=$TOKEN\"\n",
+        support::BIN,
+        rest.replace("localhost:8080", &format!("localhost:{port}"))
+    );
+    assert!(
+        script.matches(&format!("localhost:{port}")).count() >= 4,
+        "{script}"
+    );
+    let _cleanup = Background(work.join("zlh-data"));
+    let stdout = tmp.path().join("stdout");
+    let stderr = tmp.path().join("stderr");
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg("-c").arg(&script).current_dir(&work);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ZLH_") {
+            cmd.env_remove(k);
+        }
+    }
+    // Above every `Served` port window (20000..32600), below the ephemeral range.
+    // Files, not pipes: the backgrounded `zlh serve` keeps its stdout open.
+    let status = cmd
+        .env("ZLH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("ZLH_ARTIFACTS_MOJANG_URL", &up.base)
+        .env("ZLH_ARTIFACTS_ADOPTIUM_URL", &up.base)
+        .env("ZLH_LOCAL_PORT_MIN", "32600")
+        .env("ZLH_LOCAL_PORT_MAX", "32699")
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .status()
+        .unwrap();
+    let out = std::fs::read_to_string(&stdout).unwrap();
+    let err = std::fs::read_to_string(&stderr).unwrap();
+    assert!(status.success(), "{out}\n{err}");
+    assert!(
+        out.contains("\"slug\":\"minecraft-vanilla\""),
+        "the templates: {out}"
+    );
+    assert!(out.contains("\"job\""), "the create's answer: {out}");
+    let token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("TOKEN="))
+        .unwrap()
+        .to_string();
+    let url = format!("http://127.0.0.1:{port}/api/v1/servers/1");
+    let server = support::wait_for(
+        "the README's server to be running",
+        Duration::from_secs(120),
+        || {
+            let s = get_json(&url, &token)?;
+            assert_ne!(s["status"], "failed", "{s}\n{err}");
+            (s["status"] == "running").then_some(s)
+        },
+    );
+    assert_eq!(server["name"], "survival");
+    assert_eq!(up.downloads(&vanilla_key(VANILLA)), 1);
+    assert_eq!(up.downloads(JAVA_KEY), 1);
+}
+
+/// A GET with a bearer token, as JSON (None when nothing answers yet).
+fn get_json(url: &str, token: &str) -> Option<Value> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    rt.block_on(async {
+        let resp = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .ok()?
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .ok()?;
+        resp.json().await.ok()
+    })
 }
