@@ -337,3 +337,95 @@ fn get_json(url: &str, token: &str) -> Option<Value> {
         resp.json().await.ok()
     })
 }
+
+/// Where `scripts/test-deps.sh` put flying-squid.
+fn node_modules() -> std::path::PathBuf {
+    let dir = std::env::var("ZLH_TEST_DEPS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-deps"))
+        .join("node_modules");
+    assert!(
+        dir.join("flying-squid/package.json").exists(),
+        "flying-squid is missing in {}: run scripts/test-deps.sh (./scripts/test does)",
+        dir.display()
+    );
+    dir
+}
+
+/// docs/templates.md's worked example, as written there.
+fn docs_example() -> Value {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/templates.md"))
+            .unwrap();
+    serde_json::from_str(&code_block(&doc, "## A worked example", "json"))
+        .expect("the example is JSON")
+}
+
+/// A served data dir (flying-squid findable by the games) with the docs' example
+/// template added and a server of it running: (api, server id, game port).
+fn docs_example_running(tmp: &Path, name: &str) -> (Api, i64, i64) {
+    let modules = node_modules();
+    let served = Served::start_with_env(
+        tmp,
+        &tmp.join("data"),
+        &[],
+        &[
+            ("ZLH_ARTIFACTS_UPSTREAM", "false"),
+            ("NODE_PATH", modules.to_str().unwrap()),
+        ],
+    );
+    let api = Api::start_on(tmp, served);
+    let (code, body) = api.call("POST", "/api/v1/templates", Some(docs_example()));
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = api.call(
+        "POST",
+        "/api/v1/servers",
+        Some(json!({"name": name, "template": "flying-squid", "version": "1.21.4"})),
+    );
+    assert_eq!(code, 202, "no eula needed for a third-party server: {body}");
+    let id = body["server"]["id"].as_i64().unwrap();
+    let s = api.wait_status(id, "running");
+    let port = s["game_port"].as_i64().unwrap();
+    (api, id, port)
+}
+
+#[test]
+fn the_docs_example_template_runs_a_non_java_game_and_the_docs_cover_the_schema() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (api, id, port) = docs_example_running(tmp.path(), "squid");
+    // flying-squid answers the status ping with what the seeded settings file says.
+    let status = support::api::slp(port).expect("flying-squid answers");
+    assert_eq!(status["description"]["text"], "squid", "{status}");
+    assert_eq!(status["version"]["name"], "1.21.4", "{status}");
+    // Placeholders are filled in `env` too: node got the server's memory as its heap.
+    let vmid = api.server(id)["vmid"].as_i64().unwrap();
+    let payload = std::fs::read_to_string(
+        api.served
+            .data_dir
+            .join(format!("servers/{vmid}/agent/payload.json")),
+    )
+    .unwrap();
+    let payload: Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(
+        payload["env"]["NODE_OPTIONS"], "--max-old-space-size=512",
+        "{payload}"
+    );
+
+    // Every field of the OpenAPI document's template schema is documented.
+    let (code, doc) = api.call("GET", "/api/v1/openapi.json", None);
+    assert_eq!(code, 200);
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/templates.md"))
+            .unwrap();
+    let spec = &doc["components"]["schemas"]["TemplateSpec"];
+    assert_eq!(
+        doc["components"]["schemas"]["NewTemplate"]["properties"]["spec"]["$ref"],
+        "#/components/schemas/TemplateSpec"
+    );
+    for field in spec["properties"].as_object().unwrap().keys() {
+        assert!(
+            docs.contains(&format!("`spec.{field}`")),
+            "{field} is undocumented"
+        );
+    }
+}
