@@ -429,3 +429,99 @@ fn the_docs_example_template_runs_a_non_java_game_and_the_docs_cover_the_schema(
         );
     }
 }
+
+#[test]
+fn a_games_terminal_codes_are_text_in_the_api_and_colours_in_the_console_tab() {
+    let tmp = tempfile::tempdir().unwrap();
+    // flying-squid writes `> ESC[1G` before each line and colours its levels.
+    let (api, id, _) = docs_example_running(tmp.path(), "colours");
+    let tail = |query: &str| {
+        support::wait_for("the listening line", Duration::from_secs(30), || {
+            let (code, body) = api.call(
+                "GET",
+                &format!("/api/v1/servers/{id}/console?lines=200{query}"),
+                None,
+            );
+            assert_eq!(code, 200, "{body}");
+            let lines: Vec<String> = body["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_str().unwrap().to_string())
+                .collect();
+            lines
+                .iter()
+                .any(|l| l.contains("Server listening on port"))
+                .then_some(lines)
+        })
+    };
+    let text = tail("");
+    let listening = text
+        .iter()
+        .find(|l| l.contains("Server listening on port"))
+        .unwrap();
+    assert!(
+        !listening.starts_with('>') && listening.contains("[INFO]: Server listening"),
+        "{listening:?}"
+    );
+    for l in &text {
+        assert!(
+            !l.contains('\u{1b}') && !l.contains("[1G") && !l.contains("[32m"),
+            "{l:?}"
+        );
+    }
+    let raw = tail("&raw=1");
+    assert!(
+        raw.iter()
+            .any(|l| l.contains("\u{1b}[1G") && l.contains("Server listening")),
+        "raw=1 keeps the game's bytes: {raw:?}"
+    );
+    // The agent's own lines read as sentences.
+    assert!(
+        text.iter()
+            .any(|l| l.starts_with("[zlh-agent] started the game")),
+        "{text:?}"
+    );
+
+    // The UI's Console tab renders the colours as classed spans, with no escape text.
+    let session = support::ui_session(&api.served);
+    let (name, value) = session.split_once('=').unwrap();
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
+    let b = support::browser::Browser::start(&shots);
+    b.goto(&api.served.url("/login"));
+    b.cmd(
+        "POST",
+        "/cookie",
+        Some(json!({"cookie": {"name": name, "value": value, "path": "/"}})),
+        "the session cookie",
+    );
+    b.goto(&api.served.url(&format!("/servers/{id}")));
+    b.find("nav.tabs a[href$='/console']").click();
+    b.wait_text(
+        "#console-log",
+        "Server listening on port",
+        Duration::from_secs(30),
+    );
+    let green = b.find_all("#console-log span.sgr-fg-green");
+    assert!(
+        green.iter().any(|s| s.text() == "INFO"),
+        "INFO is a green span"
+    );
+    let shown = b.find("#console-log").text();
+    assert!(
+        !shown.contains('\u{1b}') && !shown.contains("[1G") && !shown.contains("[39m"),
+        "{shown:?}"
+    );
+    // Its command box is in view without scrolling.
+    assert_eq!(
+        b.execute(
+            "var r = document.getElementById('console-command').getBoundingClientRect(); return r.top >= 0 && r.bottom <= window.innerHeight;",
+            vec![]
+        ),
+        json!(true)
+    );
+    b.find("#console-command").send_keys("say hi-from-newcomer");
+    b.find("#console-form button").click();
+    b.wait_text("#console-log", "hi-from-newcomer", Duration::from_secs(30));
+    b.screenshot("newcomer-console-colours");
+}

@@ -127,10 +127,10 @@ pub fn document() -> Value {
             },
             "/api/v1/servers/{id}/events": {"get": with_id(op("A server's state timeline", "200", None))},
             "/api/v1/servers/{id}/console": {
-                "get": with_id(op("The last console lines of the game (`{lines}`). Query: lines (1-1000, default 100)", "200", None)),
+                "get": with_id(op("The last console lines of the game (`{lines}`), terminal control sequences removed. Query: lines (1-1000, default 100); raw=1 keeps the lines as the game wrote them", "200", None)),
                 "post": with_id(op("Send one line to the game's console (204)", "204", Some("ConsoleCommand")))
             },
-            "/api/v1/servers/{id}/console/stream": {"get": with_id(op("WebSocket: recent console lines, then live ones", "101", None))},
+            "/api/v1/servers/{id}/console/stream": {"get": with_id(op("WebSocket: recent console lines, then live ones, as text (query raw=1: as the game wrote them)", "101", None))},
             "/api/v1/servers/{id}/{action}": {"post": action},
             "/api/v1/jobs": {"get": op("List jobs (admin). Query: state, kind, before, limit", "200", None)},
             "/api/v1/jobs/{id}": {"get": with_id(op("One job with its errors (admin)", "200", None))},

@@ -331,7 +331,15 @@ pub async fn console_stream(
         .on_upgrade(move |socket| async move {
             match client {
                 Some(client) => {
-                    crate::http::console::relay(socket, client, label, st.shutdown.clone()).await
+                    // Colours stay: the page renders them as spans.
+                    crate::http::console::relay(
+                        socket,
+                        client,
+                        label,
+                        crate::http::console::Escapes::KeepColours,
+                        st.shutdown.clone(),
+                    )
+                    .await
                 }
                 None => crate::http::console::no_agent(socket, &label).await,
             }

@@ -57,7 +57,7 @@ session_routes! {
     "/servers/{id}" => get(servers::detail);
     "/servers/{id}/live" => get(live::server_live);
     "/servers/{id}/delete" => get(servers::delete_form).post(servers::delete);
-    "/servers/{id}/console" => post(servers::console_command);
+    "/servers/{id}/console" => get(servers::console_tab).post(servers::console_command);
     "/servers/{id}/console/stream" => get(live::console_stream);
     "/servers/{id}/actions/{action}" => post(servers::action);
     "/servers/{id}/backups" => get(worlds::backups).post(worlds::create_backup);
