@@ -369,11 +369,12 @@ fn load_config(cli: &Cli, serve: Option<&ServeArgs>) -> Result<Config, ConfigErr
     Config::load(&sources)
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, color: crate::config::LogColor) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ZLH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(color.enabled())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -447,7 +448,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match &cli.command {
         Command::Serve(args) => {
             let config = load_config(&cli, Some(args))?;
-            init_logging(config.log_format);
+            init_logging(config.log_format, config.log_color);
             serve(config)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -683,7 +684,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Agent(args) => {
-            init_logging(LogFormat::Text);
+            init_logging(LogFormat::Text, crate::config::LogColor::Auto);
             agent(args)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -525,3 +525,39 @@ fn a_games_terminal_codes_are_text_in_the_api_and_colours_in_the_console_tab() {
     b.wait_text("#console-log", "hi-from-newcomer", Duration::from_secs(30));
     b.screenshot("newcomer-console-colours");
 }
+
+#[test]
+fn the_log_has_colours_only_on_a_terminal_and_the_favicon_is_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Served sends stderr to a file: `auto` means no escape codes there.
+    let served = Served::start(tmp.path(), &tmp.path().join("data"), &[]);
+    let log = served.log_text();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "no ANSI codes in a log file: {log:?}"
+    );
+
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code} %{content_type}"])
+        .arg(served.url("/favicon.ico"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("200 image/x-icon"), "{text:?}");
+    assert!(
+        out.stdout.starts_with(&[0, 0, 1, 0]),
+        "an ICO file: {:?}",
+        &out.stdout[..8.min(out.stdout.len())]
+    );
+    drop(served);
+
+    // `always` keeps them, even in a file.
+    let served = Served::start_with_env(
+        tmp.path(),
+        &tmp.path().join("data2"),
+        &[],
+        &[("ZLH_LOG_COLOR", "always")],
+    );
+    assert!(served.log_text().contains("\u{1b}["));
+}

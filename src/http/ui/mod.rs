@@ -85,7 +85,8 @@ pub fn router(state: AppState) -> Router<AppState> {
     let public = Router::new()
         .route("/login", get(auth::login_form).post(auth::login))
         .route("/setup", get(auth::setup_form).post(auth::setup))
-        .route("/static/{*path}", get(assets::serve));
+        .route("/static/{*path}", get(assets::serve))
+        .route("/favicon.ico", get(assets::favicon));
     public
         .merge(session_router().route_layer(middleware::from_fn_with_state(
             state,
