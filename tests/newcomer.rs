@@ -26,7 +26,7 @@ fn count(data: &Path, sql: &str) -> i64 {
 #[test]
 fn a_minecraft_template_needs_eula_at_create_time_unless_it_declares_a_third_party_server() {
     let tmp = tempfile::tempdir().unwrap();
-    let api = Api::start(tmp.path());
+    let api = Api::start_on(tmp.path(), served_with_ports(tmp.path(), EULA_PORTS, &[]));
     let data = api.served.data_dir.clone();
     let (code, body) = api.call(
         "POST",
@@ -75,7 +75,23 @@ fn a_minecraft_template_needs_eula_at_create_time_unless_it_declares_a_third_par
     );
     assert_eq!(code, 202, "{body}");
     let id = body["server"]["id"].as_i64().unwrap();
-    api.wait_status(id, "running");
+    wait_running(&api, id);
+}
+
+/// Waits for `running`; a failure says where the server got stuck.
+fn wait_running(api: &Api, id: i64) -> Value {
+    support::wait_for(
+        &format!("server {id} to be running"),
+        Duration::from_secs(90),
+        || {
+            let s = api.server(id);
+            if s["status"] == "failed" {
+                let (_, events) = api.call("GET", &format!("/api/v1/servers/{id}/events"), None);
+                panic!("server {id} failed: {s}\nevents: {events}");
+            }
+            (s["status"] == "running").then_some(s)
+        },
+    )
 }
 
 fn dir_is_empty(dir: &Path) -> bool {
@@ -278,14 +294,13 @@ fn the_readmes_first_server_steps_work_as_written() {
             cmd.env_remove(k);
         }
     }
-    // Above every `Served` port window (20000..32600), below the ephemeral range.
     // Files, not pipes: the backgrounded `zlh serve` keeps its stdout open.
     let status = cmd
         .env("ZLH_LISTEN", format!("127.0.0.1:{port}"))
         .env("ZLH_ARTIFACTS_MOJANG_URL", &up.base)
         .env("ZLH_ARTIFACTS_ADOPTIUM_URL", &up.base)
-        .env("ZLH_LOCAL_PORT_MIN", "32600")
-        .env("ZLH_LOCAL_PORT_MAX", "32699")
+        .env("ZLH_LOCAL_PORT_MIN", README_PORTS.0)
+        .env("ZLH_LOCAL_PORT_MAX", README_PORTS.1)
         .stdout(std::fs::File::create(&stdout).unwrap())
         .stderr(std::fs::File::create(&stderr).unwrap())
         .status()
@@ -361,19 +376,30 @@ fn docs_example() -> Value {
         .expect("the example is JSON")
 }
 
+/// Local-node ports of this file's servers: above every `Served` window
+/// (20000..32600) and below the kernel's ephemeral range (32768..), so neither other
+/// test processes nor agents they leave behind hold them. One range per test.
+const README_PORTS: (&str, &str) = ("32600", "32649");
+const EULA_PORTS: (&str, &str) = ("32650", "32699");
+const SQUID_PORTS: (&str, &str) = ("32700", "32733");
+const COLOUR_PORTS: (&str, &str) = ("32734", "32767");
+
+/// A served data dir with the local node's ports in `ports`.
+fn served_with_ports(tmp: &Path, ports: (&str, &str), env: &[(&str, &str)]) -> Served {
+    let mut env = env.to_vec();
+    env.extend([
+        ("ZLH_ARTIFACTS_UPSTREAM", "false"),
+        ("ZLH_LOCAL_PORT_MIN", ports.0),
+        ("ZLH_LOCAL_PORT_MAX", ports.1),
+    ]);
+    Served::start_with_env(tmp, &tmp.join("data"), &[], &env)
+}
+
 /// A served data dir (flying-squid findable by the games) with the docs' example
 /// template added and a server of it running: (api, server id, game port).
-fn docs_example_running(tmp: &Path, name: &str) -> (Api, i64, i64) {
+fn docs_example_running(tmp: &Path, name: &str, ports: (&str, &str)) -> (Api, i64, i64) {
     let modules = node_modules();
-    let served = Served::start_with_env(
-        tmp,
-        &tmp.join("data"),
-        &[],
-        &[
-            ("ZLH_ARTIFACTS_UPSTREAM", "false"),
-            ("NODE_PATH", modules.to_str().unwrap()),
-        ],
-    );
+    let served = served_with_ports(tmp, ports, &[("NODE_PATH", modules.to_str().unwrap())]);
     let api = Api::start_on(tmp, served);
     let (code, body) = api.call("POST", "/api/v1/templates", Some(docs_example()));
     assert_eq!(code, 201, "{body}");
@@ -384,7 +410,7 @@ fn docs_example_running(tmp: &Path, name: &str) -> (Api, i64, i64) {
     );
     assert_eq!(code, 202, "no eula needed for a third-party server: {body}");
     let id = body["server"]["id"].as_i64().unwrap();
-    let s = api.wait_status(id, "running");
+    let s = wait_running(&api, id);
     let port = s["game_port"].as_i64().unwrap();
     (api, id, port)
 }
@@ -392,7 +418,7 @@ fn docs_example_running(tmp: &Path, name: &str) -> (Api, i64, i64) {
 #[test]
 fn the_docs_example_template_runs_a_non_java_game_and_the_docs_cover_the_schema() {
     let tmp = tempfile::tempdir().unwrap();
-    let (api, id, port) = docs_example_running(tmp.path(), "squid");
+    let (api, id, port) = docs_example_running(tmp.path(), "squid", SQUID_PORTS);
     // flying-squid answers the status ping with what the seeded settings file says.
     let status = support::api::slp(port).expect("flying-squid answers");
     assert_eq!(status["description"]["text"], "squid", "{status}");
@@ -434,7 +460,7 @@ fn the_docs_example_template_runs_a_non_java_game_and_the_docs_cover_the_schema(
 fn a_games_terminal_codes_are_text_in_the_api_and_colours_in_the_console_tab() {
     let tmp = tempfile::tempdir().unwrap();
     // flying-squid writes `> ESC[1G` before each line and colours its levels.
-    let (api, id, _) = docs_example_running(tmp.path(), "colours");
+    let (api, id, _) = docs_example_running(tmp.path(), "colours", COLOUR_PORTS);
     let tail = |query: &str| {
         support::wait_for("the listening line", Duration::from_secs(30), || {
             let (code, body) = api.call(
