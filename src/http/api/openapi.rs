@@ -197,7 +197,7 @@ pub fn document() -> Value {
                         "memory_mb": {"type": "integer", "minimum": 256},
                         "cores": {"type": "integer", "minimum": 1, "maximum": 64},
                         "node": {"type": "string", "description": "node name; default: the one with the most free memory"},
-                        "eula": {"type": "boolean", "description": "explicit acceptance of the game's EULA"}
+                        "eula": {"type": "boolean", "description": "explicit acceptance of the game's EULA: required (400 naming eula without it) by templates with eula_required and by game minecraft templates unless third_party_server"}
                     }
                 },
                 "NewBackup": {
