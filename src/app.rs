@@ -89,7 +89,8 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
         source,
     })?;
     let host = hostname();
-    let lock = instance::acquire(&config.data_dir, &host)?;
+    let listen = config.listen.to_string();
+    let lock = instance::acquire(&config.data_dir, &host, Some(&listen))?;
     // A data dir written before files were kept private (or files copied in by
     // hand): nothing in it stays readable by group or others.
     match crate::db::files::tighten(&config.data_dir) {

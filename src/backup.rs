@@ -207,7 +207,7 @@ pub fn restore(src: &Path, data_dir: &Path) -> Result<Restored, RestoreError> {
     })?;
     // Holding the lock for the whole restore also keeps a `zlh serve` from starting
     // half-way through.
-    let _lock = match crate::instance::acquire(data_dir, &crate::config::hostname()) {
+    let _lock = match crate::instance::acquire(data_dir, &crate::config::hostname(), None) {
         Ok(l) => l,
         Err(crate::instance::InstanceError::Held { holder, .. }) => {
             return Err(RestoreError::Serving {

@@ -340,8 +340,8 @@ pub enum CliError {
     Domain(#[from] crate::domain::DomainError),
     #[error(transparent)]
     Restore(#[from] crate::backup::RestoreError),
-    #[error("no database in {0}: nothing has been served from this data dir (check --data-dir)")]
-    NoDatabase(String),
+    #[error("no zlh database at {dir}; pass --data-dir or set ZLH_DATA_DIR{running}")]
+    NoDatabase { dir: String, running: String },
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -403,11 +403,12 @@ fn load_config(cli: &Cli, serve: Option<&ServeArgs>) -> Result<Config, ConfigErr
     Ok(config)
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, color: crate::config::LogColor) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ZLH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(color.enabled())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -451,20 +452,37 @@ fn open_or_create(config: &Config) -> Result<Db, CliError> {
 
 /// Opens the database of an existing data dir (never creates one).
 fn open_existing(config: &Config) -> Result<Db, CliError> {
-    let path = config.db_path();
-    if !path.exists() {
-        return Err(CliError::NoDatabase(crate::config::display_path(
-            &config.data_dir,
-        )));
+    require_database(config)?;
+    Ok(Db::open(&config.db_path())?)
+}
+
+/// Refuses a data dir without a database (a command run from the wrong directory must
+/// not quietly create an empty one), naming the data dirs of running `zlh serve`s.
+fn require_database(config: &Config) -> Result<(), CliError> {
+    if config.db_path().exists() {
+        return Ok(());
     }
-    Ok(Db::open(&path)?)
+    let running: Vec<String> = crate::instance::running_data_dirs()
+        .into_iter()
+        .map(|(dir, h)| format!("{} ({h})", dir.display()))
+        .collect();
+    let running = if running.is_empty() {
+        "; no running `zlh serve` was found (`zlh serve` or `zlh migrate` creates a database)"
+            .to_string()
+    } else {
+        format!("; `zlh serve` is using {}", running.join(" and "))
+    };
+    Err(CliError::NoDatabase {
+        dir: crate::config::display_path(&config.data_dir),
+        running,
+    })
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match &cli.command {
         Command::Serve(args) => {
             let config = load_config(&cli, Some(args))?;
-            init_logging(config.log_format);
+            init_logging(config.log_format, config.log_color);
             serve(config)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -480,6 +498,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Backup { file, force } => {
             let config = load_config(&cli, None)?;
+            require_database(&config)?;
             let info = crate::backup::backup_to(&config.db_path(), file, *force)?;
             println!(
                 "backup written to {} ({} bytes, integrity ok)",
@@ -579,7 +598,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::User { command } => {
             let config = load_config(&cli, None)?;
-            let db = open_or_create(&config)?;
+            let db = open_existing(&config)?;
             let mut conn = db.conn()?;
             match command {
                 UserCommand::Add {
@@ -686,12 +705,24 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 })?;
                 crate::domain::users::create_token(tx, u.id, name).map(|(s, _)| s)
             })?;
-            eprintln!("API token for {user} (shown once; store it now):");
+            // On stderr: scripts capture stdout and expect only the token there.
+            let server = match crate::instance::holder(&config.data_dir) {
+                Some(h) => match &h.listen {
+                    Some(l) => format!("the zlh serve at http://{l} (pid {})", h.pid),
+                    None => format!("the zlh serve with pid {}", h.pid),
+                },
+                None => "no zlh serve is running on it now".to_string(),
+            };
+            eprintln!(
+                "API token for {user} in {} ({server}; shown once, store it now):",
+                crate::config::display_path(&config.data_dir)
+            );
             println!("{secret}");
+
             Ok(ExitCode::SUCCESS)
         }
         Command::Agent(args) => {
-            init_logging(LogFormat::Text);
+            init_logging(LogFormat::Text, crate::config::LogColor::Auto);
             agent(args)?;
             Ok(ExitCode::SUCCESS)
         }

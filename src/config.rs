@@ -66,6 +66,9 @@ pub struct Config {
     pub host_id: Option<String>,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// Colours in text logs: `auto` (only when stderr is a terminal and NO_COLOR is
+    /// unset), `always` or `never`.
+    pub log_color: LogColor,
     /// URL by which agents reach this server (artifact mirror, API), as an IP URL.
     /// Default: `http://<listen>` (a wildcard listen address needs it set).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -184,6 +187,30 @@ pub enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogColor {
+    Auto,
+    Always,
+    Never,
+}
+
+impl LogColor {
+    /// Whether log lines written to stderr get ANSI colours: a file or a pipe (systemd's
+    /// journal, `2> log`) must not collect escape codes.
+    pub fn enabled(self) -> bool {
+        use std::io::IsTerminal;
+        match self {
+            LogColor::Always => true,
+            LogColor::Never => false,
+            LogColor::Auto => {
+                std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                    && std::io::stderr().is_terminal()
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
@@ -240,6 +267,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             host_id: None,
             log_format: LogFormat::Text,
+            log_color: LogColor::Auto,
             advertise_url: None,
             forwarding_secret: None,
             secret_key_file: None,

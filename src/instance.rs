@@ -18,6 +18,9 @@ pub struct Holder {
     pub host: String,
     pub pid: u32,
     pub started_at: i64,
+    /// The HTTP address of a `zlh serve` (absent in older lock files and for restores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
 }
 
 impl std::fmt::Display for Holder {
@@ -28,7 +31,11 @@ impl std::fmt::Display for Holder {
             self.host,
             self.pid,
             crate::util::format_ts(self.started_at)
-        )
+        )?;
+        if let Some(l) = &self.listen {
+            write!(f, ", listening on {l}")?;
+        }
+        Ok(())
     }
 }
 
@@ -64,7 +71,11 @@ impl InstanceLock {
 }
 
 /// Takes the exclusive lock on `data_dir` without blocking, or says who holds it.
-pub fn acquire(data_dir: &Path, host: &str) -> Result<InstanceLock, InstanceError> {
+pub fn acquire(
+    data_dir: &Path,
+    host: &str,
+    listen: Option<&str>,
+) -> Result<InstanceLock, InstanceError> {
     let path = data_dir.join(LOCK_FILE);
     let io = |source| InstanceError::Io {
         path: path.clone(),
@@ -105,6 +116,7 @@ pub fn acquire(data_dir: &Path, host: &str) -> Result<InstanceLock, InstanceErro
         host: host.to_string(),
         pid: std::process::id(),
         started_at: now_ms(),
+        listen: listen.map(str::to_string),
     };
     let text = serde_json::to_string(&holder).unwrap_or_default();
     file.set_len(0).map_err(io)?;
@@ -135,6 +147,57 @@ pub fn is_held(data_dir: &Path) -> Result<Option<String>, InstanceError> {
         }
         Err(TryLockError::Error(source)) => Err(InstanceError::Io { path, source }),
     }
+}
+
+/// The holder of a data dir's lock right now, as written in the lock file (None when
+/// nobody holds it or the file says nothing readable).
+pub fn holder(data_dir: &Path) -> Option<Holder> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = File::open(&path).ok()?;
+    match file.try_lock() {
+        Err(TryLockError::WouldBlock) => {
+            serde_json::from_str(&std::fs::read_to_string(&path).ok()?).ok()
+        }
+        _ => None,
+    }
+}
+
+/// The data dirs that running `zlh serve` processes of this user hold, found from their
+/// open lock files in `/proc/<pid>/fd` (how the dir was configured — flag, env,
+/// zlh.toml, working directory — does not matter). Linux only; elsewhere empty.
+pub fn running_data_dirs() -> Vec<(PathBuf, Holder)> {
+    let mut found: Vec<(PathBuf, Holder)> = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name();
+        if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        // Other users' processes are unreadable: skipped, not an error.
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if target.file_name().is_none_or(|n| n != LOCK_FILE) {
+                continue;
+            }
+            let Some(dir) = target.parent() else {
+                continue;
+            };
+            if found.iter().any(|(d, _)| d == dir) {
+                continue;
+            }
+            if let Some(h) = holder(dir) {
+                found.push((dir.to_path_buf(), h));
+            }
+        }
+    }
+    found
 }
 
 /// The `instance` row.

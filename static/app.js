@@ -86,22 +86,83 @@ function serverLive() {
   });
 }
 
+// SGR colour codes (ESC[…m, the only sequences zlh serve leaves in) to spans with
+// classes; the text itself only ever becomes text nodes, never markup.
+var SGR_NAMES = ["black", "red", "green", "yellow", "blue", "magenta", "cyan", "white"];
+function sgrSpans(line) {
+  var frag = document.createDocumentFragment();
+  var st = {};
+  var re = /\x1b\[([0-9;]*)m/g, last = 0, m;
+  function emit(text) {
+    if (!text) return;
+    var cls = [];
+    if (st.fg) cls.push("sgr-fg-" + st.fg);
+    if (st.bg) cls.push("sgr-bg-" + st.bg);
+    if (st.bold) cls.push("sgr-bold");
+    if (st.dim) cls.push("sgr-dim");
+    if (st.italic) cls.push("sgr-italic");
+    if (st.underline) cls.push("sgr-underline");
+    if (!cls.length) { frag.appendChild(document.createTextNode(text)); return; }
+    var span = document.createElement("span");
+    span.className = cls.join(" ");
+    span.textContent = text;
+    frag.appendChild(span);
+  }
+  // 256-colour codes 0-15 are the 16 named colours; others keep the default colour.
+  function named(n) {
+    if (n < 8) return SGR_NAMES[n];
+    if (n < 16) return "bright-" + SGR_NAMES[n - 8];
+    return null;
+  }
+  while ((m = re.exec(line))) {
+    emit(line.slice(last, m.index));
+    last = re.lastIndex;
+    var codes = m[1] === "" ? [0] : m[1].split(";").map(Number);
+    for (var i = 0; i < codes.length; i++) {
+      var c = codes[i];
+      if (c === 0) st = {};
+      else if (c === 1) st.bold = true;
+      else if (c === 2) st.dim = true;
+      else if (c === 3) st.italic = true;
+      else if (c === 4) st.underline = true;
+      else if (c === 22) { st.bold = false; st.dim = false; }
+      else if (c === 23) st.italic = false;
+      else if (c === 24) st.underline = false;
+      else if (c >= 30 && c <= 37) st.fg = SGR_NAMES[c - 30];
+      else if (c === 39) st.fg = null;
+      else if (c >= 40 && c <= 47) st.bg = SGR_NAMES[c - 40];
+      else if (c === 49) st.bg = null;
+      else if (c >= 90 && c <= 97) st.fg = "bright-" + SGR_NAMES[c - 90];
+      else if (c >= 100 && c <= 107) st.bg = "bright-" + SGR_NAMES[c - 100];
+      else if ((c === 38 || c === 48) && codes[i + 1] === 5) {
+        st[c === 38 ? "fg" : "bg"] = named(codes[i + 2]);
+        i += 2;
+      } else if ((c === 38 || c === 48) && codes[i + 1] === 2) {
+        i += 4; // true colour: not mapped to a class
+      }
+    }
+  }
+  emit(line.slice(last));
+  return frag;
+}
+
 // Console: lines streamed from the agent through zlh serve; commands sent without a reload.
 function consoleView() {
   var log = $("#console-log");
   if (!log) return;
-  var maxLines = 1000, lines = [];
+  var maxLines = 1000;
   function add(line) {
     var atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-    lines.push(line);
-    if (lines.length > maxLines) lines.splice(0, lines.length - maxLines);
-    log.textContent = lines.join("\n");
+    var div = document.createElement("div");
+    div.appendChild(sgrSpans(line));
+    log.appendChild(div);
+    while (log.childNodes.length > maxLines) log.removeChild(log.firstChild);
     if (atBottom) log.scrollTop = log.scrollHeight;
   }
   function connect(delay) {
     var proto = location.protocol === "https:" ? "wss://" : "ws://";
     var ws = new WebSocket(proto + location.host + log.dataset.consoleWs);
-    ws.onopen = function () { lines = []; log.textContent = ""; delay = 1000; };
+    ws.onopen = function () { log.textContent = ""; delay = 1000; };
     ws.onmessage = function (ev) { add(ev.data); };
     ws.onclose = function () { setTimeout(function () { connect(Math.min(delay * 2, 15000)); }, delay); };
   }

@@ -230,7 +230,7 @@ async fn install_start_ready_then_stop_through_stdin() {
         "{log}"
     );
     assert!(
-        log.contains("exit code Some(0)"),
+        log.contains("the game stopped (exit code 0)"),
         "stopped by its stop command: {log}"
     );
     assert!(!log.contains("SIGTERM"));
@@ -338,7 +338,12 @@ async fn without_eula_acceptance_the_install_stops_with_a_clear_error() {
     let s = agent
         .wait_status("install to fail", |s| s.state == AgentState::Error)
         .await;
-    assert!(s.error.unwrap().contains("EULA"));
+    let error = s.error.unwrap();
+    // In the words of the API a user calls, not of the agent's payload.
+    assert!(
+        error.contains("EULA") && error.contains("\"eula\": true") && !error.contains("payload"),
+        "{error}"
+    );
     assert!(!agent.server_dir().join("eula.txt").exists());
     assert_eq!(agent.starts(), 0);
 }
@@ -651,7 +656,11 @@ async fn a_real_minecraft_server_flying_squid_is_seeded_run_and_probed() {
         agent.client.status().await.unwrap().state,
         AgentState::Stopped
     );
-    assert!(agent.console_log().contains("exit code Some(0)"));
+    assert!(
+        agent
+            .console_log()
+            .contains("the game stopped (exit code 0)")
+    );
 }
 
 /// A gzipped tarball holding `jdk-21.0.5+11-jre/bin/java`: a script standing in for

@@ -198,7 +198,7 @@ fn invalid_config_and_flags_are_refused_with_the_key_named_and_nothing_written()
         None,
         "missing.toml",
     );
-    assert_refused(&["jobs", "list"], &[], None, "no database");
+    assert_refused(&["jobs", "list"], &[], None, "no zlh database");
 }
 
 #[test]

@@ -680,7 +680,9 @@ fn browser_setup_create_watch_console_stop_delete() {
     assert!(text(&b, "#live").contains("ready"), "{}", text(&b, "#live"));
     b.screenshot("server-running");
 
-    // Console: the game's output streams in; a command's reply shows up.
+    // Console tab: the game's output streams in; a command's reply shows up.
+    click_to_new_page(&b, "nav.tabs a[href$='/console']");
+    b.execute("window.zlhMarker = 42;", vec![]);
     b.wait_text("#console-log", "Done", long);
     b.find("#console-command")
         .send_keys("say hello-from-the-ui");

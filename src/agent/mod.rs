@@ -50,6 +50,11 @@ pub struct ConfigPayload {
     /// The operator's explicit acceptance of the game's EULA (never assumed).
     #[serde(default)]
     pub eula: bool,
+    /// Whether the game refuses to install without `eula` (additive: when absent, a
+    /// `minecraft` game needs it). The control plane sends its template's answer, so a
+    /// third-party Minecraft-protocol server is not held to Mojang's EULA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eula_required: Option<bool>,
     #[serde(default)]
     pub reset_world: bool,
     /// Artifacts to seed into the server directory before the first start.

@@ -629,10 +629,13 @@ pub fn create(
             "1-40 of letters, digits, '.', '_', '-', '+', and no '..'",
         ));
     }
-    if template.spec.eula_required && !req.eula {
+    if template.needs_eula() && !req.eula {
         return Err(invalid(
             "eula",
-            "this game's EULA must be accepted explicitly (https://aka.ms/MinecraftEULA)",
+            format!(
+                "template {} runs a game whose EULA must be accepted explicitly: send \"eula\": true (https://aka.ms/MinecraftEULA)",
+                template.slug
+            ),
         ));
     }
     let memory = req.memory_mb.unwrap_or(template.spec.default_memory_mb);

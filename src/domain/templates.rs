@@ -79,6 +79,11 @@ pub struct TemplateSpec {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub eula_required: bool,
+    /// True when a `game: "minecraft"` template runs a third-party implementation of the
+    /// protocol (flying-squid, …), not Mojang's server software: then Mojang's EULA does
+    /// not apply and `eula_required` alone decides. See [`Template::needs_eula`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub third_party_server: bool,
     /// Versions offered in pickers (others are accepted too).
     #[serde(default)]
     pub versions: Vec<String>,
@@ -99,6 +104,21 @@ pub struct Template {
     pub spec: TemplateSpec,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+impl Template {
+    /// Whether a server of this template needs the operator's explicit `eula: true`:
+    /// when the template says so, and always for Minecraft unless the template declares
+    /// a third-party server (the agent refuses to install Mojang's server without it,
+    /// so asking only then would fail the server late instead of the request early).
+    pub fn needs_eula(&self) -> bool {
+        needs_eula(&self.game, &self.spec)
+    }
+}
+
+/// [`Template::needs_eula`] for a game and spec.
+pub fn needs_eula(game: &str, spec: &TemplateSpec) -> bool {
+    spec.eula_required || (game == "minecraft" && !spec.third_party_server)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +158,7 @@ pub fn builtins() -> Vec<NewTemplate> {
         properties: minecraft_properties(),
         env: BTreeMap::new(),
         eula_required: true,
+        third_party_server: false,
         versions: if variant == "vanilla" || variant == "paper" || variant == "fabric" {
             mc_versions.clone()
         } else {

@@ -796,6 +796,21 @@ async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
         .iter()
         .map(|(k, v)| (k.clone(), templates::fill(v, &vars)))
         .collect();
+    // The same placeholders as properties, plus `{memory_mb}`; never the forwarding
+    // secret: a child's environment is readable by more than the game (invariant 9).
+    let memory_mb = s.memory_mb.to_string();
+    let env_vars = [
+        ("version", version),
+        ("name", s.name.as_str()),
+        ("game_port", game_port.as_str()),
+        ("ip", ip.as_str()),
+        ("memory_mb", memory_mb.as_str()),
+    ];
+    let env = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), templates::fill(v, &env_vars)))
+        .collect();
     let advertised = w.svc.config.advertised();
     // The IP-based service environment, from the same validated configuration.
     let mut services: std::collections::BTreeMap<String, String> = [
@@ -825,6 +840,7 @@ async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
         memory_mb: Some(s.memory_mb as u32),
         install_id: s.install_id.clone(),
         eula: s.eula_accepted,
+        eula_required: Some(w.template.needs_eula()),
         reset_world: false,
         mods,
         files,
@@ -843,7 +859,7 @@ async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
                 .filter(|_| w.node.kind != "local"),
         }),
         services,
-        env: spec.env.clone(),
+        env,
         agent_token: Some(s.agent_token.clone()),
     })
 }

@@ -93,6 +93,12 @@ fn hex(bytes: &[u8]) -> String {
 
 impl Upstream {
     pub fn start() -> Upstream {
+        Upstream::start_with(Vec::new())
+    }
+
+    /// Like [`Upstream::start`], serving `replace`'s bytes for those keys (e.g. a
+    /// runnable stand-in as the vanilla jar and a JRE that runs it).
+    pub fn start_with(replace: Vec<(String, Vec<u8>)>) -> Upstream {
         let listener =
             std::net::TcpListener::bind("127.0.0.1:0").expect("binding the upstream sim");
         listener.set_nonblocking(true).unwrap();
@@ -112,6 +118,7 @@ impl Upstream {
         );
         files.insert(FABRIC_KEY.to_string(), payload("fabric", 180 * 1024));
         files.insert(JAVA_KEY.to_string(), payload("jre21", 900 * 1024));
+        files.extend(replace);
         let sim = Arc::new(Sim {
             base: base.clone(),
             files,

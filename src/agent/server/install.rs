@@ -13,7 +13,7 @@ use crate::agent::ConfigPayload;
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error(
-        "the Minecraft EULA (https://aka.ms/MinecraftEULA) has not been accepted: the operator must accept it explicitly (payload `eula: true`) before this server can be installed"
+        "the Minecraft EULA (https://aka.ms/MinecraftEULA) has not been accepted: create the server with `\"eula\": true` in the API request (or tick the EULA box of the create form) to accept it; zlh never assumes it"
     )]
     EulaNotAccepted,
     #[error("invalid payload: {0}")]
@@ -141,7 +141,7 @@ pub async fn install(
     progress: Progress<'_>,
 ) -> Result<Installed, InstallError> {
     validate(payload)?;
-    if payload.game == "minecraft" && !payload.eula {
+    if payload.eula_required.unwrap_or(payload.game == "minecraft") && !payload.eula {
         return Err(InstallError::EulaNotAccepted);
     }
     let base = payload

@@ -561,7 +561,10 @@ impl Manager {
         }
         let _ = std::fs::remove_file(self.dir().join(PID_FILE));
         let code = exited.borrow().and_then(|s| s.code());
-        self.note(format!("the game stopped (exit code {code:?})"));
+        let signal = exited
+            .borrow()
+            .and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s));
+        self.note(format!("the game stopped ({})", exit_text(code, signal)));
         self.shared.update(|s| {
             s.process_running = false;
             s.ready = false;
@@ -609,10 +612,12 @@ impl Manager {
         match backoff.get(self.crash_streak - 1) {
             Some(delay) if self.persisted.desired_running => {
                 self.note(format!(
-                    "the game crashed (exit code {code:?}, signal {signal:?}, up {}s); restart {} of {} in {delay:?}",
+                    "the game crashed ({}, up {} s); restart {} of {} in {} s",
+                    exit_text(code, signal),
                     uptime.as_secs(),
                     self.crash_streak,
-                    backoff.len()
+                    backoff.len(),
+                    delay.as_secs()
                 ));
                 self.shared.update(|s| s.state = AgentState::Crashed);
                 self.restart_at = Some(tokio::time::Instant::now() + *delay);
@@ -623,7 +628,8 @@ impl Manager {
             None => {
                 let streak = self.crash_streak;
                 self.fail(format!(
-                    "the game crashed {streak} times in a row (last exit code {code:?}, signal {signal:?}); not restarting it again — fix the cause, then start or reinstall"
+                    "the game crashed {streak} times in a row (last: {}); not restarting it again — fix the cause, then start or reinstall",
+                    exit_text(code, signal)
                 ));
             }
         }
@@ -719,5 +725,40 @@ async fn probe_readiness(
             _ = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(interval);
+    }
+}
+
+/// How a game process ended, for people: `exit code 0`, `killed by SIGKILL (signal 9)`.
+pub(crate) fn exit_text(code: Option<i32>, signal: Option<i32>) -> String {
+    match (code, signal) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => {
+            let name = match s {
+                libc::SIGHUP => "SIGHUP",
+                libc::SIGINT => "SIGINT",
+                libc::SIGQUIT => "SIGQUIT",
+                libc::SIGABRT => "SIGABRT",
+                libc::SIGKILL => "SIGKILL",
+                libc::SIGSEGV => "SIGSEGV",
+                libc::SIGPIPE => "SIGPIPE",
+                libc::SIGTERM => "SIGTERM",
+                _ => return format!("killed by signal {s}"),
+            };
+            format!("killed by {name} (signal {s})")
+        }
+        (None, None) => "exit status unknown".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod exit_text_tests {
+    use super::exit_text;
+
+    #[test]
+    fn exits_read_as_sentences() {
+        assert_eq!(exit_text(Some(0), None), "exit code 0");
+        assert_eq!(exit_text(None, Some(9)), "killed by SIGKILL (signal 9)");
+        assert_eq!(exit_text(None, Some(64)), "killed by signal 64");
+        assert_eq!(exit_text(None, None), "exit status unknown");
     }
 }

@@ -34,6 +34,49 @@ fn id_param() -> Value {
     json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}])
 }
 
+/// The JSON Schema of a template's `spec` (domain::templates::TemplateSpec); a test
+/// keeps its properties and the struct's fields the same.
+pub fn template_spec_schema() -> Value {
+    let placeholders = |which: &str| format!("placeholders: {which}");
+    let text_map = |what: &str| json!({"type": "object", "additionalProperties": {"type": "string"}, "description": what});
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["java", "readiness", "default_memory_mb", "default_cores", "edge", "eula_required"],
+        "properties": {
+            "artifact_path": {"type": ["string", "null"], "description": format!("the game's file in the artifact mirror (copied into the server directory; `{{jar}}` of the start command); absent: nothing to download; {}", placeholders("{version}")), "example": "minecraft/vanilla/{version}/server.jar"},
+            "java": {"type": "string", "enum": ["minecraft", "none"], "description": "minecraft: ship the Java runtime the Minecraft version needs (`{java}`); none: the start command brings its own runtime"},
+            "mods": {"type": "array", "description": "mirror artifacts seeded before the first start", "items": {
+                "type": "object", "additionalProperties": false, "required": ["path", "destination"],
+                "properties": {
+                    "path": {"type": "string", "description": format!("in the artifact mirror; {}", placeholders("{version}"))},
+                    "destination": {"type": "string", "description": "relative path in the server directory"}
+                }
+            }},
+            "files": {"type": "array", "description": "files with literal content seeded before the first start", "items": {
+                "type": "object", "additionalProperties": false, "required": ["destination", "content"],
+                "properties": {
+                    "destination": {"type": "string", "description": "relative path in the server directory"},
+                    "content": {"type": "string", "description": placeholders("{version} {name} {game_port} {ip} {forwarding_secret}")}
+                }
+            }},
+            "start_command": {"type": ["string", "null"], "description": format!("run with /bin/sh in the server directory; {}; absent: `{{java}} -Xms{{memory_mb}}M -Xmx{{memory_mb}}M -jar {{jar}} nogui`", placeholders("{java} {jar} {memory_mb}"))},
+            "stop_command": {"type": ["string", "null"], "description": "one line written to the game's console to stop it (then SIGTERM, then SIGKILL)", "example": "stop"},
+            "readiness": {"type": "string", "enum": ["minecraft_ping", "tcp"], "description": "minecraft_ping: ready when a Server List Ping is answered; tcp: when the game port accepts"},
+            "game_port": {"type": "integer", "minimum": 1, "maximum": 65535, "default": 25565, "description": "the game's port in its container (a local node picks one from its pool)"},
+            "default_memory_mb": {"type": "integer", "minimum": 256, "maximum": 262144},
+            "default_cores": {"type": "integer", "minimum": 1, "maximum": 64},
+            "edge": {"type": "string", "enum": ["velocity", "traefik_tcp", "traefik_udp", "none"], "description": "how players reach the server"},
+            "properties": text_map(&format!("server.properties keys; {}", placeholders("{version} {name} {game_port} {ip}"))),
+            "env": text_map(&format!("extra environment of the game process; {}", placeholders("{version} {name} {game_port} {ip} {memory_mb}"))),
+            "eula_required": {"type": "boolean", "description": "a create must send `eula: true`"},
+            "third_party_server": {"type": "boolean", "default": false, "description": "game minecraft only: the server is not Mojang's software (e.g. flying-squid), so Mojang's EULA is not required"},
+            "versions": {"type": "array", "items": {"type": "string"}, "description": "versions offered in pickers (others are accepted too)"}
+        },
+        "example": crate::domain::templates::example_spec()
+    })
+}
+
 pub fn document() -> Value {
     let mut create = op(
         "Create a server (202: its provisioning job is queued)",
@@ -84,10 +127,10 @@ pub fn document() -> Value {
             },
             "/api/v1/servers/{id}/events": {"get": with_id(op("A server's state timeline", "200", None))},
             "/api/v1/servers/{id}/console": {
-                "get": with_id(op("The last console lines of the game (`{lines}`). Query: lines (1-1000, default 100)", "200", None)),
+                "get": with_id(op("The last console lines of the game (`{lines}`), terminal control sequences removed. Query: lines (1-1000, default 100); raw=1 keeps the lines as the game wrote them", "200", None)),
                 "post": with_id(op("Send one line to the game's console (204)", "204", Some("ConsoleCommand")))
             },
-            "/api/v1/servers/{id}/console/stream": {"get": with_id(op("WebSocket: recent console lines, then live ones", "101", None))},
+            "/api/v1/servers/{id}/console/stream": {"get": with_id(op("WebSocket: recent console lines, then live ones, as text (query raw=1: as the game wrote them)", "101", None))},
             "/api/v1/servers/{id}/{action}": {"post": action},
             "/api/v1/jobs": {"get": op("List jobs (admin). Query: state, kind, before, limit", "200", None)},
             "/api/v1/jobs/{id}": {"get": with_id(op("One job with its errors (admin)", "200", None))},
@@ -154,7 +197,7 @@ pub fn document() -> Value {
                         "memory_mb": {"type": "integer", "minimum": 256},
                         "cores": {"type": "integer", "minimum": 1, "maximum": 64},
                         "node": {"type": "string", "description": "node name; default: the one with the most free memory"},
-                        "eula": {"type": "boolean", "description": "explicit acceptance of the game's EULA"}
+                        "eula": {"type": "boolean", "description": "explicit acceptance of the game's EULA: required (400 naming eula without it) by templates with eula_required and by game minecraft templates unless third_party_server"}
                     }
                 },
                 "NewBackup": {
@@ -191,13 +234,18 @@ pub fn document() -> Value {
                 },
                 "NewTemplate": {
                     "type": "object",
+                    "additionalProperties": false,
+                    "description": "A template: how to install, start, probe and publish a game (docs/templates.md)",
                     "required": ["slug", "name", "game", "variant", "spec"],
                     "properties": {
-                        "slug": {"type": "string"}, "name": {"type": "string"},
-                        "game": {"type": "string"}, "variant": {"type": "string"},
-                        "spec": {"type": "object", "example": crate::domain::templates::example_spec()}
+                        "slug": {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", "description": "what servers are created from (`template` of a create)"},
+                        "name": {"type": "string", "minLength": 1, "maxLength": 100},
+                        "game": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,40}$", "description": "`minecraft` needs the EULA accepted unless spec.third_party_server"},
+                        "variant": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,40}$"},
+                        "spec": {"$ref": "#/components/schemas/TemplateSpec"}
                     }
                 },
+                "TemplateSpec": template_spec_schema(),
                 "NewNode": {
                     "type": "object",
                     "required": ["name", "kind", "memory_mb"],
@@ -211,4 +259,38 @@ pub fn document() -> Value {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schema names exactly the fields a template spec has.
+    #[test]
+    fn the_template_schema_matches_the_struct() {
+        let mut spec: crate::domain::templates::TemplateSpec =
+            serde_json::from_value(crate::domain::templates::example_spec()).unwrap();
+        spec.third_party_server = true;
+        spec.start_command = Some("x".into());
+        spec.artifact_path = Some("x".into());
+        let fields: std::collections::BTreeSet<String> = serde_json::to_value(&spec)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        let schema = template_spec_schema();
+        let documented: std::collections::BTreeSet<String> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(fields, documented);
+        assert_eq!(
+            document()["components"]["schemas"]["NewTemplate"]["properties"]["spec"]["$ref"],
+            "#/components/schemas/TemplateSpec"
+        );
+    }
 }

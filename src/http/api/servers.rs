@@ -252,9 +252,29 @@ async fn agent_of(
 struct TailQuery {
     #[serde(default)]
     lines: Option<usize>,
+    /// `raw=1`: the lines as the game wrote them, terminal control sequences included.
+    #[serde(default)]
+    raw: Option<String>,
 }
 
-/// `GET /api/v1/servers/{id}/console?lines=N`: the last N console lines (default 100).
+#[derive(Debug, Deserialize)]
+struct StreamQuery {
+    #[serde(default)]
+    raw: Option<String>,
+}
+
+/// Console text is plain unless the caller asks for `raw=1` (or `true`).
+fn escapes(raw: Option<&str>) -> Result<crate::http::console::Escapes, AppError> {
+    use crate::http::console::Escapes;
+    match raw {
+        None | Some("0" | "false") => Ok(Escapes::Strip),
+        Some("1" | "true") => Ok(Escapes::Raw),
+        Some(_) => Err(AppError::bad_request("raw", "1 or 0")),
+    }
+}
+
+/// `GET /api/v1/servers/{id}/console?lines=N[&raw=1]`: the last N console lines
+/// (default 100) as text, or as the game wrote them with `raw=1`.
 async fn console_tail(
     State(st): State<AppState>,
     caller: Caller,
@@ -265,10 +285,15 @@ async fn console_tail(
     if !(1..=1000).contains(&lines) {
         return Err(AppError::bad_request("lines", "between 1 and 1000"));
     }
+    let keep = escapes(q.raw.as_deref())?;
     let (server, client) = agent_of(&st, &caller, id).await?;
-    let lines = client.console_tail(lines).await.map_err(|e| {
-        AppError::BadGateway(format!("reading the console of {}: {e}", server.name))
-    })?;
+    let lines: Vec<String> = client
+        .console_tail(lines)
+        .await
+        .map_err(|e| AppError::BadGateway(format!("reading the console of {}: {e}", server.name)))?
+        .iter()
+        .map(|l| crate::http::console::clean_line(l, keep))
+        .collect();
     Ok(Json(json!({ "lines": lines })))
 }
 
@@ -302,11 +327,13 @@ async fn console_stream(
     caller: Caller,
     axum::Extension(bearer): axum::Extension<super::Bearer>,
     Path(id): Path<i64>,
+    Query(q): Query<StreamQuery>,
     ws: Result<
         axum::extract::ws::WebSocketUpgrade,
         axum::extract::ws::rejection::WebSocketUpgradeRejection,
     >,
 ) -> Result<axum::response::Response, AppError> {
+    let keep = escapes(q.raw.as_deref())?;
     let (server, client) = agent_of(&st, &caller, id).await?;
     // A plain GET gets the API's error shape, not axum's text rejection.
     let ws = ws.map_err(|e| AppError::BadRequest {
@@ -326,7 +353,7 @@ async fn console_stream(
             let _slot = slot;
             // The stream ends when the token it was opened with stops working.
             let ended = super::token_revoked(st, bearer);
-            crate::http::console::relay(socket, client, server.name, shutdown, ended).await
+            crate::http::console::relay(socket, client, server.name, keep, shutdown, ended).await
         })
         .into_response())
 }

@@ -55,3 +55,25 @@ pub async fn serve(Path(path): Path<String>, headers: HeaderMap) -> Response {
     )
         .into_response()
 }
+
+/// `/favicon.ico`, where browsers look without being told: the embedded icon. Its URL
+/// has no version, so it is cached for a day rather than a year.
+pub async fn favicon() -> Response {
+    match Assets::get("favicon.ico") {
+        Some(file) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("image/x-icon"),
+                ),
+                (
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("public, max-age=86400"),
+                ),
+            ],
+            file.data.into_owned(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no icon\n").into_response(),
+    }
+}

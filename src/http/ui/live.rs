@@ -345,8 +345,16 @@ pub async fn console_stream(
             match client {
                 Some(client) => {
                     let ended = super::session_ended(st.clone(), sess.0.id);
-                    crate::http::console::relay(socket, client, label, st.shutdown.clone(), ended)
-                        .await
+                    // Colours stay: the page renders them as spans.
+                    crate::http::console::relay(
+                        socket,
+                        client,
+                        label,
+                        crate::http::console::Escapes::KeepColours,
+                        st.shutdown.clone(),
+                        ended,
+                    )
+                    .await
                 }
                 None => crate::http::console::no_agent(socket, &label).await,
             }

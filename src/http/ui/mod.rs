@@ -59,7 +59,7 @@ session_routes! {
     "/servers/{id}" => get(servers::detail);
     "/servers/{id}/live" => get(live::server_live);
     "/servers/{id}/delete" => get(servers::delete_form).post(servers::delete);
-    "/servers/{id}/console" => post(servers::console_command);
+    "/servers/{id}/console" => get(servers::console_tab).post(servers::console_command);
     "/servers/{id}/console/stream" => get(live::console_stream);
     "/servers/{id}/actions/{action}" => post(servers::action);
     "/servers/{id}/backups" => get(worlds::backups).post(worlds::create_backup);
@@ -88,7 +88,8 @@ pub fn router(state: AppState) -> Router<AppState> {
     let public = Router::new()
         .route("/login", get(auth::login_form).post(auth::login))
         .route("/setup", get(auth::setup_form).post(auth::setup))
-        .route("/static/{*path}", get(assets::serve));
+        .route("/static/{*path}", get(assets::serve))
+        .route("/favicon.ico", get(assets::favicon));
     public
         .merge(session_router().route_layer(middleware::from_fn_with_state(
             state,

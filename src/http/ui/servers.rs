@@ -416,12 +416,12 @@ async fn new_page(
             let t: Vec<TemplateOption> = templates::list(c)?
                 .into_iter()
                 .map(|t| TemplateOption {
+                    eula_required: t.needs_eula(),
                     slug: t.slug,
                     name: t.name,
                     versions: t.spec.versions.clone(),
                     memory_mb: t.spec.default_memory_mb,
                     cores: t.spec.default_cores,
-                    eula_required: t.spec.eula_required,
                 })
                 .collect();
             let n: Vec<NodeOption> = nodes::free_memory(c)?
@@ -803,6 +803,33 @@ pub struct ConsoleForm {
     command: String,
 }
 
+#[derive(Template)]
+#[template(path = "server_console.html")]
+struct ConsolePage {
+    page: Page,
+    head: super::worlds::ServerHead,
+}
+
+/// The Console tab: the game's live output with the command box below it.
+pub async fn console_tab(
+    State(st): State<AppState>,
+    sess: Sess,
+    Path(id): Path<i64>,
+) -> Result<Response, UiError> {
+    let user = sess.user().clone();
+    let server = st
+        .db
+        .call(move |c| servers::get_visible(c, &user, id))
+        .await?;
+    let page = sess
+        .page(&st, "servers", &format!("{} · console", server.name))
+        .await?;
+    render(&ConsolePage {
+        page,
+        head: super::worlds::ServerHead::from(&server),
+    })
+}
+
 /// Sends one line to the game's console. Scripts get 204 (or the error as text);
 /// a plain form goes back to the console.
 pub async fn console_command(
@@ -830,6 +857,6 @@ pub async fn console_command(
     if headers.get("x-requested-with").is_some() {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
-        Ok(see_other(&format!("/servers/{id}#console")))
+        Ok(see_other(&format!("/servers/{id}/console")))
     }
 }

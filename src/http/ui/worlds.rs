@@ -81,7 +81,7 @@ pub struct ServerHead {
 }
 
 impl ServerHead {
-    fn from(s: &Server) -> ServerHead {
+    pub(super) fn from(s: &Server) -> ServerHead {
         ServerHead {
             id: s.id,
             name: s.name.clone(),
