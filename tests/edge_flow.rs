@@ -588,3 +588,70 @@ fn a_crash_loop_the_agent_gives_up_on_shows_its_error_and_start_brings_it_back()
         || (e.velocity.registrations().len() == 1).then_some(()),
     );
 }
+
+/// The agent of a local server, as the operator could reach it on the host.
+fn agent_call(e: &Edge, id: i64, path: &str) -> u16 {
+    let data = &e.api.served.data_dir;
+    let (vmid, port): (i64, i64) = support::open_db(data)
+        .query_row(
+            "SELECT vmid, agent_port FROM servers WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    // The local agent keeps its token in a 0600 file of its own directory.
+    let token = std::fs::read_to_string(data.join(format!("servers/{vmid}/agent/token")))
+        .unwrap()
+        .trim()
+        .to_string();
+    e.api.http.rt.block_on(async {
+        e.api
+            .http
+            .inner
+            .post(format!("http://127.0.0.1:{port}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    })
+}
+
+#[test]
+fn a_game_stopped_or_started_behind_zlhs_back_moves_the_server_and_the_proxy_follows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = start(tmp.path(), 100);
+    let (id, _) = create(&e.api, "sidestep", "standin-mc");
+    e.api.wait_status(id, "running");
+    wait_for("registered", Duration::from_secs(20), || {
+        (e.velocity.registrations().len() == 1).then_some(())
+    });
+    // Someone stops the game at its agent: the row follows, players are not sent there.
+    assert_eq!(agent_call(&e, id, "/stop"), 204);
+    let stopped = e.api.wait_status(id, "stopped");
+    assert!(
+        stopped["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("zlh did not stop it"),
+        "{stopped}"
+    );
+    wait_for("unregistered", Duration::from_secs(10), || {
+        e.velocity.registrations().is_empty().then_some(())
+    });
+    // And starts it again there: running (once it answers its probe) and registered.
+    assert!(matches!(agent_call(&e, id, "/start"), 200 | 202 | 204));
+    e.api.wait_status(id, "running");
+    wait_for("registered again", Duration::from_secs(10), || {
+        (e.velocity.registrations().len() == 1).then_some(())
+    });
+    let moves = transitions(&e, id);
+    assert!(
+        moves.ends_with(&[
+            ("running".to_string(), "stopped".to_string()),
+            ("stopped".to_string(), "running".to_string())
+        ]),
+        "{moves:?}"
+    );
+}
