@@ -14,30 +14,10 @@ use tokio_util::sync::CancellationToken;
 use crate::artifacts::{ArtifactError, Mirror};
 use crate::config::{Config, hostname, machine_host_id};
 use crate::db::{Db, DbError, now_ms};
-use crate::instance::{self, Boot, InstanceError, InstanceLock};
+pub use crate::http::AppState;
+use crate::jobs::services::Services;
 use crate::queue::{CronSpec, Handler, Queue, QueueError, Registry, Scheduler, Worker, store};
-use crate::services::Services;
-
-/// Shared state of the HTTP handlers.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub db: Db,
-    pub queue: Queue,
-    /// The artifact mirror served at `/artifacts/…`.
-    pub mirror: Mirror,
-    pub services: Arc<Services>,
-    pub boot: Arc<Boot>,
-    pub host: Arc<str>,
-    /// True while the app is ready for traffic (false while starting or draining).
-    pub ready: Arc<AtomicBool>,
-    pub started_at: i64,
-    /// Admin UI state kept in memory (login rate limits).
-    pub ui: Arc<crate::http::ui::UiState>,
-    /// Cancelled when shutdown begins: long-lived responses (live pages, console
-    /// relays) end, so draining HTTP does not wait for browsers to close them.
-    pub shutdown: CancellationToken,
-}
+use crate::store::instance::{self, InstanceError, InstanceLock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

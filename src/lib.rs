@@ -5,12 +5,10 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod agent;
+pub mod agentd;
 pub mod app;
 pub mod artifacts;
-pub mod backup;
-pub mod bench;
 pub mod cli;
-pub mod cli_worlds;
 pub mod config;
 pub mod db;
 pub mod doctor;
@@ -18,9 +16,8 @@ pub mod domain;
 pub mod edge;
 pub mod error;
 pub mod http;
-pub mod instance;
 pub mod jobs;
 pub mod queue;
 pub mod runtime;
-pub mod services;
+pub mod store;
 pub mod util;

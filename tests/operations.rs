@@ -194,7 +194,7 @@ fn scheduled_backups_land_in_the_data_dir_with_retention() {
         b"half",
     )
     .unwrap();
-    zlh::backup::scheduled(&data, 2).unwrap();
+    zlh::store::backup::scheduled(&data, 2).unwrap();
     let mut names: Vec<String> = std::fs::read_dir(data.join("backups"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -5,7 +5,6 @@
 //! ZeroLagHub agent speaks them, so either side can be swapped in.
 
 pub mod client;
-pub mod server;
 pub mod slp;
 
 use std::collections::BTreeMap;

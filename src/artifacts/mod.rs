@@ -12,11 +12,9 @@
 //! recorded in the index: a listed artifact is always complete. Files on disk that
 //! the index does not list are never served.
 
-mod routes;
 pub mod upstream;
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +29,6 @@ use tokio::sync::watch;
 use crate::config::ArtifactsConfig;
 use crate::db::{Db, DbError, now_ms};
 
-pub use routes::router;
 use upstream::{Expect, Known, Upstream};
 pub use upstream::{USER_AGENT, UpstreamError};
 
@@ -774,14 +771,7 @@ fn remove_stale_partials(dir: &Path) {
     }
 }
 
-/// Lowercase hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
+pub(crate) use crate::util::hex;
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ArtifactInfo> {
     let conversion = |i: usize, e: String| {

@@ -179,13 +179,8 @@ where
     Ok(out)
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+/// The clock lives in `util` (the agent uses it too, and never the database).
+pub use crate::util::now_ms;
 
 /// Reads a `meta` value.
 pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, rusqlite::Error> {

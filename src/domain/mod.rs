@@ -88,12 +88,12 @@ pub fn random_secret() -> Result<String, DomainError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)
         .map_err(|e| DomainError::Random(format!("the OS random source failed: {e}")))?;
-    Ok(crate::agent::server::install::hex(&bytes))
+    Ok(crate::util::hex(&bytes))
 }
 
 pub fn sha256_hex(s: &str) -> String {
     use sha2::{Digest, Sha256};
-    crate::agent::server::install::hex(&Sha256::digest(s.as_bytes()))
+    crate::util::hex(&Sha256::digest(s.as_bytes()))
 }
 
 #[cfg(test)]

@@ -255,7 +255,7 @@ fn validate(t: &NewTemplate) -> Result<(), DomainError> {
     }
     for m in &s.mods {
         mirror_path(&m.path).map_err(|e| invalid("spec.mods.path", e))?;
-        crate::agent::server::install::safe_relative(&m.destination)
+        crate::agentd::install::safe_relative(&m.destination)
             .map_err(|e| invalid("spec.mods.destination", e.to_string()))?;
     }
     for (k, v) in &s.properties {
@@ -315,7 +315,7 @@ fn validate(t: &NewTemplate) -> Result<(), DomainError> {
         }
     }
     for f in &s.files {
-        crate::agent::server::install::safe_relative(&f.destination)
+        crate::agentd::install::safe_relative(&f.destination)
             .map_err(|e| invalid("spec.files.destination", e.to_string()))?;
     }
     Ok(())

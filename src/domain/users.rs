@@ -21,6 +21,16 @@ pub struct Quota {
     pub max_memory_mb: Option<i64>,
 }
 
+impl From<&crate::config::QuotaConfig> for Quota {
+    /// The configured defaults (0: no limit).
+    fn from(c: &crate::config::QuotaConfig) -> Quota {
+        Quota {
+            max_servers: (c.max_servers > 0).then_some(c.max_servers as i64),
+            max_memory_mb: (c.max_memory_mb > 0).then_some(c.max_memory_mb as i64),
+        }
+    }
+}
+
 /// What a user holds now: servers that are not deleted, and their memory.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Usage {

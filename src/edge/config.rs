@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::check_ip_url;
+use crate::util::url::check_ip_url;
 
 /// Cloudflare's public API.
 pub const CLOUDFLARE_API_URL: &str = "https://api.cloudflare.com/client/v4";

@@ -1,22 +1,24 @@
 //! HTTP: every feature router is merged here.
 
 pub mod api;
+pub mod artifacts;
 pub mod console;
 mod ops;
+mod state;
 mod traefik;
 pub mod ui;
+
+pub use state::AppState;
 
 use axum::Router;
 use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 
-use crate::app::AppState;
-
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(ops::router())
-        .merge(crate::artifacts::router())
+        .merge(artifacts::router())
         .merge(api::router(state.clone()))
         .merge(ui::router(state.clone()))
         .merge(traefik::router())

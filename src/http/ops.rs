@@ -9,8 +9,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::app::AppState;
 use crate::error::AppError;
+use crate::http::AppState;
 use crate::queue::JobState;
 
 pub fn router() -> Router<AppState> {

@@ -8,10 +8,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Map, Value, json};
 
-use crate::app::AppState;
 use crate::domain::DomainError;
 use crate::domain::edge::{self as records, EdgeRecord};
 use crate::error::AppError;
+use crate::http::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/traefik/config", get(config))

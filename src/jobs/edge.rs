@@ -14,7 +14,7 @@ use crate::domain::servers::{self, Server};
 use crate::domain::templates::{EdgeKind, Template};
 use crate::edge::EdgeError;
 use crate::edge::dns::DnsRecordId;
-use crate::services::Services;
+use crate::jobs::services::Services;
 
 /// What a running server of `template` should have published, from the edge settings.
 pub fn desired(

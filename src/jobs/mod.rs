@@ -3,6 +3,7 @@
 pub mod edge;
 pub mod reconcile;
 pub mod servers;
+pub mod services;
 pub mod worlds;
 
 use std::sync::Arc;
@@ -64,7 +65,7 @@ pub fn db_backup(config: &Config) -> Arc<dyn Handler> {
             let data_dir = data_dir.clone();
             async move {
                 let written = tokio::task::spawn_blocking(move || {
-                    crate::backup::scheduled(&data_dir, keep)
+                    crate::store::backup::scheduled(&data_dir, keep)
                 })
                 .await
                 .map_err(|e| JobFailure::retry(format!("backup task: {e}")))??;

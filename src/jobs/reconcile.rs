@@ -14,8 +14,8 @@ use crate::domain::DomainError;
 use crate::domain::edge as records;
 use crate::domain::follow;
 use crate::domain::servers::{self, ServerStatus};
+use crate::jobs::services::Services;
 use crate::queue::{Handler, JobFailure, Outcome, handler_fn};
-use crate::services::Services;
 
 pub const RECONCILE: &str = "reconcile";
 

@@ -15,9 +15,9 @@ use crate::domain::edge::VELOCITY;
 use crate::domain::servers::{self, Server, ServerStatus};
 use crate::domain::templates::{self, JavaRule, Template};
 use crate::domain::{DomainError, nodes::Node};
+use crate::jobs::services::Services;
 use crate::queue::{Handler, JobContext, JobFailure, JobResult, Outcome, QueueError, handler_fn};
 use crate::runtime::{ContainerSpec, Created, NodeRuntime, Runtime, RuntimeError};
-use crate::services::Services;
 
 /// How long the agent may take to answer after its container started.
 const AGENT_DEADLINE: Duration = Duration::from_secs(120);

@@ -34,9 +34,9 @@ use crate::domain::backups::{self, Backup, BackupState};
 use crate::domain::edge::VELOCITY;
 use crate::domain::schedules::{self, ScheduleKind};
 use crate::domain::servers::{self, ServerStatus};
+use crate::jobs::services::Services;
 use crate::queue::{Handler, JobFailure, JobResult, Outcome, QueueError, WorkerHandle, handler_fn};
 use crate::runtime::{NodeRuntime, Runtime, RuntimeError};
-use crate::services::Services;
 
 /// Where local world backups live, under the data dir.
 pub const BACKUP_DIR: &str = "world-backups";
@@ -466,7 +466,7 @@ fn sha256_file(path: &Path) -> Result<(i64, String), String> {
         size += n as i64;
         h.update(&buf[..n]);
     }
-    Ok((size, crate::agent::server::install::hex(&h.finalize())))
+    Ok((size, crate::util::hex(&h.finalize())))
 }
 
 /// Checks a local archive against its recorded checksum and unpacks it into a fresh

@@ -188,10 +188,10 @@ impl ProxmoxConfig {
                 ));
             }
         }
-        let literal = crate::config::url_host_literal(self.api_url.trim())
+        let literal = crate::util::url::url_host_literal(self.api_url.trim())
             .map_err(|m| invalid("api_url", m))?;
         match literal.parse::<IpAddr>() {
-            Ok(ip) => crate::config::check_endpoint_ip(ip, self.allow_loopback)
+            Ok(ip) => crate::util::url::check_endpoint_ip(ip, self.allow_loopback)
                 .map_err(|m| invalid("api_url", format!("'{literal}' {m}")))?,
             // The URL parser reads `127.1`, `2130706433` or `0x7f.1` as an address:
             // only the plain dotted (or bracketed IPv6) spelling is accepted.

@@ -14,11 +14,11 @@ use serde_json::{Value, json};
 
 use super::servers::job_json;
 use super::{BODY_LIMIT, Caller, Path, Query, json_error};
-use crate::app::AppState;
 use crate::domain::DomainError;
 use crate::domain::backups::{self, RestoreRequest, Retention};
 use crate::domain::schedules::{self, NewSchedule};
 use crate::error::AppError;
+use crate::http::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -142,7 +142,7 @@ async fn restore(
     OptionalJson(req): OptionalJson<RestoreRequest>,
 ) -> Result<impl IntoResponse, AppError> {
     let user = caller.0.clone();
-    let quota = st.config.quota.defaults();
+    let quota = crate::domain::users::Quota::from(&st.config.quota);
     let out = st
         .db
         .write(move |tx| {

@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Caller, Path, Query, require_admin};
-use crate::app::AppState;
 use crate::error::AppError;
+use crate::http::AppState;
 use crate::queue::{JobFilter, JobState};
 
 pub fn router() -> Router<AppState> {

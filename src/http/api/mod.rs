@@ -15,9 +15,9 @@ use axum::response::Response;
 use axum::{Extension, Router};
 use serde::de::DeserializeOwned;
 
-use crate::app::AppState;
 use crate::domain::users::{self, User};
 use crate::error::AppError;
+use crate::http::AppState;
 
 /// Largest request body the API reads.
 pub const BODY_LIMIT: usize = 64 * 1024;

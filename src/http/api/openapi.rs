@@ -4,7 +4,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use crate::app::AppState;
+use crate::http::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/v1/openapi.json", get(|| async { Json(document()) }))

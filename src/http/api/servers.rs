@@ -9,10 +9,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiJson, Caller, Path, Query};
-use crate::app::AppState;
 use crate::domain::servers::{self, Action, CreateServer, Server, ServerStatus};
 use crate::domain::{DomainError, nodes, templates};
 use crate::error::AppError;
+use crate::http::AppState;
 use crate::queue;
 
 pub fn router() -> Router<AppState> {
@@ -76,7 +76,7 @@ async fn create(
     };
     let hash = req.request_hash();
     let user = caller.0.clone();
-    let quota = st.config.quota.defaults();
+    let quota = crate::domain::users::Quota::from(&st.config.quota);
     let (created, body) = st
         .db
         .write(move |tx| {

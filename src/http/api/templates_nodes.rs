@@ -8,11 +8,11 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use super::{ApiJson, Caller, require_admin};
-use crate::app::AppState;
 use crate::domain::DomainError;
 use crate::domain::nodes::{self, NewNode};
 use crate::domain::templates::{self, NewTemplate};
 use crate::error::AppError;
+use crate::http::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

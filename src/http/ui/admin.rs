@@ -9,12 +9,12 @@ use serde_json::{Value, json};
 
 use super::servers::JobRow;
 use super::{Page, Sess, UiError, UiForm, correctable, render, render_status, see_other};
-use crate::app::AppState;
 use crate::doctor;
 use crate::domain::DomainError;
 use crate::domain::nodes::{self, NewNode};
 use crate::domain::templates::{self, NewTemplate};
 use crate::domain::users::{self, TokenInfo, User};
+use crate::http::AppState;
 use crate::queue::{JobFilter, JobState};
 use crate::runtime::proxmox::{ProxmoxConfig, ProxmoxRuntime};
 use crate::util::format_ts;
@@ -559,7 +559,7 @@ async fn users_page(
     new_token: Option<(String, String)>,
 ) -> Result<UsersPage, UiError> {
     let page = sess.page(st, "users", "Users").await?;
-    let defaults = st.config.quota.defaults();
+    let defaults = crate::domain::users::Quota::from(&st.config.quota);
     let users = st
         .db
         .call(move |c| {

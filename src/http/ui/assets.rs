@@ -11,9 +11,7 @@ use rust_embed::Embed;
 #[folder = "static/"]
 struct Assets;
 
-fn hex(bytes: &[u8]) -> String {
-    crate::agent::server::install::hex(bytes)
-}
+use crate::util::hex;
 
 /// The URL of an embedded asset with its content version.
 pub fn asset_url(name: &str) -> String {

@@ -15,10 +15,10 @@ use super::{
     see_other, set_cookie,
 };
 use crate::agent::constant_time_eq;
-use crate::app::AppState;
 use crate::db::{Db, DbError};
 use crate::domain::sessions::{self, SESSION_TTL_MS};
 use crate::domain::{DomainError, random_secret, sha256_hex, users};
+use crate::http::AppState;
 use crate::util::untrusted;
 
 /// Meta key holding the SHA-256 of the current setup token.

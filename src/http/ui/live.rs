@@ -16,10 +16,10 @@ use serde_json::json;
 
 use super::servers::{EdgeRow, EventRow, JobRow, ServerView, server_events, view};
 use super::{Sess, UiError};
-use crate::app::AppState;
 use crate::domain::servers;
 use crate::domain::users::User;
 use crate::domain::{DomainError, edge};
+use crate::http::AppState;
 use crate::queue;
 use crate::util::untrusted;
 

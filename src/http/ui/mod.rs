@@ -21,10 +21,10 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
-use crate::app::AppState;
 use crate::domain::DomainError;
 use crate::domain::users::User;
 use crate::error::AppError;
+use crate::http::AppState;
 use crate::util::untrusted;
 
 pub use assets::asset_url;

@@ -12,11 +12,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{Page, Sess, UiError, UiForm, correctable, render, render_status, see_other};
-use crate::app::AppState;
 use crate::db::now_ms;
 use crate::domain::servers::{self, Action, CreateServer, Server, ServerStatus};
 use crate::domain::users::User;
 use crate::domain::{DomainError, edge, is_dns_label, nodes, random_secret, templates};
+use crate::http::AppState;
 use crate::queue::{self, Job, JobState};
 use crate::util::format_ts;
 
@@ -513,7 +513,7 @@ pub async fn create(
     };
     let hash = req.request_hash();
     let user = sess.user().clone();
-    let quota = st.config.quota.defaults();
+    let quota = crate::domain::users::Quota::from(&st.config.quota);
     let result = st
         .db
         .write(move |tx| servers::create(tx, &user, &req, Some((&key, &hash)), quota))

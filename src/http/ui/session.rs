@@ -16,9 +16,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use super::{FORM_LIMIT, Page, UiError, asset_url};
 use crate::agent::constant_time_eq;
-use crate::app::AppState;
 use crate::domain::sessions::{self, Session};
 use crate::domain::users::User;
+use crate::http::AppState;
 
 /// Session cookie name.
 pub const SESSION_COOKIE: &str = "zlh_session";

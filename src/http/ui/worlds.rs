@@ -9,11 +9,11 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::{Page, Sess, UiError, UiForm, correctable, render, render_status, see_other};
-use crate::app::AppState;
 use crate::domain::backups::{self, Backup, BackupState, RestoreRequest, Retention};
 use crate::domain::schedules::{self, NewSchedule, Schedule};
 use crate::domain::servers::{self, Server};
 use crate::domain::{DomainError, users::User};
+use crate::http::AppState;
 use crate::util::format_ts;
 
 /// "1.4 GiB", "512 KiB", "17 B".
@@ -263,7 +263,7 @@ pub async fn restore(
     let req = RestoreRequest {
         new_server: into_new.then(|| f.new_server.trim().to_string()),
     };
-    let quota = st.config.quota.defaults();
+    let quota = crate::domain::users::Quota::from(&st.config.quota);
     let r = st
         .db
         .write(move |tx| backups::request_restore(tx, &user, backup_id, &req, quota))

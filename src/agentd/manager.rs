@@ -594,7 +594,7 @@ impl Manager {
         self.persisted.crash_count += 1;
         self.save();
         let crash = LastCrash {
-            time: format_ts(crate::db::now_ms()),
+            time: format_ts(crate::util::now_ms()),
             exit_code: code,
             signal,
             uptime_seconds: uptime.as_secs(),
@@ -711,7 +711,7 @@ async fn probe_readiness(
                 Ok(()) => {
                     s.ready = true;
                     s.ready_error = None;
-                    s.last_ready_at = Some(format_ts(crate::db::now_ms()));
+                    s.last_ready_at = Some(format_ts(crate::util::now_ms()));
                     s.state = AgentState::Running;
                 }
                 Err(e) => {

@@ -1,6 +1,26 @@
 //! Small shared helpers, and the HTTP listener of `zlh serve` and `zlh agent`.
 
 pub mod listener;
+pub mod url;
+
+/// Milliseconds since the Unix epoch: the one clock of the control plane and the agent.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Lowercase hex of `bytes` (digests, random secrets).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
 
 /// Formats ms since the epoch as RFC 3339 UTC (`2026-11-28T12:47:49Z`).
 pub fn format_ts(ms: i64) -> String {

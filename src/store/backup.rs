@@ -171,7 +171,7 @@ pub enum RestoreError {
     #[error("refusing to restore: another zlh serve owns {data_dir} ({holder}); stop it first")]
     Serving { data_dir: PathBuf, holder: String },
     #[error(transparent)]
-    Instance(#[from] crate::instance::InstanceError),
+    Instance(#[from] crate::store::instance::InstanceError),
     #[error("{path} is not a usable zlh database: {reason}")]
     BadSource { path: PathBuf, reason: String },
     #[error(transparent)]
@@ -200,16 +200,22 @@ pub struct Restored {
 /// Restores `src` as the database of `data_dir` (refused while a `zlh serve` owns it)
 /// and parks every unfinished side-effecting job as `held`: nothing replays until an
 /// operator has looked at the world and released or cancelled them.
-pub fn restore(src: &Path, data_dir: &Path) -> Result<Restored, RestoreError> {
+/// `replay_safe`: job kinds that only touch the database and may run unattended after
+/// the restore (the queue's caller knows them; the store does not).
+pub fn restore(
+    src: &Path,
+    data_dir: &Path,
+    replay_safe: &'static [&'static str],
+) -> Result<Restored, RestoreError> {
     crate::db::files::private_dir(data_dir).map_err(|source| RestoreError::Io {
         path: data_dir.to_path_buf(),
         source,
     })?;
     // Holding the lock for the whole restore also keeps a `zlh serve` from starting
     // half-way through.
-    let _lock = match crate::instance::acquire(data_dir, &crate::config::hostname(), None) {
+    let _lock = match crate::store::instance::acquire(data_dir, &crate::config::hostname(), None) {
         Ok(l) => l,
-        Err(crate::instance::InstanceError::Held { holder, .. }) => {
+        Err(crate::store::instance::InstanceError::Held { holder, .. }) => {
             return Err(RestoreError::Serving {
                 data_dir: data_dir.to_path_buf(),
                 holder,
@@ -278,7 +284,7 @@ pub fn restore(src: &Path, data_dir: &Path) -> Result<Restored, RestoreError> {
     let mut conn = handle.conn()?;
     let r = reason.clone();
     let held = crate::db::write_tx(&mut conn, move |tx| {
-        crate::queue::store::hold_unfinished(tx, &r, crate::jobs::REPLAY_SAFE)
+        crate::queue::store::hold_unfinished(tx, &r, replay_safe)
     })?;
     Ok(Restored { held, reason })
 }

@@ -4,6 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+pub mod bench;
+pub mod worlds;
+
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, LogFormat, Sources};
@@ -67,12 +70,12 @@ pub enum Command {
     /// World backups of game servers: list, create, restore, protect, delete, retention.
     Backups {
         #[command(subcommand)]
-        command: crate::cli_worlds::BackupsCommand,
+        command: crate::cli::worlds::BackupsCommand,
     },
     /// Server schedules (backup, restart with a warning, console command): list, add, remove.
     Schedules {
         #[command(subcommand)]
-        command: crate::cli_worlds::SchedulesCommand,
+        command: crate::cli::worlds::SchedulesCommand,
     },
     /// Configuration tools.
     Config {
@@ -331,15 +334,15 @@ pub enum CliError {
     #[error(transparent)]
     Queue(#[from] queue::QueueError),
     #[error(transparent)]
-    Backup(#[from] crate::backup::BackupError),
+    Backup(#[from] crate::store::backup::BackupError),
     #[error(transparent)]
-    Bench(#[from] crate::bench::BenchError),
+    Bench(#[from] crate::cli::bench::BenchError),
     #[error(transparent)]
     Artifact(#[from] crate::artifacts::ArtifactError),
     #[error(transparent)]
     Domain(#[from] crate::domain::DomainError),
     #[error(transparent)]
-    Restore(#[from] crate::backup::RestoreError),
+    Restore(#[from] crate::store::backup::RestoreError),
     #[error("no zlh database at {dir}; pass --data-dir or set ZLH_DATA_DIR{running}")]
     NoDatabase { dir: String, running: String },
     #[error("binding {addr}: {source}")]
@@ -351,7 +354,7 @@ pub enum CliError {
     #[error("starting the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error(transparent)]
-    Agent(#[from] crate::agent::server::AgentError),
+    Agent(#[from] crate::agentd::AgentError),
     #[error("reading a password from standard input: {0}")]
     PasswordInput(String),
     #[error("reading the agent token file {path}: {source}")]
@@ -462,7 +465,7 @@ fn require_database(config: &Config) -> Result<(), CliError> {
     if config.db_path().exists() {
         return Ok(());
     }
-    let running: Vec<String> = crate::instance::running_data_dirs()
+    let running: Vec<String> = crate::store::instance::running_data_dirs()
         .into_iter()
         .map(|(dir, h)| format!("{} ({h})", dir.display()))
         .collect();
@@ -499,7 +502,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Backup { file, force } => {
             let config = load_config(&cli, None)?;
             require_database(&config)?;
-            let info = crate::backup::backup_to(&config.db_path(), file, *force)?;
+            let info = crate::store::backup::backup_to(&config.db_path(), file, *force)?;
             println!(
                 "backup written to {} ({} bytes, integrity ok)",
                 info.path.display(),
@@ -531,7 +534,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                         .map_err(|e| {
                             CliError::Domain(crate::domain::DomainError::Conflict(e.to_string()))
                         })?;
-                let svc = crate::services::Services::new(db, config, mirror);
+                let svc = crate::jobs::services::Services::new(db, config, mirror);
                 Ok::<_, CliError>(crate::doctor::run(&svc, &opts).await?)
             })?;
             if *json {
@@ -550,7 +553,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Restore { file } => {
             let config = load_config(&cli, None)?;
-            let r = crate::backup::restore(file, &config.data_dir)?;
+            let r =
+                crate::store::backup::restore(file, &config.data_dir, crate::jobs::REPLAY_SAFE)?;
             println!(
                 "restored {} into {}",
                 file.display(),
@@ -570,16 +574,16 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Backups { command } => {
             let config = load_config(&cli, None)?;
             let db = open_existing(&config)?;
-            Ok(crate::cli_worlds::backups(
+            Ok(crate::cli::worlds::backups(
                 &db,
                 command,
-                config.quota.defaults(),
+                crate::domain::users::Quota::from(&config.quota),
             )?)
         }
         Command::Schedules { command } => {
             let config = load_config(&cli, None)?;
             let db = open_existing(&config)?;
-            Ok(crate::cli_worlds::schedules(&db, command)?)
+            Ok(crate::cli::worlds::schedules(&db, command)?)
         }
         Command::Artifacts { command } => {
             let config = load_config(&cli, None)?;
@@ -638,7 +642,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     max_memory_mb,
                 } => {
                     use crate::domain::users;
-                    let defaults = config.quota.defaults();
+                    let defaults = crate::domain::users::Quota::from(&config.quota);
                     let (user, quota, usage) = crate::db::write_tx(&mut conn, |tx| {
                         let u = users::get_by_name(tx, username)?.ok_or_else(|| {
                             crate::domain::DomainError::NotFound(format!("user '{username}'"))
@@ -706,7 +710,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 crate::domain::users::create_token(tx, u.id, name).map(|(s, _)| s)
             })?;
             // On stderr: scripts capture stdout and expect only the token there.
-            let server = match crate::instance::holder(&config.data_dir) {
+            let server = match crate::store::instance::holder(&config.data_dir) {
                 Some(h) => match &h.listen {
                     Some(l) => format!("the zlh serve at http://{l} (pid {})", h.pid),
                     None => format!("the zlh serve with pid {}", h.pid),
@@ -735,12 +739,12 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     dir,
                 },
         } => {
-            let args = crate::bench::QueueBenchArgs {
+            let args = crate::cli::bench::QueueBenchArgs {
                 jobs: *jobs,
                 concurrency: *concurrency,
                 dir: dir.clone(),
             };
-            let report = runtime()?.block_on(crate::bench::queue(args))?;
+            let report = runtime()?.block_on(crate::cli::bench::queue(args))?;
             if *json {
                 println!("{}", serde_json::to_string(&report).unwrap_or_default());
             } else {
@@ -792,7 +796,7 @@ fn agent(args: &AgentArgs) -> Result<(), CliError> {
         (None, None) => None,
     }
     .filter(|t| !t.is_empty());
-    let opts = crate::agent::server::AgentOptions {
+    let opts = crate::agentd::AgentOptions {
         dir: args.dir.clone(),
         bootstrap_token: token,
         crash_backoff: args.crash_backoff.clone(),
@@ -817,7 +821,7 @@ fn agent(args: &AgentArgs) -> Result<(), CliError> {
                 addr: listen,
                 source,
             })?;
-        crate::agent::server::run(opts, listener, shutdown_signal()).await?;
+        crate::agentd::run(opts, listener, shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -127,9 +127,7 @@ fn check_sha(sha: &str, what: &str) -> Result<(), InstallError> {
     }
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::util::hex;
 
 /// Downloads and installs; `dir` is the agent directory. Downloads present `token`
 /// (the agent's own): the mirror fills from upstream only for a credential.

@@ -11,8 +11,8 @@ use crate::db::now_ms;
 use crate::domain::DomainError;
 use crate::domain::nodes;
 use crate::domain::servers::{self, ServerStatus};
+use crate::jobs::services::Services;
 use crate::runtime::{ContainerSpec, Runtime, server_tag};
-use crate::services::Services;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,7 +46,7 @@ pub struct ServerCheck {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub executor: Option<crate::instance::Instance>,
+    pub executor: Option<crate::store::instance::Instance>,
     pub executor_running: Option<String>,
     pub findings: Vec<Finding>,
     pub fixed: Vec<String>,
@@ -101,9 +101,9 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
     // Executor: who serves this database.
     let executor = svc
         .db
-        .call(|c| crate::instance::get(c).map_err(DomainError::from))
+        .call(|c| crate::store::instance::get(c).map_err(DomainError::from))
         .await?;
-    let executor_running = crate::instance::is_held(&svc.config.data_dir)
+    let executor_running = crate::store::instance::is_held(&svc.config.data_dir)
         .ok()
         .flatten();
     if let Some(i) = &executor {

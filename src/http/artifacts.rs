@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::io::ReaderStream;
 
-use crate::app::AppState;
 use crate::error::AppError;
+use crate::http::AppState;
 
 /// Header carrying the artifact's sha256 (lowercase hex), for agents to verify.
 pub const CHECKSUM_HEADER: &str = "x-checksum-sha256";

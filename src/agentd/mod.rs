@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
+use crate::agent::{
     AgentState, AgentStatus, AgentVersion, ConfigAccepted, ConfigPayload, ConsoleCommand,
     LastCrash, constant_time_eq,
 };
@@ -298,7 +298,7 @@ fn to_wire(s: Status) -> AgentStatus {
         crash_count: s.crash_count,
         last_crash: s.last_crash,
         error: s.error,
-        timestamp: crate::util::format_ts(crate::db::now_ms()),
+        timestamp: crate::util::format_ts(crate::util::now_ms()),
     }
 }
 
@@ -500,13 +500,13 @@ async fn console_command(State(shared): State<Arc<Shared>>, body: axum::body::By
 async fn console_tail(
     State(shared): State<Arc<Shared>>,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
-) -> Json<super::ConsoleTail> {
+) -> Json<crate::agent::ConsoleTail> {
     let n = q
         .get("lines")
         .and_then(|l| l.parse::<usize>().ok())
         .unwrap_or(100)
         .min(1000);
-    Json(super::ConsoleTail {
+    Json(crate::agent::ConsoleTail {
         lines: shared.console.tail(n),
     })
 }
