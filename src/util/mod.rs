@@ -65,16 +65,20 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 /// Percent-encodes everything but RFC 3986 unreserved characters and the bytes in
 /// `keep` (a URL path segment keeps nothing; a local path in a query keeps `/`).
 pub fn percent_encode(s: &str, keep: &[u8]) -> String {
-    let mut out = String::with_capacity(s.len() * 2);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') || keep.contains(&b)
-        {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    const UNRESERVED_AND_SLASH: &AsciiSet = &UNRESERVED.remove(b'/');
+    let set = if keep.contains(&b'/') {
+        UNRESERVED_AND_SLASH
+    } else {
+        UNRESERVED
+    };
+    debug_assert!(keep.iter().all(|b| *b == b'/'), "only '/' can be kept");
+    utf8_percent_encode(s, set).to_string()
 }
 
 /// Parses `250ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
