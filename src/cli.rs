@@ -14,7 +14,7 @@ use crate::util::format_ts;
 #[derive(Debug, Parser)]
 #[command(
     name = "zlh",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BUILD_GIT_COMMIT"), ")"),
     about = "Game-server control plane: one binary, one SQLite file"
 )]
 pub struct Cli {

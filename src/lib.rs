@@ -3,6 +3,8 @@
 
 /// This build's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit this binary was built from ("unknown" outside a git checkout).
+pub const GIT_COMMIT: &str = env!("BUILD_GIT_COMMIT");
 
 pub mod agent;
 pub mod app;
@@ -23,4 +25,5 @@ pub mod jobs;
 pub mod queue;
 pub mod runtime;
 pub mod services;
+pub mod shipping;
 pub mod util;

@@ -1,0 +1,3 @@
+//! Getting zlh onto a homelab: the first-run banner.
+
+pub mod banner;
