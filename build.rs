@@ -24,8 +24,8 @@ fn main() {
     }
     for w in watched {
         // Only files that exist: a missing one would make cargo rerun this every build.
-        if let Some(p) = git(&["rev-parse", "--git-path", &w])
-            .filter(|p| std::path::Path::new(p).exists())
+        if let Some(p) =
+            git(&["rev-parse", "--git-path", &w]).filter(|p| std::path::Path::new(p).exists())
         {
             println!("cargo:rerun-if-changed={p}");
         }

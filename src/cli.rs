@@ -96,6 +96,11 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Install zlh as a systemd service (root): the `zlh` user, /var/lib/zlh,
+    /// /etc/zlh/zlh.toml, /usr/local/bin/zlh and a hardened unit, enabled and started.
+    Install(crate::shipping::install::InstallArgs),
+    /// Remove the systemd service, the binary and the user; keeps the data unless --purge.
+    Uninstall(crate::shipping::install::UninstallArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -329,6 +334,8 @@ pub enum CliError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Agent(#[from] crate::agent::server::AgentError),
+    #[error(transparent)]
+    Install(#[from] crate::shipping::install::InstallError),
     #[error("reading a password from standard input: {0}")]
     PasswordInput(String),
     #[error("reading the agent token file {path}: {source}")]
@@ -432,6 +439,14 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let config = load_config(&cli, Some(args))?;
             init_logging(config.log_format);
             serve(config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Install(args) => {
+            print!("{}", crate::shipping::install::install(args)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Uninstall(args) => {
+            print!("{}", crate::shipping::install::uninstall(args)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -47,7 +47,14 @@ mod first_run {
         assert_eq!(location(&served, "/servers"), (303, "/setup".to_string()));
         // Once an account with a password exists, the login page is the way in again.
         let mut add = zlh(tmp.path())
-            .args(["user", "add", "admin", "--admin", "--password-stdin", "--data-dir"])
+            .args([
+                "user",
+                "add",
+                "admin",
+                "--admin",
+                "--password-stdin",
+                "--data-dir",
+            ])
             .arg(&served.data_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -74,18 +81,22 @@ mod first_run {
         let out = tmp.path().join("tty.out");
         let inner = format!(
             "exec '{}' serve --listen 127.0.0.1:{port} --data-dir '{}' 2>'{}'",
-            support::BIN,
+            support::BIN.as_str(),
             data.display(),
             log.display()
         );
-        let mut child = Command::new("script")
+        let mut script = Command::new("script");
+        // zlh refuses unknown ZLH_* variables (such as the test run's ZLH_RELEASE_BINARY).
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("ZLH_")) {
+            script.env_remove(k);
+        }
+        let mut child = script
             .args(["-qfec", &inner])
             .arg(&out)
             .current_dir(tmp.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .env_remove("ZLH_DATA_DIR")
             .spawn()
             .expect("spawning script(1)");
         let tty = wait_for("the framed setup block", Duration::from_secs(30), || {
@@ -126,7 +137,12 @@ mod first_run {
         let mut piped = zlh(tmp.path());
         let port2 = free_port();
         let c = piped
-            .args(["serve", "--listen", &format!("127.0.0.1:{port2}"), "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port2}"),
+                "--data-dir",
+            ])
             .arg(tmp.path().join("data3"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -158,13 +174,396 @@ mod release {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    fn script() -> PathBuf {
+        repo().join("scripts/release")
+    }
+
+    #[test]
+    fn the_release_script_passes_bash_n_and_shellcheck() {
+        let syntax = Command::new("bash")
+            .arg("-n")
+            .arg(script())
+            .output()
+            .unwrap();
+        assert!(syntax.status.success(), "{syntax:?}");
+        let lint = Command::new("shellcheck")
+            .arg(script())
+            .output()
+            .expect("shellcheck (scripts/test-deps.sh installs it)");
+        assert!(
+            lint.status.success(),
+            "{}",
+            String::from_utf8_lossy(&lint.stdout)
+        );
+    }
+
+    /// The checks themselves: a development build is far too large (and linked against
+    /// the build host's glibc), so `--check` must refuse it, saying why.
+    #[test]
+    fn the_release_checks_refuse_a_development_build() {
+        if std::env::var_os("ZLH_RELEASE_BINARY").is_some() {
+            return; // BIN is then the release binary, which passes.
+        }
+        let out = Command::new(script())
+            .args(["--check", env!("CARGO_BIN_EXE_zlh")])
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{all}");
+        assert!(
+            all.contains("newest glibc symbol version: GLIBC_2."),
+            "{all}"
+        );
+        assert!(
+            all.contains("newer than the baseline 2.31") || all.contains("larger than 20 MB"),
+            "{all}"
+        );
+    }
+
+    /// With `ZLH_RELEASE_BINARY` pointing at a `scripts/release` build, that binary passes
+    /// the release checks (and the whole suite runs against it).
+    #[test]
+    fn the_release_binary_passes_the_release_checks() {
+        let Ok(bin) = std::env::var("ZLH_RELEASE_BINARY") else {
+            eprintln!("ZLH_RELEASE_BINARY is not set: no release binary to check");
+            return;
+        };
+        let out = Command::new(script())
+            .args(["--check", &bin])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("newest glibc symbol version"), "{stdout}");
+    }
+
     #[test]
     fn version_names_the_commit() {
-        let out = zlh(&repo()).arg("--version").output().expect("zlh --version");
+        let out = zlh(&repo())
+            .arg("--version")
+            .output()
+            .expect("zlh --version");
         let v = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success());
-        assert!(v.starts_with(&format!("zlh {}", env!("CARGO_PKG_VERSION"))), "{v}");
+        assert!(
+            v.starts_with(&format!("zlh {}", env!("CARGO_PKG_VERSION"))),
+            "{v}"
+        );
         // The test binary and zlh were built from the same checkout.
         assert!(v.contains(&format!("(commit {})", head())), "{v}");
+    }
+}
+
+mod install {
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    /// A throwaway root with the passwd/group files of a fresh system.
+    fn fresh_root() -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("etc")).unwrap();
+        std::fs::write(
+            root.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.path().join("etc/group"),
+            "root:x:0:\nzlh-like:x:999:\n",
+        )
+        .unwrap();
+        root
+    }
+
+    fn zlh_in(root: &Path, args: &[&str]) -> (bool, String) {
+        let out = zlh(root)
+            .args(args)
+            .arg("--root")
+            .arg(root)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// Every file beneath `root`: (mode, uid, gid, size, mtime).
+    fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u32, u32, u32, u64, i64)> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                let m = std::fs::symlink_metadata(e.path()).unwrap();
+                if m.is_dir() {
+                    stack.push(e.path());
+                }
+                out.insert(
+                    e.path(),
+                    (
+                        m.mode(),
+                        m.uid(),
+                        m.gid(),
+                        m.len(),
+                        m.mtime_nsec() + m.mtime() * 1_000_000_000,
+                    ),
+                );
+            }
+        }
+        out
+    }
+
+    fn mode_uid_gid(p: &Path) -> (u32, u32, u32) {
+        let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        (m.mode() & 0o7777, m.uid(), m.gid())
+    }
+
+    fn passwd_entry(root: &Path) -> Option<String> {
+        std::fs::read_to_string(root.join("etc/passwd"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("zlh:"))
+            .map(str::to_string)
+    }
+
+    #[test]
+    fn a_dry_run_prints_the_plan_and_changes_nothing() {
+        let root = fresh_root();
+        let before = snapshot(root.path());
+        let (ok, out) = zlh_in(root.path(), &["install", "--dry-run"]);
+        assert!(ok, "{out}");
+        let beneath = format!(" (beneath {})", root.path().display());
+        let expected: Vec<String> = [
+            "would create the system user and group `zlh` (home /var/lib/zlh, no login shell)"
+                .to_string(),
+            format!(
+                "would copy {} to /usr/local/bin/zlh (0755)",
+                support::BIN.as_str()
+            ),
+            "would make /var/lib/zlh (0700, zlh:zlh)".into(),
+            "would make /etc/zlh (0750, root:zlh)".into(),
+            "would write /etc/zlh/zlh.toml (0640, root:zlh; commented defaults)".into(),
+            "would write /etc/systemd/system/zlh.service (hardened systemd unit)".into(),
+        ]
+        .into_iter()
+        .map(|l| format!("{l}{beneath}"))
+        .collect();
+        assert_eq!(out.lines().collect::<Vec<_>>(), expected, "{out}");
+        assert_eq!(snapshot(root.path()), before);
+    }
+
+    #[test]
+    fn install_into_a_root_is_complete_verified_and_idempotent_and_uninstall_keeps_the_data() {
+        let root = fresh_root();
+        let r = root.path();
+        let (ok, out) = zlh_in(r, &["install"]);
+        assert!(ok, "{out}");
+        assert!(out.contains("zlh is installed. Open http://"), "{out}");
+
+        // The user: a system id that is free in both passwd and group (999 is a group's).
+        let entry = passwd_entry(r).expect("a zlh passwd entry");
+        assert_eq!(
+            entry,
+            "zlh:x:998:998:zlh control plane:/var/lib/zlh:/usr/sbin/nologin"
+        );
+        let group = std::fs::read_to_string(r.join("etc/group")).unwrap();
+        assert!(group.lines().any(|l| l == "zlh:x:998:"), "{group}");
+        let shadow = std::fs::read_to_string(r.join("etc/shadow")).unwrap();
+        assert!(shadow.lines().any(|l| l.starts_with("zlh:!:")), "{shadow}");
+        assert_eq!(mode_uid_gid(&r.join("etc/shadow")).0, 0o640);
+
+        // Directories, config and binary with their modes and owners.
+        assert_eq!(mode_uid_gid(&r.join("var/lib/zlh")), (0o700, 998, 998));
+        assert_eq!(mode_uid_gid(&r.join("etc/zlh")), (0o750, 0, 998));
+        assert_eq!(mode_uid_gid(&r.join("etc/zlh/zlh.toml")), (0o640, 0, 998));
+        assert_eq!(mode_uid_gid(&r.join("usr/local/bin/zlh")).0, 0o755);
+        let installed = r.join("usr/local/bin/zlh");
+        let v = Command::new(&installed).arg("--version").output().unwrap();
+        assert!(String::from_utf8_lossy(&v.stdout).starts_with("zlh "));
+
+        // The config is commented, and valid as it stands.
+        let toml = std::fs::read_to_string(r.join("etc/zlh/zlh.toml")).unwrap();
+        assert!(toml.starts_with("# zlh configuration"), "{toml}");
+        assert!(toml.contains("data_dir = \"/var/lib/zlh\""), "{toml}");
+        assert!(toml.contains("listen = \"0.0.0.0:8080\""), "{toml}");
+        let check = zlh(r)
+            .args(["config", "check", "--config"])
+            .arg(r.join("etc/zlh/zlh.toml"))
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+
+        // The unit: hardened, and accepted by systemd-analyze without a warning. verify
+        // needs systemd's own units (sysinit.target, …) beneath the root.
+        let unit = std::fs::read_to_string(r.join("etc/systemd/system/zlh.service")).unwrap();
+        for line in [
+            "User=zlh",
+            "ExecStart=/usr/local/bin/zlh serve --config /etc/zlh/zlh.toml",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "ReadWritePaths=/var/lib/zlh",
+            "ProtectHome=yes",
+            "PrivateTmp=yes",
+            "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+            "LockPersonality=yes",
+            "KillMode=process",
+            "WantedBy=multi-user.target",
+        ] {
+            assert!(unit.lines().any(|l| l == line), "{line} in\n{unit}");
+        }
+        assert!(
+            !unit.contains("MemoryDenyWriteExecute=yes"),
+            "the JVM's JIT needs W+X pages"
+        );
+        std::fs::create_dir_all(r.join("usr/lib/systemd")).unwrap();
+        let copied = Command::new("cp")
+            .args(["-r", "/usr/lib/systemd/system"])
+            .arg(r.join("usr/lib/systemd/"))
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        let before_verify = snapshot(r);
+        let verify = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(format!("--root={}", r.display()))
+            .arg("/etc/systemd/system/zlh.service")
+            .output()
+            .expect("systemd-analyze (scripts/test-deps.sh installs systemd)");
+        let said = String::from_utf8_lossy(&verify.stderr);
+        assert!(verify.status.success() && said.trim().is_empty(), "{said}");
+
+        // A second run changes nothing and says so.
+        let (ok, again) = zlh_in(r, &["install"]);
+        assert!(ok, "{again}");
+        assert_eq!(
+            again,
+            "zlh is already installed and up to date: nothing to do, nothing changed\n"
+        );
+        assert_eq!(snapshot(r), before_verify);
+
+        // A hand-edited config survives a reinstall.
+        std::fs::write(r.join("etc/zlh/zlh.toml"), "listen = \"0.0.0.0:9000\"\n").unwrap();
+        let (ok, again) = zlh_in(r, &["install"]);
+        assert!(
+            ok && again.starts_with("zlh is already installed"),
+            "{again}"
+        );
+
+        // Uninstall: unit, binary and user go; the data and the settings stay.
+        std::fs::write(r.join("var/lib/zlh/zlh.db"), "a database").unwrap();
+        let (ok, out) = zlh_in(r, &["uninstall"]);
+        assert!(ok, "{out}");
+        assert!(out.contains("kept the data in /var/lib/zlh"), "{out}");
+        assert!(!r.join("etc/systemd/system/zlh.service").exists());
+        assert!(!r.join("usr/local/bin/zlh").exists());
+        assert_eq!(passwd_entry(r), None);
+        let group = std::fs::read_to_string(r.join("etc/group")).unwrap();
+        assert!(!group.contains("zlh:"), "{group}");
+        assert!(group.contains("zlh-like:x:999:"), "{group}");
+        assert!(r.join("var/lib/zlh/zlh.db").exists());
+        assert!(r.join("etc/zlh/zlh.toml").exists());
+        let (ok, out) = zlh_in(r, &["uninstall"]);
+        assert!(ok && out.contains("nothing to do"), "{out}");
+
+        // Installing again adopts the kept data; --purge deletes it.
+        let (ok, out) = zlh_in(r, &["install"]);
+        assert!(ok, "{out}");
+        assert!(!out.contains("write /etc/zlh/zlh.toml"), "{out}");
+        assert_eq!(mode_uid_gid(&r.join("var/lib/zlh")), (0o700, 998, 998));
+        let (ok, out) = zlh_in(r, &["uninstall", "--purge"]);
+        assert!(ok, "{out}");
+        assert!(!r.join("var/lib/zlh").exists() && !r.join("etc/zlh").exists());
+    }
+}
+
+mod readme {
+    use super::*;
+
+    /// The first `sh` block of a README section.
+    fn sh_block(section: &str) -> String {
+        let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+        let start = readme
+            .find(&format!("\n## {section}\n"))
+            .unwrap_or_else(|| panic!("README has no section {section}"));
+        let rest = &readme[start..];
+        let open = rest.find("```sh\n").expect("an sh block") + "```sh\n".len();
+        let len = rest[open..].find("```").expect("the block's end");
+        rest[open..open + len].to_string()
+    }
+
+    /// The homelab install block, run as written in a directory holding a "downloaded"
+    /// release (this build under the release's name), with `sudo` dropped and the installs
+    /// sent into a throwaway root.
+    #[test]
+    fn the_install_on_a_homelab_block_runs_as_written() {
+        let block = sh_block("Install on a homelab");
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+        let name = format!("zlh-{}-x86_64-linux", env!("CARGO_PKG_VERSION"));
+        std::fs::copy(support::BIN.as_str(), tmp.path().join(&name)).unwrap();
+        let sum = Command::new("sha256sum")
+            .arg(&name)
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        std::fs::write(tmp.path().join(format!("{name}.sha256")), &sum.stdout).unwrap();
+        let script: String = block
+            .lines()
+            .map(|l| l.split(" #").next().unwrap_or_default().trim_end())
+            .map(|l| l.strip_prefix("sudo ").unwrap_or(l).to_string())
+            .map(|l| {
+                if l.contains(" install") {
+                    format!("{l} --root \"$ROOT\"")
+                } else {
+                    l
+                }
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(
+            script.contains(&name),
+            "the README names this version:\n{block}"
+        );
+        let out = Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(tmp.path())
+            .env("ROOT", &root)
+            .env_remove("ZLH_RELEASE_BINARY")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{script}\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(&format!("{name}: OK")), "{stdout}");
+        assert!(stdout.contains("(commit "), "{stdout}");
+        assert!(
+            stdout.contains("would write /etc/systemd/system/zlh.service"),
+            "{stdout}"
+        );
+        assert!(root.join("etc/systemd/system/zlh.service").exists());
+        assert!(root.join("var/lib/zlh").is_dir());
     }
 }

@@ -1,3 +1,5 @@
-//! Getting zlh onto a homelab: the first-run banner.
+//! Getting zlh onto a homelab: the first-run banner, `zlh install` / `zlh uninstall`
+//! (a system user, directories and a hardened systemd unit).
 
 pub mod banner;
+pub mod install;
