@@ -101,6 +101,11 @@ pub enum Command {
     Install(crate::shipping::install::InstallArgs),
     /// Remove the systemd service, the binary and the user; keeps the data unless --purge.
     Uninstall(crate::shipping::install::UninstallArgs),
+    /// Nodes: enroll a Proxmox VE host with one command.
+    Node {
+        #[command(subcommand)]
+        command: crate::shipping::enroll::NodeCommand,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -439,6 +444,12 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let config = load_config(&cli, Some(args))?;
             init_logging(config.log_format);
             serve(config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node { command } => {
+            let config = load_config(&cli, None)?;
+            let db = open_existing(&config)?;
+            print!("{}", crate::shipping::enroll::run(&db, &config, command)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Install(args) => {

@@ -567,3 +567,280 @@ mod readme {
         assert!(root.join("var/lib/zlh").is_dir());
     }
 }
+
+mod enroll {
+    use serde_json::json;
+    use support::api::Api;
+    use support::pve_sim::PveSim;
+
+    use super::*;
+
+    fn fakes() -> PathBuf {
+        repo().join("tests/support/fake-pve")
+    }
+
+    /// `zlh node enroll --name NAME`: the printed command line.
+    fn enroll(api: &Api, tmp: &Path, name: &str) -> String {
+        let out = zlh(tmp)
+            .args(["node", "enroll", "--name", name, "--data-dir"])
+            .arg(&api.served.data_dir)
+            // As `zlh install` writes it into zlh.toml: how hosts reach this zlh.
+            .env("ZLH_ADVERTISE_URL", format!("http://{}", api.served.addr))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("curl -fsSL '"))
+            .unwrap_or_else(|| panic!("no command in {text}"))
+            .to_string()
+    }
+
+    fn script_url(command: &str) -> String {
+        command
+            .split('\'')
+            .nth(1)
+            .expect("a quoted URL")
+            .to_string()
+    }
+
+    /// Runs `command` (as an admin pastes it) on the "Proxmox host": the fakes first on
+    /// PATH, the simulator as its API.
+    fn run_on_host(command: &str, sim: &PveSim, host: &Path) -> (bool, String) {
+        let path = format!(
+            "{}:{}",
+            fakes().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let o = sim.options();
+        let out = Command::new("bash")
+            .args(["-c", command])
+            .env("PATH", path)
+            .env("FAKE_PVE_LOG", host.join("calls.log"))
+            .env("FAKE_PVE_STATE", host.join("state"))
+            .env("FAKE_TOKEN_SECRET", &o.token_secret)
+            .env("FAKE_BOOTSTRAP", &o.bootstrap_token)
+            .env("ZLH_STATE_DIR", host.join("root-zlh"))
+            .env("ZLH_TEMPLATE_VMID", o.template_vmid.to_string())
+            .env("ZLH_PVE_NODE", &o.node)
+            .env("ZLH_PVE_API_URL", sim.url())
+            .env("ZLH_ALLOW_LOOPBACK", "1")
+            .env("ZLH_ALLOW_INSECURE_HTTP", "1")
+            .env("ZLH_NODE_MEMORY_MB", "1000000")
+            .env("TMPDIR", "/tmp")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    fn calls(host: &Path) -> Vec<String> {
+        std::fs::read_to_string(host.join("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    const PRIVS: &str = "VM.Allocate,VM.Clone,VM.Audit,VM.Config.CPU,VM.Config.Memory,VM.Config.Network,VM.Config.Options,VM.PowerMgmt,Datastore.AllocateSpace,Datastore.Audit,SDN.Use,Sys.Audit";
+
+    #[test]
+    fn one_command_on_a_proxmox_host_makes_a_ready_node() {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = tmp.path().join("pve-host");
+        std::fs::create_dir_all(&host).unwrap();
+        let sim = PveSim::start();
+        let api = Api::start(tmp.path());
+        let command = enroll(&api, tmp.path(), "pve1");
+        assert!(command.ends_with("' | bash"), "{command}");
+        let url = script_url(&command);
+        assert!(url.starts_with(&format!(
+            "http://{}/install/pve-node.sh?token=",
+            api.served.addr
+        )));
+
+        // The served script: shellcheck and bash -n clean.
+        let (code, script) = support::http_get(&url).expect("the script");
+        assert_eq!(code, 200, "{script}");
+        let file = tmp.path().join("pve-node.sh");
+        std::fs::write(&file, &script).unwrap();
+        let syntax = Command::new("bash").arg("-n").arg(&file).output().unwrap();
+        assert!(syntax.status.success(), "{syntax:?}");
+        let lint = Command::new("shellcheck")
+            .arg(&file)
+            .output()
+            .expect("shellcheck");
+        assert!(
+            lint.status.success(),
+            "{}",
+            String::from_utf8_lossy(&lint.stdout)
+        );
+
+        // The command as zlh printed it.
+        let (ok, out) = run_on_host(&command, &sim, &host);
+        assert!(ok, "{out}");
+        let o = sim.options();
+        let vmid = o.template_vmid;
+        let expected: Vec<String> = [
+            "pveum role list --output-format json".to_string(),
+            format!("pveum role add ZLH --privs {PRIVS}"),
+            "pveum user list --output-format json".into(),
+            "pveum user add zlh@pve --comment zlh control plane".into(),
+            "pveum user token list zlh@pve --output-format json".into(),
+            "pveum user token add zlh@pve ctl --privsep 1 --output-format json".into(),
+            "pveum acl modify / --tokens zlh@pve!ctl --roles ZLH".into(),
+            format!("pct config {vmid}"),
+            "pveam update".into(),
+            "pveam available --section system".into(),
+            "pveam list local".into(),
+            "pveam download local debian-12-standard_12.7-1_amd64.tar.zst".into(),
+            "openssl rand -hex 32".into(),
+            format!("pct create {vmid} local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst --hostname zlh-base --description zlh base template --memory 1024 --cores 1 --unprivileged 1 --net0 name=eth0,bridge=vmbr0,ip=dhcp --storage local-lvm"),
+            format!("pct start {vmid}"),
+            format!("pct exec {vmid} -- mkdir -p /etc/zlh /opt/zlh-agent"),
+            format!("pct push {vmid} $TMP/zlh /usr/local/bin/zlh --perms 0755"),
+            format!("pct push {vmid} $TMP/bootstrap-token /etc/zlh/bootstrap-token --perms 0600"),
+            format!("pct push {vmid} $TMP/zlh-agent.service /etc/systemd/system/zlh-agent.service --perms 0644"),
+            format!("pct exec {vmid} -- systemctl enable zlh-agent.service"),
+            format!("pct shutdown {vmid}"),
+            format!("pct template {vmid}"),
+            "openssl x509 -in /etc/pve/local/pve-ssl.pem -noout -fingerprint -sha256".into(),
+        ]
+        .into();
+        assert_eq!(calls(&host), expected, "{out}");
+        // The pushed binary is this zlh, verified; the bootstrap token is kept 0600.
+        let pushed = std::fs::read_to_string(host.join("state/pushed-zlh")).unwrap();
+        let ours = Command::new("sha256sum")
+            .arg(support::BIN.as_str())
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&ours.stdout).starts_with(pushed.trim()));
+        use std::os::unix::fs::PermissionsExt;
+        let kept = std::fs::metadata(host.join("root-zlh/bootstrap-token")).unwrap();
+        assert_eq!(kept.permissions().mode() & 0o777, 0o600);
+
+        // The node is registered with what the host made, secrets kept in.
+        let (code, body) = api.call("GET", "/api/v1/nodes", None);
+        assert_eq!(code, 200);
+        let node = body["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "pve1")
+            .cloned()
+            .unwrap_or_else(|| panic!("pve1 in {body}"));
+        assert_eq!(node["kind"], "proxmox");
+        assert_eq!(node["settings"]["template_vmid"], vmid);
+        assert_eq!(node["settings"]["token_id"], "zlh@pve!ctl");
+        assert_eq!(node["settings"]["token_secret"], "********");
+        assert_eq!(node["settings"]["api_url"], sim.url());
+        // The simulator speaks http: no certificate to pin (https nodes get the one read).
+        assert!(node["settings"]["tls_fingerprint"].is_null(), "{node}");
+
+        // A server on it reaches running against the simulator.
+        let (code, body) = api.call(
+            "POST",
+            "/api/v1/servers",
+            Some(json!({"name": "enrolled", "template": "standin", "version": "1.0", "eula": true, "node": "pve1"})),
+        );
+        assert_eq!(code, 202, "{body}");
+        let id = body["server"]["id"].as_i64().unwrap();
+        api.wait_status(id, "running");
+
+        // The same command again: the token is spent, nothing is touched or registered.
+        let before = calls(&host).len();
+        // (curl -f fails on the 403 and bash gets an empty script.)
+        let (_, again) = run_on_host(&command, &sim, &host);
+        assert!(again.contains("error: 403"), "{again}");
+        assert_eq!(calls(&host).len(), before, "{again}");
+        // The saved script run again stops at the check, before any change.
+        let (ok, again) = run_on_host(&format!("bash {}", file.display()), &sim, &host);
+        assert!(!ok, "{again}");
+        assert!(again.contains("already used"), "{again}");
+        assert_eq!(calls(&host).len(), before, "{again}");
+        let (code, body) = api.call("GET", "/api/v1/nodes", None);
+        assert_eq!(code, 200);
+        assert_eq!(
+            body["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["kind"] == "proxmox")
+                .count(),
+            1
+        );
+
+        // A new token for the same host: role refreshed, user and template reused, the
+        // API token made anew, nothing duplicated.
+        let second = enroll(&api, tmp.path(), "pve1-again");
+        let (ok, out) = run_on_host(&second, &sim, &host);
+        assert!(ok, "{out}");
+        let rerun: Vec<String> = calls(&host)[before..].to_vec();
+        assert_eq!(
+            rerun,
+            vec![
+                "pveum role list --output-format json".to_string(),
+                format!("pveum role modify ZLH --privs {PRIVS}"),
+                "pveum user list --output-format json".into(),
+                "pveum user token list zlh@pve --output-format json".into(),
+                "pveum user token remove zlh@pve ctl".into(),
+                "pveum user token add zlh@pve ctl --privsep 1 --output-format json".into(),
+                "pveum acl modify / --tokens zlh@pve!ctl --roles ZLH".into(),
+                format!("pct config {vmid}"),
+                "openssl x509 -in /etc/pve/local/pve-ssl.pem -noout -fingerprint -sha256".into(),
+            ],
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_spent_expired_or_unknown_enrollment_token_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let api = Api::start(tmp.path());
+        let command = enroll(&api, tmp.path(), "pve9");
+        let url = script_url(&command);
+        let token = url.split("token=").nth(1).unwrap().to_string();
+        // Expired: the clock moved past it.
+        support::open_db(&api.served.data_dir)
+            .execute("UPDATE node_enrollments SET expires_at = 1", [])
+            .unwrap();
+        let (code, body) = support::http_get(&url).unwrap();
+        assert_eq!(code, 403, "{body}");
+        assert!(body.contains("expired"), "{body}");
+        let register = |token: &str| {
+            api.http.rt.block_on(async {
+                let r = api
+                    .http
+                    .inner
+                    .post(api.served.url("/install/pve-node/register"))
+                    .json(&json!({"token": token, "memory_mb": 4096, "settings": {}}))
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.text().await.unwrap_or_default())
+            })
+        };
+        assert_eq!(register(&token).0, 403);
+        assert_eq!(register("0123abcd").0, 403);
+        let (code, _) =
+            support::http_get(&api.served.url("/install/pve-node.sh?token=nope")).unwrap();
+        assert_eq!(code, 403);
+        // Stored hashed: the token itself is nowhere in the database.
+        let hash: String = support::open_db(&api.served.data_dir)
+            .query_row("SELECT token_hash FROM node_enrollments", [], |r| r.get(0))
+            .unwrap();
+        assert_ne!(hash, token);
+        assert_eq!(hash.len(), 64);
+    }
+}

@@ -3,6 +3,7 @@
 pub mod backups;
 pub mod cron;
 pub mod edge;
+pub mod enrollments;
 pub mod follow;
 pub mod nodes;
 pub mod schedules;

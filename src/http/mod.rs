@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod console;
+pub mod install;
 mod ops;
 mod traefik;
 pub mod ui;
@@ -20,6 +21,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::router(state.clone()))
         .merge(ui::router(state.clone()))
         .merge(traefik::router())
+        .merge(install::router())
         .with_state(state)
         .layer(middleware::from_fn(log_request))
 }

@@ -2,4 +2,5 @@
 //! (a system user, directories and a hardened systemd unit).
 
 pub mod banner;
+pub mod enroll;
 pub mod install;
