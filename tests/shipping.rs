@@ -804,6 +804,75 @@ mod enroll {
         );
     }
 
+    /// Nodes → "Add Proxmox node": the page shows the one-time command, which works.
+    #[test]
+    fn the_nodes_page_makes_the_command() {
+        let tmp = tempfile::tempdir().unwrap();
+        let api = Api::start(tmp.path());
+        let session = support::ui_session(&api.served);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = ui_client();
+        let nodes = rt.block_on(async {
+            let r = client
+                .get(api.served.url("/nodes"))
+                .header("cookie", &session)
+                .send()
+                .await
+                .unwrap();
+            r.text().await.unwrap()
+        });
+        assert!(nodes.contains("action=\"/nodes/enroll\""), "{nodes}");
+        let csrf = nodes
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .expect("the CSRF field")
+            .to_string();
+        let (code, page) = rt.block_on(async {
+            let r = client
+                .post(api.served.url("/nodes/enroll"))
+                .header("cookie", &session)
+                .form(&[("csrf", csrf.as_str()), ("name", "pve7")])
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        });
+        assert_eq!(code, 200, "{page}");
+        let command = page
+            .split("<code class=\"wrap\">")
+            .nth(1)
+            .and_then(|s| s.split("</code>").next())
+            .expect("the command on the page")
+            .replace("&#39;", "'")
+            .replace("&#x27;", "'")
+            .replace("&amp;", "&");
+        assert!(
+            command.starts_with("curl -fsSL '") && command.ends_with("' | bash"),
+            "{command}"
+        );
+        let url = script_url(&command).replace("127.0.0.1:8080", &api.served.addr.to_string());
+        let (code, script) = support::http_get(&url).unwrap();
+        assert_eq!(code, 200, "{script}");
+        assert!(script.contains("NODE_NAME='pve7'"), "{script}");
+        // A name that is taken is refused on the page.
+        let (code, page) = rt.block_on(async {
+            let r = client
+                .post(api.served.url("/nodes/enroll"))
+                .header("cookie", &session)
+                .form(&[("csrf", csrf.as_str()), ("name", "local")])
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        });
+        assert_eq!(code, 400, "{page}");
+        assert!(page.contains("exists"), "{page}");
+    }
+
     #[test]
     fn a_spent_expired_or_unknown_enrollment_token_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
