@@ -913,3 +913,104 @@ mod enroll {
         assert_eq!(hash.len(), 64);
     }
 }
+
+mod debian {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    #[test]
+    fn the_packaged_unit_is_the_one_zlh_install_writes() {
+        let packaged = std::fs::read_to_string(repo().join("scripts/debian/zlh.service")).unwrap();
+        assert_eq!(
+            packaged,
+            zlh::shipping::install::unit_text_for("/usr/bin/zlh")
+        );
+    }
+
+    #[test]
+    fn the_maintainer_scripts_pass_sh_n_and_shellcheck() {
+        for s in ["postinst", "prerm", "postrm"] {
+            let path = repo().join("scripts/debian").join(s);
+            let syntax = Command::new("sh").arg("-n").arg(&path).output().unwrap();
+            assert!(syntax.status.success(), "{s}: {syntax:?}");
+            let lint = Command::new("shellcheck")
+                .arg(&path)
+                .output()
+                .expect("shellcheck");
+            assert!(
+                lint.status.success(),
+                "{s}: {}",
+                String::from_utf8_lossy(&lint.stdout)
+            );
+        }
+    }
+
+    fn run(cmd: &mut Command) -> String {
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{cmd:?}: {text}");
+        text
+    }
+
+    /// With `ZLH_RELEASE_DEB` naming the package `scripts/release` made: lintian finds no
+    /// error, and it installs with `dpkg -i` into a Debian 11 (glibc 2.31) chroot made by
+    /// debootstrap (kept in target/deb-chroot; needs root and a Debian mirror), where
+    /// the binary runs; a purge removes it and its data.
+    #[test]
+    fn the_release_package_is_lintian_clean_and_installs_on_debian_11() {
+        let Ok(deb) = std::env::var("ZLH_RELEASE_DEB") else {
+            eprintln!("ZLH_RELEASE_DEB is not set: no package to check");
+            return;
+        };
+        let lint = run(Command::new("lintian")
+            .args(["--fail-on", "error"])
+            .arg(&deb));
+        assert!(!lint.lines().any(|l| l.starts_with("E:")), "{lint}");
+
+        let chroot = std::env::var("ZLH_DEB_CHROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| repo().join("target/deb-chroot"));
+        if !chroot.join("usr/bin/dpkg").exists() {
+            run(Command::new("debootstrap")
+                .args(["--variant=minbase", "bullseye"])
+                .arg(&chroot)
+                .arg("http://deb.debian.org/debian"));
+        }
+        std::fs::copy(&deb, chroot.join("tmp/zlh.deb")).unwrap();
+        let ch = |args: &[&str]| run(Command::new("chroot").arg(&chroot).args(args));
+        // Start from nothing (a previous run's package is purged).
+        ch(&["dpkg", "--purge", "zlh"]);
+        let installed = ch(&["dpkg", "-i", "/tmp/zlh.deb"]);
+        assert!(installed.contains("Setting up zlh"), "{installed}");
+        let passwd = std::fs::read_to_string(chroot.join("etc/passwd")).unwrap();
+        assert!(
+            passwd
+                .lines()
+                .any(|l| l.starts_with("zlh:") && l.ends_with(":/var/lib/zlh:/usr/sbin/nologin")),
+            "{passwd}"
+        );
+        let mode = |p: &str| std::fs::metadata(chroot.join(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("var/lib/zlh"), 0o700);
+        assert_eq!(mode("etc/zlh"), 0o750);
+        assert_eq!(mode("etc/zlh/zlh.toml"), 0o640);
+        assert!(chroot.join("lib/systemd/system/zlh.service").exists());
+        let version = ch(&["/usr/bin/zlh", "--version"]);
+        assert!(version.contains("(commit "), "{version}");
+        let check = ch(&[
+            "/usr/bin/zlh",
+            "config",
+            "check",
+            "--config",
+            "/etc/zlh/zlh.toml",
+        ]);
+        assert!(check.contains("configuration is valid"), "{check}");
+        ch(&["dpkg", "--purge", "zlh"]);
+        assert!(!chroot.join("usr/bin/zlh").exists());
+        assert!(!chroot.join("var/lib/zlh").exists());
+    }
+}

@@ -17,6 +17,8 @@ use clap::Args;
 
 pub const USER: &str = "zlh";
 pub const BIN_PATH: &str = "/usr/local/bin/zlh";
+/// Where the Debian package puts the binary (scripts/debian).
+pub const DEB_BIN_PATH: &str = "/usr/bin/zlh";
 pub const DATA_DIR: &str = "/var/lib/zlh";
 pub const CONF_DIR: &str = "/etc/zlh";
 pub const CONF_FILE: &str = "/etc/zlh/zlh.toml";
@@ -146,9 +148,14 @@ impl Step {
 /// local runtime's agents (and their Java games) do: they only write below the data dir
 /// and /tmp, open TCP and Unix sockets, and never need privileges.
 pub fn unit_text() -> String {
+    unit_text_for(BIN_PATH)
+}
+
+/// The unit with the binary at `bin` (`/usr/bin/zlh` in the Debian package).
+pub fn unit_text_for(bin: &str) -> String {
     format!(
         "\
-# Written by `zlh install`; `zlh install` refreshes it, `zlh uninstall` removes it.
+# zlh's systemd unit, as `zlh install` and the Debian package install it.
 [Unit]
 Description=zlh game-server control plane
 After=network-online.target
@@ -158,7 +165,7 @@ Wants=network-online.target
 Type=simple
 User={USER}
 Group={USER}
-ExecStart={BIN_PATH} serve --config {CONF_FILE}
+ExecStart={bin} serve --config {CONF_FILE}
 Restart=on-failure
 RestartSec=5s
 # Local game servers are detached agents that keep running while zlh restarts or
@@ -558,6 +565,13 @@ pub fn install(args: &InstallArgs) -> Result<String, InstallError> {
     let t = Target {
         root: args.root.clone(),
     };
+    let exe = std::env::current_exe().map_err(io("finding", Path::new("this binary")))?;
+    if t.real() && exe == Path::new(DEB_BIN_PATH) {
+        return Err(InstallError::Invalid(format!(
+            "{DEB_BIN_PATH} belongs to the Debian package, which already installed the service: \
+             manage it with apt/dpkg (`zlh install` is for the release binary)"
+        )));
+    }
     let steps = plan_install(&t, args.listen)?;
     if steps.is_empty() {
         return Ok(
