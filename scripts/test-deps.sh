@@ -4,6 +4,7 @@
 #   $ZLH_TEST_DEPS/venv                         (python venv with mcstatus, an independent SLP client,
 #                                                and schemathesis, which fuzzes the API from its OpenAPI document)
 #   /usr/bin/chromium, /usr/bin/chromedriver    (Debian: chromium, chromium-driver; the UI tests' headless browser)
+#   shellcheck, systemd-analyze, objdump         (Debian: shellcheck, systemd, binutils; tests/shipping.rs)
 # Default folder: <repo>/target/test-deps. Idempotent: a second run only checks and prints paths.
 # See tests/support/FLYING_SQUID.md for how the server is started and configured.
 set -euo pipefail
@@ -40,6 +41,11 @@ CHROMEDRIVER=/usr/bin/chromedriver
 if [ ! -x "$CHROMIUM" ] || [ ! -x "$CHROMEDRIVER" ]; then
   apt_install chromium chromium-driver
 fi
+
+# ---- shellcheck, systemd-analyze, objdump (tests/shipping.rs: scripts and the unit) ----
+command -v shellcheck >/dev/null || apt_install shellcheck
+command -v systemd-analyze >/dev/null || apt_install systemd
+command -v objdump >/dev/null || apt_install binutils
 
 mkdir -p "$DEPS"
 

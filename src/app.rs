@@ -251,11 +251,14 @@ impl Prepared {
         let drain = stop.clone();
         let ready_flag = ready.clone();
         match crate::http::ui::prepare_setup(&self.db).await {
-            Ok(Some(token)) => tracing::warn!(
-                "first-run setup: no account can sign in yet. Open http://{addr}/setup and \
-                 enter the one-time setup token {token} (a new one is made at every start \
-                 until setup is done)"
-            ),
+            Ok(Some(token)) => {
+                tracing::warn!(
+                    "first-run setup: no account can sign in yet. Open http://{addr}/setup and \
+                     enter the one-time setup token {token} (a new one is made at every start \
+                     until setup is done)"
+                );
+                crate::shipping::banner::print_setup_banner(&addr, &token);
+            }
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "preparing the first-run setup token"),
         }

@@ -3,6 +3,8 @@
 
 /// This build's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit this binary was built from ("unknown" outside a git checkout).
+pub const GIT_COMMIT: &str = env!("BUILD_GIT_COMMIT");
 
 pub mod agent;
 pub mod agentd;
@@ -19,5 +21,6 @@ pub mod http;
 pub mod jobs;
 pub mod queue;
 pub mod runtime;
+pub mod shipping;
 pub mod store;
 pub mod util;

@@ -277,7 +277,7 @@ fn the_readmes_first_server_steps_work_as_written() {
     let port = support::free_port();
     let script = format!(
         "set -e\nshopt -s expand_aliases\nalias zlh={}\n{}\necho\necho \"TOKEN=$TOKEN\"\n",
-        support::BIN,
+        *support::BIN,
         rest.replace("localhost:8080", &format!("localhost:{port}"))
     );
     assert!(

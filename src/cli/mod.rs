@@ -17,7 +17,7 @@ use crate::util::format_ts;
 #[derive(Debug, Parser)]
 #[command(
     name = "zlh",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BUILD_GIT_COMMIT"), ")"),
     about = "Game-server control plane: one binary, one SQLite file"
 )]
 pub struct Cli {
@@ -98,6 +98,16 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Install zlh as a systemd service (root): the `zlh` user, /var/lib/zlh,
+    /// /etc/zlh/zlh.toml, /usr/local/bin/zlh and a hardened unit, enabled and started.
+    Install(crate::shipping::install::InstallArgs),
+    /// Remove the systemd service, the binary and the user; keeps the data unless --purge.
+    Uninstall(crate::shipping::install::UninstallArgs),
+    /// Nodes: enroll a Proxmox VE host with one command.
+    Node {
+        #[command(subcommand)]
+        command: crate::shipping::enroll::NodeCommand,
     },
     /// Benchmarks.
     Bench {
@@ -355,6 +365,8 @@ pub enum CliError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Agent(#[from] crate::agentd::AgentError),
+    #[error(transparent)]
+    Install(#[from] crate::shipping::install::InstallError),
     #[error("reading a password from standard input: {0}")]
     PasswordInput(String),
     #[error("reading the agent token file {path}: {source}")]
@@ -487,6 +499,20 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let config = load_config(&cli, Some(args))?;
             init_logging(config.log_format, config.log_color);
             serve(config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node { command } => {
+            let config = load_config(&cli, None)?;
+            let db = open_existing(&config)?;
+            print!("{}", crate::shipping::enroll::run(&db, &config, command)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Install(args) => {
+            print!("{}", crate::shipping::install::install(args)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Uninstall(args) => {
+            print!("{}", crate::shipping::install::uninstall(args)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {

@@ -51,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0005_ui.sql"),
     include_str!("../../migrations/0006_worlds.sql"),
     include_str!("../../migrations/0007_alerts_quotas.sql"),
+    include_str!("../../migrations/0008_enrollments.sql"),
 ];
 
 fn migrations() -> Migrations<'static> {

@@ -4,6 +4,7 @@ pub mod backups;
 pub mod credentials;
 pub mod cron;
 pub mod edge;
+pub mod enrollments;
 pub mod follow;
 pub mod nodes;
 pub mod schedules;

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod artifacts;
 pub mod console;
+pub mod install;
 mod ops;
 mod state;
 mod traefik;
@@ -22,6 +23,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::router(state.clone()))
         .merge(ui::router(state.clone()))
         .merge(traefik::router())
+        .merge(install::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

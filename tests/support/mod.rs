@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_zlh");
+/// The `zlh` under test: this checkout's build, or the binary `ZLH_RELEASE_BINARY` names
+/// (the suite run against a `scripts/release` build).
+pub static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("ZLH_RELEASE_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_zlh").to_string())
+});
 
 /// Polls `f` every few ms until it returns `Some`, or panics after `deadline`.
 pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -66,7 +70,7 @@ pub fn free_port() -> u16 {
 
 /// A `zlh` command with a clean environment (no stray ZLH_* from the caller).
 pub fn zlh(cwd: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(BIN.as_str());
     cmd.current_dir(cwd);
     for (k, _) in std::env::vars() {
         if k.starts_with("ZLH_") {

@@ -2144,7 +2144,7 @@ fn spawn_agent(shared: &Shared, vmid: i64, ip: Ipv4Addr) -> std::io::Result<Chil
         .create(true)
         .append(true)
         .open(shared.dir.join(format!("ct-{vmid}.log")))?;
-    let mut cmd = Command::new(super::BIN);
+    let mut cmd = Command::new(super::BIN.as_str());
     for (k, _) in std::env::vars() {
         if k.starts_with("ZLH_") {
             cmd.env_remove(k);

@@ -6,6 +6,7 @@
 mod admin;
 mod assets;
 mod auth;
+mod enroll;
 mod live;
 mod servers;
 mod session;
@@ -74,6 +75,7 @@ session_routes! {
     "/templates" => get(admin::templates).post(admin::create_template);
     "/nodes" => get(admin::nodes).post(admin::create_node);
     "/nodes/test" => post(admin::test_node);
+    "/nodes/enroll" => post(enroll::enroll);
     "/users" => get(admin::users).post(admin::create_user);
     "/users/{id}/password" => post(admin::reset_password);
     "/users/{id}/quota" => post(admin::set_quota);

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use super::{FORM_LIMIT, Page, UiError, asset_url};
 use crate::agent::constant_time_eq;
 use crate::domain::sessions::{self, Session};
-use crate::domain::users::User;
+use crate::domain::users::{self, User};
 use crate::http::AppState;
 
 /// Session cookie name.
@@ -372,6 +372,10 @@ pub(super) async fn require_session(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
     let Some(session) = session_of(&st, req.headers()).await? else {
+        // First run: nobody can sign in yet, so the login page would be a dead end.
+        if *req.method() == Method::GET && st.db.call(|c| users::setup_needed(c)).await? {
+            return Ok(Redirect::to("/setup").into_response());
+        }
         return Ok(to_login(req.method(), &path));
     };
     let mut req = if matches!(*req.method(), Method::GET | Method::HEAD) {
