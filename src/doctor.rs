@@ -83,17 +83,6 @@ fn finding(
     }
 }
 
-struct LiveServer {
-    id: i64,
-    name: String,
-    node_id: i64,
-    vmid: i64,
-    status: ServerStatus,
-    has_container: bool,
-    agent_state: Option<String>,
-    ready: bool,
-}
-
 pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> {
     let mut findings = Vec::new();
     let mut fixed = Vec::new();
@@ -141,40 +130,7 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
     // Duplicates in the database (the constraints should make these impossible).
     let (dupes, live) = svc
         .db
-        .call(|c| {
-            let mut out = Vec::new();
-            for (check, sql) in [
-                ("name twice", "SELECT name, count(*) FROM servers WHERE deleted_at IS NULL GROUP BY name HAVING count(*) > 1"),
-                ("VMID twice", "SELECT node_id || '/' || vmid, count(*) FROM servers WHERE deleted_at IS NULL GROUP BY node_id, vmid HAVING count(*) > 1"),
-                ("port twice", "SELECT node_id || '/' || game_port, count(*) FROM servers s JOIN nodes n ON n.id = s.node_id WHERE deleted_at IS NULL AND n.kind = 'local' GROUP BY node_id, game_port HAVING count(*) > 1"),
-            ] {
-                let mut s = c.prepare(sql)?;
-                let rows = s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-                for row in rows {
-                    let (what, n) = row?;
-                    out.push((check, what, n));
-                }
-            }
-            let mut s = c.prepare(
-                "SELECT id, name, node_id, vmid, status, json_extract(checkpoints, '$.container') IS NOT NULL,
-                        agent_state, ready FROM servers WHERE deleted_at IS NULL ORDER BY id",
-            )?;
-            let live = s
-                .query_map([], |r| {
-                    Ok(LiveServer {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        node_id: r.get(2)?,
-                        vmid: r.get(3)?,
-                        status: r.get(4)?,
-                        has_container: r.get(5)?,
-                        agent_state: r.get(6)?,
-                        ready: r.get(7)?,
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok::<_, DomainError>((out, live))
-        })
+        .call(|c| Ok::<_, DomainError>((servers::duplicates(c)?, servers::live_summaries(c)?)))
         .await?;
     for (check, what, n) in dupes {
         findings.push(finding(
@@ -301,25 +257,11 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
     let (stuck, expired, held) = svc
         .db
         .call(move |c| {
-            let mut s = c.prepare(
-                "SELECT id, name, status FROM servers s
-                 WHERE deleted_at IS NULL AND status_deadline IS NOT NULL AND status_deadline < ?1
-                   AND status IN ('pending', 'provisioning', 'installing', 'starting', 'stopping', 'deleting')
-                   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.lane = 'server:' || s.id
-                                   AND j.state IN ('scheduled', 'available', 'running', 'retryable', 'held'))",
-            )?;
-            let stuck = s
-                .query_map([now], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut s = c.prepare("SELECT id, kind, coalesce(lock_by, '') FROM jobs WHERE state = 'running' AND lease_until < ?1")?;
-            let expired = s
-                .query_map([now], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut s = c.prepare("SELECT id, kind, coalesce(held_reason, '') FROM jobs WHERE state = 'held' ORDER BY id")?;
-            let held = s
-                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok::<_, DomainError>((stuck, expired, held))
+            Ok::<_, DomainError>((
+                servers::stuck(c, now)?,
+                crate::queue::expired_leases(c, now)?,
+                crate::queue::held(c)?,
+            ))
         })
         .await?;
     if opts.fix && !stuck.is_empty() {
@@ -458,16 +400,8 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
             )),
         }
     }
-    let failed_edge: Vec<crate::domain::edge::EdgeRecord> = svc
-        .db
-        .call(|c| {
-            let mut s = c.prepare("SELECT id FROM edge_records WHERE state = 'failed'")?;
-            let ids: Vec<i64> = s.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-            ids.into_iter()
-                .map(|id| crate::domain::edge::get(c, id))
-                .collect()
-        })
-        .await?;
+    let failed_edge: Vec<crate::domain::edge::EdgeRecord> =
+        svc.db.call(|c| crate::domain::edge::failed(c)).await?;
     for r in failed_edge {
         findings.push(finding(
             "drift",
@@ -528,24 +462,9 @@ async fn server_check(
         .call(move |c| {
             let s = servers::get(c, id)?
                 .ok_or_else(|| DomainError::NotFound(format!("server {id}")))?;
-            let rows: i64 = c.query_row(
-                "SELECT count(*) FROM servers WHERE name = ?1",
-                [&s.name],
-                |r| r.get(0),
-            )?;
-            let lane = format!("server:{id}");
-            let provision: i64 = c.query_row(
-                "SELECT count(*) FROM jobs WHERE lane = ?1 AND kind = 'server.provision'",
-                [&lane],
-                |r| r.get(0),
-            )?;
-            let mut st =
-                c.prepare("SELECT state, count(*) FROM jobs WHERE lane = ?1 GROUP BY state")?;
-            let by_state = st
-                .query_map([&lane], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                })?
-                .collect::<Result<BTreeMap<_, _>, _>>()?;
+            let rows = servers::rows_named(c, &s.name)?;
+            let (provision, by_state) =
+                crate::queue::lane_counts(c, &servers::lane(id), servers::JOB_PROVISION)?;
             Ok::<_, DomainError>((s, rows, provision, by_state))
         })
         .await?;

@@ -196,6 +196,39 @@ pub fn insert_row(
     Ok(tx.last_insert_rowid())
 }
 
+/// Marks a backup's copy as under way by job `job_id`.
+pub fn mark_running(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    job_id: i64,
+) -> Result<(), DomainError> {
+    tx.execute(
+        "UPDATE world_backups SET state = 'running', job_id = ?2 WHERE id = ?1",
+        params![id, job_id],
+    )?;
+    Ok(())
+}
+
+/// Marks a safety copy (taken before a restore) as under way and protected, so
+/// retention never prunes it before an operator has looked.
+pub fn mark_running_protected(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<(), DomainError> {
+    tx.execute(
+        "UPDATE world_backups SET state = 'running', protected = 1 WHERE id = ?1",
+        [id],
+    )?;
+    Ok(())
+}
+
+/// Marks a backup deleted once its copy is gone; a protected one stays.
+pub fn mark_deleted(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<(), DomainError> {
+    tx.execute(
+        "UPDATE world_backups SET state = 'deleted', deleted_at = ?2 WHERE id = ?1
+           AND protected = 0",
+        params![id, now_ms()],
+    )?;
+    Ok(())
+}
+
 /// Records a finished copy on a backup row: where it is, its size and checksum.
 pub fn mark_completed(
     tx: &Connection,

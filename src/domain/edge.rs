@@ -115,6 +115,33 @@ pub fn for_server(conn: &Connection, server_id: i64) -> Result<Vec<EdgeRecord>, 
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Every record in state `failed`, by id.
+pub fn failed(conn: &Connection) -> Result<Vec<EdgeRecord>, DomainError> {
+    let mut s = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM edge_records WHERE state = 'failed' ORDER BY id"
+    ))?;
+    let rows = s.query_map([], from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The published name of `target` for each of `ids` that has one, by server id.
+pub fn published_names(
+    conn: &Connection,
+    ids: &[i64],
+    target: &str,
+) -> Result<std::collections::HashMap<i64, String>, DomainError> {
+    let list = serde_json::to_string(ids).map_err(|e| super::invalid("ids", e.to_string()))?;
+    let mut s = conn.prepare_cached(
+        "SELECT server_id, name FROM edge_records
+         WHERE state = 'published' AND target = ?2
+           AND server_id IN (SELECT value FROM json_each(?1))",
+    )?;
+    let rows = s.query_map(rusqlite::params![list, target], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 pub fn mark_published(
     conn: &Connection,
     id: i64,

@@ -177,11 +177,7 @@ impl Work {
         let written = self
             .ctx
             .fenced(move |tx| {
-                tx.execute(
-                    "UPDATE servers SET status_reason = ?2, updated_at = ?3 WHERE id = ?1",
-                    rusqlite::params![sid, reason, crate::db::now_ms()],
-                )?;
-                Ok(())
+                servers::set_status_reason(tx, sid, &reason).map_err(QueueError::from)
             })
             .await;
         // A note is informational: the step that follows reports real trouble.
@@ -368,10 +364,7 @@ async fn provision(w: &mut Work) -> JobResult {
     let (ip2, url2) = (ip.clone(), url.clone());
     if let Err(e) = w
         .fenced(move |tx, sid, _| {
-            tx.execute(
-                "UPDATE servers SET ip = ?2 WHERE id = ?1",
-                rusqlite::params![sid, ip2],
-            )?;
+            servers::set_address(tx, sid, &ip2)?;
             servers::checkpoint(tx, sid, "address", json!({"agent_url": url2}))
         })
         .await
@@ -420,10 +413,7 @@ async fn provision(w: &mut Work) -> JobResult {
         let install_id = payload.install_id.clone();
         if let Err(e) = w
             .fenced(move |tx, sid, _| {
-                tx.execute(
-                    "UPDATE servers SET payload = ?2 WHERE id = ?1",
-                    rusqlite::params![sid, stored],
-                )?;
+                servers::set_payload(tx, sid, &stored)?;
                 servers::checkpoint(tx, sid, "agent_config", json!({"install_id": install_id}))
             })
             .await
@@ -604,10 +594,7 @@ async fn ensure_container(w: &mut Work, rt: &NodeRuntime) -> Result<(), StepErro
                 let new_vmid = w
                     .fenced(move |tx, sid, jid| {
                         let v = servers::allocate_vmid_excluding(tx, &node, &skip2)?;
-                        tx.execute(
-                            "UPDATE servers SET vmid = ?2 WHERE id = ?1",
-                            rusqlite::params![sid, v],
-                        )?;
+                        servers::set_vmid(tx, sid, v)?;
                         servers::add_event(
                             tx,
                             sid,

@@ -199,15 +199,9 @@ async fn backup_job(w: &mut Work, backup_id: i64) -> JobResult {
         return Ok(Outcome::Complete); // done by an earlier run
     }
     let jid = w.ctx.id;
-    w.fenced(move |tx, _, _| {
-        tx.execute(
-            "UPDATE world_backups SET state = 'running', job_id = ?2 WHERE id = ?1",
-            rusqlite::params![backup_id, jid],
-        )?;
-        Ok(())
-    })
-    .await
-    .map_err(|e| JobFailure::retry(text(e)))?;
+    w.fenced(move |tx, _, _| backups::mark_running(tx, backup_id, jid))
+        .await
+        .map_err(|e| JobFailure::retry(text(e)))?;
     match take_backup(w, &b).await {
         Ok(c) => {
             let detail = (!c.notes.is_empty()).then(|| c.notes.join("; "));
@@ -542,11 +536,7 @@ async fn delete_backups(w: &Work, ids: &[i64], why: &str) -> Result<(), String> 
         }
         let message = format!("world backup {id} {why}");
         w.fenced(move |tx, sid, jid| {
-            tx.execute(
-                "UPDATE world_backups SET state = 'deleted', deleted_at = ?2 WHERE id = ?1
-                   AND protected = 0",
-                rusqlite::params![id, now_ms()],
-            )?;
+            backups::mark_deleted(tx, id)?;
             servers::add_event(tx, sid, None, None, Some(jid), "system", &message)
         })
         .await
@@ -905,10 +895,7 @@ async fn safety_copy(w: &mut Work, restoring: i64) -> Result<(i64, String), Stri
     let b = w
         .fenced(move |tx, sid, jid| {
             let id = backups::insert_row(tx, sid, &kind, &note, "system", Some(jid))?;
-            tx.execute(
-                "UPDATE world_backups SET state = 'running', protected = 1 WHERE id = ?1",
-                [id],
-            )?;
+            backups::mark_running_protected(tx, id)?;
             backups::get(tx, id)?.ok_or_else(|| DomainError::NotFound(format!("backup {id}")))
         })
         .await
