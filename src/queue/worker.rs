@@ -507,8 +507,9 @@ impl Worker {
             .handle
             .running
             .lock()
-            .ok()
-            .and_then(|m| m.get(&job.id).map(|r| r.cancel.clone()))
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&job.id)
+            .map(|r| r.cancel.clone())
             .unwrap_or_default();
         let handler = self.registry.get(&job.kind).cloned();
         let cfg = self.cfg.clone();
@@ -620,13 +621,11 @@ impl Worker {
             .handle
             .running
             .lock()
-            .map(|m| {
-                m.keys()
-                    .copied()
-                    .filter(|id| !finished.contains(id))
-                    .collect()
-            })
-            .unwrap_or_default();
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .copied()
+            .filter(|id| !finished.contains(id))
+            .collect();
         let lock_by = self.lock_by.clone();
         let handed_back = self
             .db
@@ -637,13 +636,15 @@ impl Worker {
                 }
                 let mut handed_back = 0;
                 for id in &still_running {
+                    use rusqlite::OptionalExtension;
                     let attempt: Option<i64> = tx
                         .query_row(
                             "SELECT attempt FROM jobs WHERE id = ?1 AND lock_by = ?2 AND state = 'running'",
                             rusqlite::params![id, lock_by],
                             |r| r.get(0),
                         )
-                        .ok();
+                        .optional()
+                        .map_err(crate::db::DbError::from)?;
                     if let Some(attempt) = attempt {
                         let fence = Fence {
                             id: *id,
