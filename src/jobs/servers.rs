@@ -708,6 +708,7 @@ async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
             .svc
             .mirror
             .ensure_with_progress(&path, move |done, total| {
+                // Progress only: with the reporter gone there is no one to tell.
                 let _ = tx.send((done, total));
             });
         let report = async {

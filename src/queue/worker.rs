@@ -417,6 +417,7 @@ impl Worker {
                     Ok(claimed) => {
                         finished_total += n_done as u64;
                         if n_done > 0 {
+                            // A count for whoever watches; none watching is fine.
                             let _ = self.finished_tx.send(finished_total);
                         }
                         // A full batch suggests more is waiting; a finished job may unblock a lane.
@@ -555,6 +556,7 @@ impl Worker {
                     }
                 }
             };
+            // The loop gone means shutdown: the job's lease expires and it is rescued.
             let _ = done_tx.send(Done {
                 fence,
                 kind,
