@@ -58,7 +58,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EdgeRecord> {
 /// Records that a server should have this thing published. An existing live row with
 /// the same desired state is kept as it is; a changed one goes back to `pending`.
 pub fn want(
-    conn: &Connection,
+    conn: &rusqlite::Transaction<'_>,
     server_id: i64,
     target: &str,
     name: &str,
@@ -143,7 +143,7 @@ pub fn published_names(
 }
 
 pub fn mark_published(
-    conn: &Connection,
+    conn: &rusqlite::Transaction<'_>,
     id: i64,
     identity: Option<&Value>,
 ) -> Result<(), DomainError> {
@@ -160,7 +160,7 @@ pub fn mark_published(
 
 /// A failed publish: kept with its error, tried again at `retry_at`.
 pub fn mark_failed(
-    conn: &Connection,
+    conn: &rusqlite::Transaction<'_>,
     id: i64,
     error: &str,
     retry_at: i64,
@@ -175,7 +175,11 @@ pub fn mark_failed(
 }
 
 /// Remembers a failed removal on a record that is still published.
-pub fn note_error(conn: &Connection, id: i64, error: &str) -> Result<(), DomainError> {
+pub fn note_error(
+    conn: &rusqlite::Transaction<'_>,
+    id: i64,
+    error: &str,
+) -> Result<(), DomainError> {
     conn.execute(
         "UPDATE edge_records SET last_error = ?2, updated_at = ?3 WHERE id = ?1",
         params![id, error, now_ms()],
@@ -183,7 +187,7 @@ pub fn note_error(conn: &Connection, id: i64, error: &str) -> Result<(), DomainE
     Ok(())
 }
 
-pub fn mark_removed(conn: &Connection, id: i64) -> Result<(), DomainError> {
+pub fn mark_removed(conn: &rusqlite::Transaction<'_>, id: i64) -> Result<(), DomainError> {
     let now = now_ms();
     conn.execute(
         "UPDATE edge_records SET state = 'removed', removed_at = ?2, updated_at = ?2,

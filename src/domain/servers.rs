@@ -384,7 +384,7 @@ pub struct Event {
 }
 
 pub fn add_event(
-    conn: &Connection,
+    conn: &rusqlite::Transaction<'_>,
     server_id: i64,
     from: Option<ServerStatus>,
     to: Option<ServerStatus>,
@@ -410,7 +410,10 @@ pub fn add_event(
 
 /// Marks the newest event of a server as an alert: something an operator should be
 /// told about (notifications read the mark), not just a line on the timeline.
-pub fn mark_last_event_alert(conn: &Connection, server_id: i64) -> Result<(), DomainError> {
+pub fn mark_last_event_alert(
+    conn: &rusqlite::Transaction<'_>,
+    server_id: i64,
+) -> Result<(), DomainError> {
     conn.execute(
         "UPDATE server_events SET severity = 'alert'
          WHERE id = (SELECT max(id) FROM server_events WHERE server_id = ?1)",
@@ -445,7 +448,7 @@ pub fn events(conn: &Connection, server_id: i64, limit: i64) -> Result<Vec<Event
 /// Moves a server to `to` with an event (from, to, job, actor, message). A
 /// transitional status gets a deadline; others clear it.
 pub fn transition(
-    conn: &Connection,
+    conn: &rusqlite::Transaction<'_>,
     server_id: i64,
     to: ServerStatus,
     reason: Option<&str>,
@@ -492,7 +495,7 @@ pub fn transition(
 /// Stores what a server's agent last said on its row (`crash_count` and the time seen
 /// only when the agent answered): the UI and doctor read it there, not from a cache.
 pub fn record_agent_view(
-    conn: &Connection,
+    conn: &rusqlite::Transaction<'_>,
     server_id: i64,
     agent_state: &str,
     ready: bool,
@@ -510,7 +513,7 @@ pub fn record_agent_view(
 
 /// Marks a server `failed` at `step` with `reason`.
 pub fn fail(
-    conn: &Connection,
+    conn: &rusqlite::Transaction<'_>,
     server_id: i64,
     step: &str,
     reason: &str,
@@ -533,7 +536,7 @@ pub fn fail(
 
 /// Records a provisioning step as done (inside the job's fenced transaction).
 pub fn checkpoint(
-    conn: &Connection,
+    conn: &rusqlite::Transaction<'_>,
     server_id: i64,
     step: &str,
     detail: Value,
@@ -587,7 +590,7 @@ pub struct Created {
 /// idempotency key, a repeat of the same request returns the same server and job;
 /// the same key with another body is a conflict.
 pub fn create(
-    tx: &Connection,
+    tx: &rusqlite::Transaction<'_>,
     user: &User,
     req: &CreateServer,
     idempotency: Option<(&str, &str)>,
@@ -785,7 +788,7 @@ fn free_ports(conn: &Connection, node: &Node, n: usize) -> Result<Vec<i64>, Doma
 
 /// Enqueues a server job in the server's lane; the same action already waiting is reused.
 pub fn enqueue_action(
-    conn: &Connection,
+    conn: &rusqlite::Transaction<'_>,
     server_id: i64,
     kind: &str,
     payload: Value,
@@ -861,7 +864,7 @@ impl Action {
 /// Validates `action` against the server's status and enqueues its job (in the
 /// server's lane, so it never races another job of the same server).
 pub fn request_action(
-    tx: &Connection,
+    tx: &rusqlite::Transaction<'_>,
     user: &User,
     server_id: i64,
     action: Action,
@@ -932,7 +935,11 @@ pub fn request_action(
 }
 
 /// Archives a deleted server: frees its name, VMID and ports.
-pub fn archive(conn: &Connection, server_id: i64, job_id: Option<i64>) -> Result<(), DomainError> {
+pub fn archive(
+    conn: &rusqlite::Transaction<'_>,
+    server_id: i64,
+    job_id: Option<i64>,
+) -> Result<(), DomainError> {
     transition(
         conn,
         server_id,
