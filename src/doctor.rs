@@ -84,10 +84,59 @@ fn finding(
 }
 
 pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> {
-    let mut findings = Vec::new();
+    let (executor, executor_running, mut findings) = executor(svc).await?;
     let mut fixed = Vec::new();
+    findings.push(file_modes(&svc.config.data_dir, opts.fix, &mut fixed));
+    let live = svc.db.call(|c| servers::live_summaries(c)).await?;
+    let (world, containers_of) = containers(svc, opts, &live).await?;
+    for c in [
+        duplicates(svc).await?,
+        world,
+        stuck(svc, opts).await?,
+        agent_drift(&live),
+        velocity_drift(svc, opts).await?,
+        failed_edge(svc).await?,
+    ] {
+        findings.extend(c.findings);
+        fixed.extend(c.fixed);
+    }
+    let server = match opts.server {
+        Some(id) => {
+            let containers = containers_of.get(&id).cloned().unwrap_or_default();
+            let (check, found) = one_server(svc, id, containers).await?;
+            findings.push(found);
+            Some(check)
+        }
+        None => None,
+    };
+    Ok(Report {
+        executor,
+        executor_running,
+        findings,
+        fixed,
+        server,
+    })
+}
 
-    // Executor: who serves this database.
+/// What one check found, and what it repaired (with `--fix`).
+#[derive(Default)]
+struct Checked {
+    findings: Vec<Finding>,
+    fixed: Vec<String>,
+}
+
+/// Executor: who serves this database (and whether it stopped cleanly).
+async fn executor(
+    svc: &Services,
+) -> Result<
+    (
+        Option<crate::instance::Instance>,
+        Option<String>,
+        Vec<Finding>,
+    ),
+    DomainError,
+> {
+    let mut findings = Vec::new();
     let executor = svc
         .db
         .call(|c| crate::instance::get(c).map_err(DomainError::from))
@@ -124,14 +173,13 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
         ));
     }
 
-    // File modes: the data dir holds the database, backups and the secret key.
-    findings.push(file_modes(&svc.config.data_dir, opts.fix, &mut fixed));
+    Ok((executor, executor_running, findings))
+}
 
-    // Duplicates in the database (the constraints should make these impossible).
-    let (dupes, live) = svc
-        .db
-        .call(|c| Ok::<_, DomainError>((servers::duplicates(c)?, servers::live_summaries(c)?)))
-        .await?;
+/// Duplicates in the database (the constraints should make these impossible).
+async fn duplicates(svc: &Services) -> Result<Checked, DomainError> {
+    let mut findings = Vec::new();
+    let dupes = svc.db.call(|c| servers::duplicates(c)).await?;
     for (check, what, n) in dupes {
         findings.push(finding(
             "duplicates",
@@ -142,7 +190,21 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
         ));
     }
 
-    // The world: containers on every node.
+    Ok(Checked {
+        findings,
+        fixed: Vec::new(),
+    })
+}
+
+/// The world: containers on every node against the live servers (orphans, a server
+/// with several containers, a server whose container is gone). Also returns each
+/// server's containers, for the one-server check.
+async fn containers(
+    svc: &Services,
+    opts: &Options,
+    live: &[servers::LiveSummary],
+) -> Result<(Checked, BTreeMap<i64, Vec<i64>>), DomainError> {
+    let (mut findings, mut fixed) = (Vec::new(), Vec::new());
     let node_list = svc.db.call(|c| nodes::list(c)).await?;
     let mut containers_of: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     for node in &node_list {
@@ -252,7 +314,13 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
         }
     }
 
-    // Stuck servers and jobs.
+    Ok((Checked { findings, fixed }, containers_of))
+}
+
+/// Stuck servers (past their deadline, no job on them), jobs with an expired lease,
+/// and held jobs.
+async fn stuck(svc: &Services, opts: &Options) -> Result<Checked, DomainError> {
+    let (mut findings, mut fixed) = (Vec::new(), Vec::new());
     let now = now_ms();
     let (stuck, expired, held) = svc
         .db
@@ -309,7 +377,12 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
         ));
     }
 
-    // Drift between the database and agents / edge targets.
+    Ok(Checked { findings, fixed })
+}
+
+/// Drift between the database and what agents last said.
+fn agent_drift(live: &[servers::LiveSummary]) -> Checked {
+    let mut findings = Vec::new();
     for s in live.iter().filter(|s| s.status == ServerStatus::Running) {
         if s.agent_state.as_deref().is_some_and(|a| a != "running")
             || (s.agent_state.is_some() && !s.ready)
@@ -327,6 +400,15 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
             ));
         }
     }
+    Checked {
+        findings,
+        fixed: Vec::new(),
+    }
+}
+
+/// Drift between the database and the Velocity proxy's registrations.
+async fn velocity_drift(svc: &Services, opts: &Options) -> Result<Checked, DomainError> {
+    let (mut findings, mut fixed) = (Vec::new(), Vec::new());
     if let Some(v) = &svc.velocity {
         let published = svc
             .db
@@ -400,6 +482,12 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
             )),
         }
     }
+    Ok(Checked { findings, fixed })
+}
+
+/// Edge records whose last publish failed.
+async fn failed_edge(svc: &Services) -> Result<Checked, DomainError> {
+    let mut findings = Vec::new();
     let failed_edge: Vec<crate::domain::edge::EdgeRecord> =
         svc.db.call(|c| crate::domain::edge::failed(c)).await?;
     for r in failed_edge {
@@ -412,44 +500,48 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
         ));
     }
 
-    // One server, counted.
-    let server = match opts.server {
-        Some(id) => {
-            Some(server_check(svc, id, containers_of.get(&id).cloned().unwrap_or_default()).await?)
-        }
-        None => None,
-    };
-    if let Some(sc) = &server {
-        let verdict = if sc.rows_with_name > 1
-            || sc.provision_jobs > 1
-            || sc.containers.len() > 1
-            || sc.installs.unwrap_or(0) > 1
-        {
-            Verdict::Problem
-        } else {
-            Verdict::Ok
-        };
-        findings.push(finding(
-            "server",
-            verdict,
-            format!("server {} ({})", sc.server_id, sc.name),
-            format!(
-                "{} row(s), {} provisioning job(s), {} container(s), {} install(s) reported by its agent",
-                sc.rows_with_name,
-                sc.provision_jobs,
-                sc.containers.len(),
-                sc.installs.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
-            ),
-            if verdict == Verdict::Ok { "" } else { "investigate the duplicates before anything else" },
-        ));
-    }
-    Ok(Report {
-        executor,
-        executor_running,
+    Ok(Checked {
         findings,
-        fixed,
-        server,
+        fixed: Vec::new(),
     })
+}
+
+/// One server, counted: rows with its name, provisioning jobs, containers, installs.
+async fn one_server(
+    svc: &Services,
+    id: i64,
+    containers: Vec<i64>,
+) -> Result<(ServerCheck, Finding), DomainError> {
+    let sc = server_check(svc, id, containers).await?;
+    let verdict = if sc.rows_with_name > 1
+        || sc.provision_jobs > 1
+        || sc.containers.len() > 1
+        || sc.installs.unwrap_or(0) > 1
+    {
+        Verdict::Problem
+    } else {
+        Verdict::Ok
+    };
+    let found = finding(
+        "server",
+        verdict,
+        format!("server {} ({})", sc.server_id, sc.name),
+        format!(
+            "{} row(s), {} provisioning job(s), {} container(s), {} install(s) reported by its agent",
+            sc.rows_with_name,
+            sc.provision_jobs,
+            sc.containers.len(),
+            sc.installs
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "?".into())
+        ),
+        if verdict == Verdict::Ok {
+            ""
+        } else {
+            "investigate the duplicates before anything else"
+        },
+    );
+    Ok((sc, found))
 }
 
 async fn server_check(
