@@ -47,7 +47,7 @@ pub fn handler(svc: Arc<Services>) -> Arc<dyn Handler> {
             }
         })
         // It only compares and repairs: safe to run after a restore without an operator.
-        .replay_safe(true)
+        .replay_safe(super::is_replay_safe(RECONCILE))
         .timeout(Duration::from_secs(300)),
     )
 }

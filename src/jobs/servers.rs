@@ -274,37 +274,61 @@ where
 }
 
 pub fn handlers(svc: Arc<Services>) -> Vec<Arc<dyn Handler>> {
-    let mk = |kind: &'static str, svc: Arc<Services>| -> Arc<dyn Handler> {
-        Arc::new(
-            handler_fn(kind, move |ctx| {
-                let svc = svc.clone();
-                async move {
-                    let Some(mut w) = Work::load(svc, ctx).await? else {
-                        return Ok(Outcome::Complete); // the server is gone
-                    };
-                    match kind {
-                        servers::JOB_PROVISION => provision(&mut w).await,
-                        servers::JOB_START => start(&mut w, false).await,
-                        servers::JOB_RESTART => start(&mut w, true).await,
-                        servers::JOB_STOP => stop(&mut w).await,
-                        servers::JOB_DELETE => delete(&mut w).await,
-                        _ => Err(JobFailure::fatal(format!("unknown server job {kind}"))),
+    work_handlers(
+        svc,
+        &[
+            servers::JOB_PROVISION,
+            servers::JOB_START,
+            servers::JOB_RESTART,
+            servers::JOB_STOP,
+            servers::JOB_DELETE,
+        ],
+        Duration::from_secs(40 * 60),
+        |kind, _payload, mut w| async move {
+            match kind {
+                servers::JOB_PROVISION => provision(&mut w).await,
+                servers::JOB_START => start(&mut w, false).await,
+                servers::JOB_RESTART => start(&mut w, true).await,
+                servers::JOB_STOP => stop(&mut w).await,
+                servers::JOB_DELETE => delete(&mut w).await,
+                _ => Err(JobFailure::fatal(format!("unknown server job {kind}"))),
+            }
+        },
+    )
+}
+
+/// Handlers of `kinds` acting on one server: each loads the job's server into a
+/// [`Work`] (a job whose server is gone completes) and hands it to `run` with its
+/// kind and payload.
+pub(crate) fn work_handlers<F, Fut>(
+    svc: Arc<Services>,
+    kinds: &[&'static str],
+    timeout: Duration,
+    run: F,
+) -> Vec<Arc<dyn Handler>>
+where
+    F: Fn(&'static str, Value, Work) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = JobResult> + Send + 'static,
+{
+    kinds
+        .iter()
+        .map(|&kind| {
+            let (svc, run) = (svc.clone(), run.clone());
+            Arc::new(
+                handler_fn(kind, move |ctx| {
+                    let (svc, run) = (svc.clone(), run.clone());
+                    async move {
+                        let payload = ctx.payload.clone();
+                        let Some(w) = Work::load(svc, ctx).await? else {
+                            return Ok(Outcome::Complete); // the server is gone
+                        };
+                        run(kind, payload, w).await
                     }
-                }
-            })
-            .timeout(Duration::from_secs(40 * 60)),
-        )
-    };
-    [
-        servers::JOB_PROVISION,
-        servers::JOB_START,
-        servers::JOB_RESTART,
-        servers::JOB_STOP,
-        servers::JOB_DELETE,
-    ]
-    .into_iter()
-    .map(|k| mk(k, svc.clone()))
-    .collect()
+                })
+                .timeout(timeout),
+            ) as Arc<dyn Handler>
+        })
+        .collect()
 }
 
 async fn provision(w: &mut Work) -> JobResult {

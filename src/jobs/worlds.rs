@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::servers::{
     ADDRESS_DEADLINE, START_DEADLINE, StepError, Work, publish, reach_agent, start, wait_ready,
+    work_handlers,
 };
 use crate::agent::AgentState;
 use crate::agent::client::AgentClient;
@@ -34,7 +35,7 @@ use crate::domain::backups::{self, Backup, BackupState};
 use crate::domain::edge::VELOCITY;
 use crate::domain::schedules::{self, ScheduleKind};
 use crate::domain::servers::{self, ServerStatus};
-use crate::queue::{Handler, JobFailure, JobResult, Outcome, QueueError, WorkerHandle, handler_fn};
+use crate::queue::{Handler, JobFailure, JobResult, Outcome, QueueError, WorkerHandle};
 use crate::runtime::{NodeRuntime, Runtime, RuntimeError};
 use crate::services::Services;
 
@@ -91,54 +92,43 @@ fn rt_text(e: RuntimeError) -> String {
 }
 
 pub fn handlers(svc: Arc<Services>) -> Vec<Arc<dyn Handler>> {
-    let mk = |kind: &'static str, svc: Arc<Services>| -> Arc<dyn Handler> {
-        Arc::new(
-            handler_fn(kind, move |ctx| {
-                let svc = svc.clone();
-                async move {
-                    let payload = ctx.payload.clone();
-                    let Some(mut w) = Work::load(svc, ctx).await? else {
-                        return Ok(Outcome::Complete); // the server is gone
-                    };
-                    let decode = |e: serde_json::Error| {
-                        JobFailure::fatal(format!("job {}: bad payload: {e}", w.ctx.id))
-                    };
-                    match kind {
-                        backups::JOB_BACKUP => {
-                            let j: BackupJob = serde_json::from_value(payload).map_err(decode)?;
-                            backup_job(&mut w, j.backup_id).await
-                        }
-                        backups::JOB_RESTORE => {
-                            let j: BackupJob = serde_json::from_value(payload).map_err(decode)?;
-                            restore_job(&mut w, j.backup_id).await
-                        }
-                        backups::JOB_DELETE => {
-                            let j: DeleteJob = serde_json::from_value(payload).map_err(decode)?;
-                            delete_backups(&w, &j.backup_ids, "deleted on request")
-                                .await
-                                .map_err(JobFailure::retry)?;
-                            Ok(Outcome::Complete)
-                        }
-                        schedules::JOB_FIRE => {
-                            let j: FireJob = serde_json::from_value(payload).map_err(decode)?;
-                            fire_job(&mut w, j.schedule_id, j.slot).await
-                        }
-                        _ => Err(JobFailure::fatal(format!("unknown world job {kind}"))),
-                    }
+    work_handlers(
+        svc,
+        &[
+            backups::JOB_BACKUP,
+            backups::JOB_RESTORE,
+            backups::JOB_DELETE,
+            schedules::JOB_FIRE,
+        ],
+        Duration::from_secs(4 * 3600),
+        |kind, payload, mut w| async move {
+            let decode = |e: serde_json::Error| {
+                JobFailure::fatal(format!("job {}: bad payload: {e}", w.ctx.id))
+            };
+            match kind {
+                backups::JOB_BACKUP => {
+                    let j: BackupJob = serde_json::from_value(payload).map_err(decode)?;
+                    backup_job(&mut w, j.backup_id).await
                 }
-            })
-            .timeout(Duration::from_secs(4 * 3600)),
-        )
-    };
-    [
-        backups::JOB_BACKUP,
-        backups::JOB_RESTORE,
-        backups::JOB_DELETE,
-        schedules::JOB_FIRE,
-    ]
-    .into_iter()
-    .map(|k| mk(k, svc.clone()))
-    .collect()
+                backups::JOB_RESTORE => {
+                    let j: BackupJob = serde_json::from_value(payload).map_err(decode)?;
+                    restore_job(&mut w, j.backup_id).await
+                }
+                backups::JOB_DELETE => {
+                    let j: DeleteJob = serde_json::from_value(payload).map_err(decode)?;
+                    delete_backups(&w, &j.backup_ids, "deleted on request")
+                        .await
+                        .map_err(JobFailure::retry)?;
+                    Ok(Outcome::Complete)
+                }
+                schedules::JOB_FIRE => {
+                    let j: FireJob = serde_json::from_value(payload).map_err(decode)?;
+                    fire_job(&mut w, j.schedule_id, j.slot).await
+                }
+                _ => Err(JobFailure::fatal(format!("unknown world job {kind}"))),
+            }
+        },
+    )
 }
 
 /// Fires due schedules every `every` until `stop` (one transaction per tick).
