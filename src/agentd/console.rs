@@ -45,7 +45,14 @@ impl LogFile {
             for i in (1..ROTATE_KEEP).rev() {
                 let from = self.path.with_extension(format!("log.{i}"));
                 let to = self.path.with_extension(format!("log.{}", i + 1));
-                let _ = std::fs::rename(from, to);
+                match std::fs::rename(&from, &to) {
+                    Ok(()) => {}
+                    // Fewer rotated files than kept so far.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(from = %from.display(), error = %e, "rotating the console log")
+                    }
+                }
             }
             std::fs::rename(&self.path, self.path.with_extension("log.1"))?;
             return self.write_line(line);
@@ -86,6 +93,7 @@ impl Console {
                 ring.pop_front();
             }
             ring.push_back(line.clone());
+            // No live watcher is not an error: the ring keeps the line.
             let _ = self.live.send(line);
         }
     }

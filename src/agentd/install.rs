@@ -325,6 +325,7 @@ async fn fetch_cached(
     drop(file);
     let actual = hex(&hasher.finalize());
     if actual != sha {
+        // Temp file cleanup: the checksum error is what matters.
         let _ = tokio::fs::remove_file(&tmp).await;
         return Err(InstallError::Checksum {
             path: path.to_string(),
@@ -363,7 +364,12 @@ async fn unpack_java(
         return Ok(java.to_string_lossy().into_owned());
     }
     let tmp = target.with_extension("partial");
-    let _ = tokio::fs::remove_dir_all(&tmp).await;
+    // An earlier partial unpack must go, or it would mix with this one.
+    match tokio::fs::remove_dir_all(&tmp).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("clearing", &tmp)(e)),
+    }
     tokio::fs::create_dir_all(&tmp)
         .await
         .map_err(io("creating", &tmp))?;

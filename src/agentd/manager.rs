@@ -172,6 +172,8 @@ impl Manager {
                 Op::InstallDone { install_id, result } => {
                     self.install_done(install_id, result).await
                 }
+                // A reply's receiver is gone only when the request was dropped:
+                // nobody is left to answer.
                 Op::Start(reply) => {
                     let _ = reply.send(self.start().await);
                 }
@@ -286,6 +288,7 @@ impl Manager {
                 r = install::install(&http, &dir, &p, bearer.as_deref(), &progress) => r.map_err(|e| e.to_string()),
                 _ = token.cancelled() => Err(install::InstallError::Cancelled.to_string()),
             };
+            // The manager is gone only at shutdown, when the install no longer matters.
             let _ = shared.ops.send(Op::InstallDone {
                 install_id: p.install_id.clone(),
                 result,
@@ -422,7 +425,10 @@ impl Manager {
             )
         })?;
         let pid = child.id().map(|p| p as i32).unwrap_or(0);
-        let _ = std::fs::write(self.dir().join(PID_FILE), pid.to_string());
+        // Without it a restarted agent cannot stop a game left running: say so.
+        if let Err(e) = std::fs::write(self.dir().join(PID_FILE), pid.to_string()) {
+            self.note(format!("writing the game's pid file failed: {e}"));
+        }
         let run_id = self.next_run;
         self.next_run += 1;
         self.note(format!("started the game (pid {pid}): {cmdline}"));
@@ -452,7 +458,14 @@ impl Manager {
         let (exit_tx, exit_rx) = watch::channel(None);
         let ops = self.shared.ops.clone();
         tokio::spawn(async move {
-            let status = child.wait().await.ok();
+            let status = match child.wait().await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "waiting for the game process");
+                    None
+                }
+            };
+            // Receivers gone means the manager stopped: nobody waits for this exit.
             let _ = exit_tx.send(status);
             let _ = ops.send(Op::Exited { run_id });
         });
@@ -534,8 +547,14 @@ impl Manager {
             .and_then(|p| p.stop_command.clone())
             .unwrap_or_else(|| "stop".into());
         if let Some(stdin) = game.stdin.as_mut() {
-            let _ = stdin.write_all(format!("{stop_cmd}\n").as_bytes()).await;
-            let _ = stdin.flush().await;
+            let written = match stdin.write_all(format!("{stop_cmd}\n").as_bytes()).await {
+                Ok(()) => stdin.flush().await,
+                Err(e) => Err(e),
+            };
+            // SIGTERM follows after the timeout either way.
+            if let Err(e) = written {
+                self.note(format!("sending the stop command failed: {e}"));
+            }
         }
         let opts = &self.shared.opts;
         let mut exited = game.exited.clone();
@@ -559,7 +578,7 @@ impl Manager {
                 wait(Duration::from_secs(30), &mut exited).await;
             }
         }
-        let _ = std::fs::remove_file(self.dir().join(PID_FILE));
+        self.remove_pid_file();
         let code = exited.borrow().and_then(|s| s.code());
         let signal = exited
             .borrow()
@@ -581,7 +600,7 @@ impl Manager {
         if let Some(g) = self.game.take() {
             g.probe.cancel();
         }
-        let _ = std::fs::remove_file(self.dir().join(PID_FILE));
+        self.remove_pid_file();
         let uptime = game_started.elapsed();
         let (code, signal) = match status {
             Some(s) => (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)),
@@ -656,7 +675,17 @@ impl Manager {
             ));
             signal_group(pid, libc::SIGKILL);
         }
-        let _ = std::fs::remove_file(path);
+        self.remove_pid_file();
+    }
+
+    /// The pid file goes with the game: a stale one would name another process later.
+    fn remove_pid_file(&self) {
+        let path = self.dir().join(PID_FILE);
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            self.note(format!("removing {}: {e}", path.display()));
+        }
     }
 }
 

@@ -220,10 +220,14 @@ pub async fn run(
         .await
         .map_err(AgentError::Http);
     let (tx, rx) = oneshot::channel();
-    if shared.ops.send(Op::Shutdown(tx)).is_ok() {
-        let _ = rx.await;
+    // The manager answers once its game is stopped; a closed channel means it is
+    // already gone, which its join below reports.
+    if shared.ops.send(Op::Shutdown(tx)).is_ok() && rx.await.is_err() {
+        tracing::warn!("the agent's manager ended before answering the shutdown");
     }
-    let _ = manager_task.await;
+    if let Err(e) = manager_task.await {
+        tracing::error!(error = %e, "the agent's manager task failed");
+    }
     result
 }
 

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -773,57 +773,51 @@ fn remove_stale_partials(dir: &Path) {
 
 pub(crate) use crate::util::hex;
 
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ArtifactInfo> {
+/// A stored row with its types (a row the mirror did not write is a database error).
+fn from_row(r: crate::db::artifacts::Row) -> Result<ArtifactInfo, DbError> {
     let conversion = |i: usize, e: String| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+        DbError::from(rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            e.into(),
+        ))
     };
-    let size: i64 = r.get(2)?;
-    let source: String = r.get(3)?;
     Ok(ArtifactInfo {
-        path: r.get(0)?,
-        sha256: r.get(1)?,
-        size: u64::try_from(size).map_err(|e| conversion(2, e.to_string()))?,
-        source: source.parse().map_err(|e| conversion(3, e))?,
-        created_at: r.get(4)?,
+        size: u64::try_from(r.size).map_err(|e| conversion(2, e.to_string()))?,
+        source: r.source.parse().map_err(|e| conversion(3, e))?,
+        path: r.path,
+        sha256: r.sha256,
+        created_at: r.created_at,
     })
 }
 
 /// The index row of `path`.
 pub fn get(conn: &Connection, path: &str) -> Result<Option<ArtifactInfo>, DbError> {
-    Ok(conn
-        .query_row(
-            "SELECT path, sha256, size, source, created_at FROM artifacts WHERE path = ?1",
-            [path],
-            from_row,
-        )
-        .optional()?)
+    crate::db::artifacts::get(conn, path)?
+        .map(from_row)
+        .transpose()
 }
 
 /// Every index row, by path.
 pub fn list(conn: &Connection) -> Result<Vec<ArtifactInfo>, DbError> {
-    let mut stmt =
-        conn.prepare("SELECT path, sha256, size, source, created_at FROM artifacts ORDER BY path")?;
-    let rows = stmt.query_map([], from_row)?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    crate::db::artifacts::list(conn)?
+        .into_iter()
+        .map(from_row)
+        .collect()
 }
 
 /// Records (or replaces) an index row.
 fn put(conn: &Connection, info: &ArtifactInfo) -> Result<(), DbError> {
-    let size = i64::try_from(info.size).unwrap_or(i64::MAX);
-    conn.execute(
-        "INSERT INTO artifacts (path, sha256, size, source, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size,
-             source = excluded.source, created_at = excluded.created_at",
-        rusqlite::params![
-            info.path,
-            info.sha256,
-            size,
-            info.source.as_str(),
-            info.created_at
-        ],
-    )?;
-    Ok(())
+    crate::db::artifacts::put(
+        conn,
+        &crate::db::artifacts::Row {
+            path: info.path.clone(),
+            sha256: info.sha256.clone(),
+            size: i64::try_from(info.size).unwrap_or(i64::MAX),
+            source: info.source.as_str().to_string(),
+            created_at: info.created_at,
+        },
+    )
 }
 
 #[cfg(test)]

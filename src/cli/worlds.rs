@@ -141,12 +141,8 @@ fn server_id(conn: &Connection, s: &str) -> Result<i64, DomainError> {
     if let Ok(id) = s.parse::<i64>() {
         return Ok(id);
     }
-    conn.query_row(
-        "SELECT id FROM servers WHERE name = ?1 AND deleted_at IS NULL",
-        [s],
-        |r| r.get(0),
-    )
-    .map_err(|_| DomainError::NotFound(format!("server '{s}'")))
+    crate::domain::servers::id_by_name(conn, s)?
+        .ok_or_else(|| DomainError::NotFound(format!("server '{s}'")))
 }
 
 fn print_json(v: &impl serde::Serialize) {

@@ -9,6 +9,7 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
 
+pub mod artifacts;
 pub mod files;
 pub mod secret;
 
@@ -178,6 +179,12 @@ where
     let out = f(&tx)?;
     tx.commit().map_err(|e| E::from(DbError::from(e)))?;
     Ok(out)
+}
+
+/// Whether the database answers a trivial query (readiness).
+pub fn ping(conn: &Connection) -> Result<(), DbError> {
+    conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
+    Ok(())
 }
 
 /// The clock lives in `util` (the agent uses it too, and never the database).

@@ -83,22 +83,60 @@ fn finding(
     }
 }
 
-struct LiveServer {
-    id: i64,
-    name: String,
-    node_id: i64,
-    vmid: i64,
-    status: ServerStatus,
-    has_container: bool,
-    agent_state: Option<String>,
-    ready: bool,
+pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> {
+    let (executor, executor_running, mut findings) = executor(svc).await?;
+    let mut fixed = Vec::new();
+    findings.push(file_modes(&svc.config.data_dir, opts.fix, &mut fixed));
+    let live = svc.db.call(|c| servers::live_summaries(c)).await?;
+    let (world, containers_of) = containers(svc, opts, &live).await?;
+    for c in [
+        duplicates(svc).await?,
+        world,
+        stuck(svc, opts).await?,
+        agent_drift(&live),
+        velocity_drift(svc, opts).await?,
+        failed_edge(svc).await?,
+    ] {
+        findings.extend(c.findings);
+        fixed.extend(c.fixed);
+    }
+    let server = match opts.server {
+        Some(id) => {
+            let containers = containers_of.get(&id).cloned().unwrap_or_default();
+            let (check, found) = one_server(svc, id, containers).await?;
+            findings.push(found);
+            Some(check)
+        }
+        None => None,
+    };
+    Ok(Report {
+        executor,
+        executor_running,
+        findings,
+        fixed,
+        server,
+    })
 }
 
-pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> {
-    let mut findings = Vec::new();
-    let mut fixed = Vec::new();
+/// What one check found, and what it repaired (with `--fix`).
+#[derive(Default)]
+struct Checked {
+    findings: Vec<Finding>,
+    fixed: Vec<String>,
+}
 
-    // Executor: who serves this database.
+/// Executor: who serves this database (and whether it stopped cleanly).
+async fn executor(
+    svc: &Services,
+) -> Result<
+    (
+        Option<crate::store::instance::Instance>,
+        Option<String>,
+        Vec<Finding>,
+    ),
+    DomainError,
+> {
+    let mut findings = Vec::new();
     let executor = svc
         .db
         .call(|c| crate::store::instance::get(c).map_err(DomainError::from))
@@ -135,47 +173,13 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
         ));
     }
 
-    // File modes: the data dir holds the database, backups and the secret key.
-    findings.push(file_modes(&svc.config.data_dir, opts.fix, &mut fixed));
+    Ok((executor, executor_running, findings))
+}
 
-    // Duplicates in the database (the constraints should make these impossible).
-    let (dupes, live) = svc
-        .db
-        .call(|c| {
-            let mut out = Vec::new();
-            for (check, sql) in [
-                ("name twice", "SELECT name, count(*) FROM servers WHERE deleted_at IS NULL GROUP BY name HAVING count(*) > 1"),
-                ("VMID twice", "SELECT node_id || '/' || vmid, count(*) FROM servers WHERE deleted_at IS NULL GROUP BY node_id, vmid HAVING count(*) > 1"),
-                ("port twice", "SELECT node_id || '/' || game_port, count(*) FROM servers s JOIN nodes n ON n.id = s.node_id WHERE deleted_at IS NULL AND n.kind = 'local' GROUP BY node_id, game_port HAVING count(*) > 1"),
-            ] {
-                let mut s = c.prepare(sql)?;
-                let rows = s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-                for row in rows {
-                    let (what, n) = row?;
-                    out.push((check, what, n));
-                }
-            }
-            let mut s = c.prepare(
-                "SELECT id, name, node_id, vmid, status, json_extract(checkpoints, '$.container') IS NOT NULL,
-                        agent_state, ready FROM servers WHERE deleted_at IS NULL ORDER BY id",
-            )?;
-            let live = s
-                .query_map([], |r| {
-                    Ok(LiveServer {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        node_id: r.get(2)?,
-                        vmid: r.get(3)?,
-                        status: r.get(4)?,
-                        has_container: r.get(5)?,
-                        agent_state: r.get(6)?,
-                        ready: r.get(7)?,
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok::<_, DomainError>((out, live))
-        })
-        .await?;
+/// Duplicates in the database (the constraints should make these impossible).
+async fn duplicates(svc: &Services) -> Result<Checked, DomainError> {
+    let mut findings = Vec::new();
+    let dupes = svc.db.call(|c| servers::duplicates(c)).await?;
     for (check, what, n) in dupes {
         findings.push(finding(
             "duplicates",
@@ -186,7 +190,21 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
         ));
     }
 
-    // The world: containers on every node.
+    Ok(Checked {
+        findings,
+        fixed: Vec::new(),
+    })
+}
+
+/// The world: containers on every node against the live servers (orphans, a server
+/// with several containers, a server whose container is gone). Also returns each
+/// server's containers, for the one-server check.
+async fn containers(
+    svc: &Services,
+    opts: &Options,
+    live: &[servers::LiveSummary],
+) -> Result<(Checked, BTreeMap<i64, Vec<i64>>), DomainError> {
+    let (mut findings, mut fixed) = (Vec::new(), Vec::new());
     let node_list = svc.db.call(|c| nodes::list(c)).await?;
     let mut containers_of: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     for node in &node_list {
@@ -296,30 +314,22 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
         }
     }
 
-    // Stuck servers and jobs.
+    Ok((Checked { findings, fixed }, containers_of))
+}
+
+/// Stuck servers (past their deadline, no job on them), jobs with an expired lease,
+/// and held jobs.
+async fn stuck(svc: &Services, opts: &Options) -> Result<Checked, DomainError> {
+    let (mut findings, mut fixed) = (Vec::new(), Vec::new());
     let now = now_ms();
     let (stuck, expired, held) = svc
         .db
         .call(move |c| {
-            let mut s = c.prepare(
-                "SELECT id, name, status FROM servers s
-                 WHERE deleted_at IS NULL AND status_deadline IS NOT NULL AND status_deadline < ?1
-                   AND status IN ('pending', 'provisioning', 'installing', 'starting', 'stopping', 'deleting')
-                   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.lane = 'server:' || s.id
-                                   AND j.state IN ('scheduled', 'available', 'running', 'retryable', 'held'))",
-            )?;
-            let stuck = s
-                .query_map([now], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut s = c.prepare("SELECT id, kind, coalesce(lock_by, '') FROM jobs WHERE state = 'running' AND lease_until < ?1")?;
-            let expired = s
-                .query_map([now], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut s = c.prepare("SELECT id, kind, coalesce(held_reason, '') FROM jobs WHERE state = 'held' ORDER BY id")?;
-            let held = s
-                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok::<_, DomainError>((stuck, expired, held))
+            Ok::<_, DomainError>((
+                servers::stuck(c, now)?,
+                crate::queue::expired_leases(c, now)?,
+                crate::queue::held(c)?,
+            ))
         })
         .await?;
     if opts.fix && !stuck.is_empty() {
@@ -367,7 +377,12 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
         ));
     }
 
-    // Drift between the database and agents / edge targets.
+    Ok(Checked { findings, fixed })
+}
+
+/// Drift between the database and what agents last said.
+fn agent_drift(live: &[servers::LiveSummary]) -> Checked {
+    let mut findings = Vec::new();
     for s in live.iter().filter(|s| s.status == ServerStatus::Running) {
         if s.agent_state.as_deref().is_some_and(|a| a != "running")
             || (s.agent_state.is_some() && !s.ready)
@@ -385,6 +400,15 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
             ));
         }
     }
+    Checked {
+        findings,
+        fixed: Vec::new(),
+    }
+}
+
+/// Drift between the database and the Velocity proxy's registrations.
+async fn velocity_drift(svc: &Services, opts: &Options) -> Result<Checked, DomainError> {
+    let (mut findings, mut fixed) = (Vec::new(), Vec::new());
     if let Some(v) = &svc.velocity {
         let published = svc
             .db
@@ -458,16 +482,14 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
             )),
         }
     }
-    let failed_edge: Vec<crate::domain::edge::EdgeRecord> = svc
-        .db
-        .call(|c| {
-            let mut s = c.prepare("SELECT id FROM edge_records WHERE state = 'failed'")?;
-            let ids: Vec<i64> = s.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-            ids.into_iter()
-                .map(|id| crate::domain::edge::get(c, id))
-                .collect()
-        })
-        .await?;
+    Ok(Checked { findings, fixed })
+}
+
+/// Edge records whose last publish failed.
+async fn failed_edge(svc: &Services) -> Result<Checked, DomainError> {
+    let mut findings = Vec::new();
+    let failed_edge: Vec<crate::domain::edge::EdgeRecord> =
+        svc.db.call(|c| crate::domain::edge::failed(c)).await?;
     for r in failed_edge {
         findings.push(finding(
             "drift",
@@ -478,44 +500,48 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
         ));
     }
 
-    // One server, counted.
-    let server = match opts.server {
-        Some(id) => {
-            Some(server_check(svc, id, containers_of.get(&id).cloned().unwrap_or_default()).await?)
-        }
-        None => None,
-    };
-    if let Some(sc) = &server {
-        let verdict = if sc.rows_with_name > 1
-            || sc.provision_jobs > 1
-            || sc.containers.len() > 1
-            || sc.installs.unwrap_or(0) > 1
-        {
-            Verdict::Problem
-        } else {
-            Verdict::Ok
-        };
-        findings.push(finding(
-            "server",
-            verdict,
-            format!("server {} ({})", sc.server_id, sc.name),
-            format!(
-                "{} row(s), {} provisioning job(s), {} container(s), {} install(s) reported by its agent",
-                sc.rows_with_name,
-                sc.provision_jobs,
-                sc.containers.len(),
-                sc.installs.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
-            ),
-            if verdict == Verdict::Ok { "" } else { "investigate the duplicates before anything else" },
-        ));
-    }
-    Ok(Report {
-        executor,
-        executor_running,
+    Ok(Checked {
         findings,
-        fixed,
-        server,
+        fixed: Vec::new(),
     })
+}
+
+/// One server, counted: rows with its name, provisioning jobs, containers, installs.
+async fn one_server(
+    svc: &Services,
+    id: i64,
+    containers: Vec<i64>,
+) -> Result<(ServerCheck, Finding), DomainError> {
+    let sc = server_check(svc, id, containers).await?;
+    let verdict = if sc.rows_with_name > 1
+        || sc.provision_jobs > 1
+        || sc.containers.len() > 1
+        || sc.installs.unwrap_or(0) > 1
+    {
+        Verdict::Problem
+    } else {
+        Verdict::Ok
+    };
+    let found = finding(
+        "server",
+        verdict,
+        format!("server {} ({})", sc.server_id, sc.name),
+        format!(
+            "{} row(s), {} provisioning job(s), {} container(s), {} install(s) reported by its agent",
+            sc.rows_with_name,
+            sc.provision_jobs,
+            sc.containers.len(),
+            sc.installs
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "?".into())
+        ),
+        if verdict == Verdict::Ok {
+            ""
+        } else {
+            "investigate the duplicates before anything else"
+        },
+    );
+    Ok((sc, found))
 }
 
 async fn server_check(
@@ -528,24 +554,9 @@ async fn server_check(
         .call(move |c| {
             let s = servers::get(c, id)?
                 .ok_or_else(|| DomainError::NotFound(format!("server {id}")))?;
-            let rows: i64 = c.query_row(
-                "SELECT count(*) FROM servers WHERE name = ?1",
-                [&s.name],
-                |r| r.get(0),
-            )?;
-            let lane = format!("server:{id}");
-            let provision: i64 = c.query_row(
-                "SELECT count(*) FROM jobs WHERE lane = ?1 AND kind = 'server.provision'",
-                [&lane],
-                |r| r.get(0),
-            )?;
-            let mut st =
-                c.prepare("SELECT state, count(*) FROM jobs WHERE lane = ?1 GROUP BY state")?;
-            let by_state = st
-                .query_map([&lane], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                })?
-                .collect::<Result<BTreeMap<_, _>, _>>()?;
+            let rows = servers::rows_named(c, &s.name)?;
+            let (provision, by_state) =
+                crate::queue::lane_counts(c, &servers::lane(id), servers::JOB_PROVISION)?;
             Ok::<_, DomainError>((s, rows, provision, by_state))
         })
         .await?;

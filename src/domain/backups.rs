@@ -181,7 +181,7 @@ fn has_world(status: ServerStatus) -> bool {
 
 /// Inserts a `pending` backup row taken by the job `job_id` (a schedule firing).
 pub fn insert_row(
-    tx: &Connection,
+    tx: &rusqlite::Transaction<'_>,
     server_id: i64,
     node_kind: &str,
     note: &str,
@@ -196,9 +196,42 @@ pub fn insert_row(
     Ok(tx.last_insert_rowid())
 }
 
+/// Marks a backup's copy as under way by job `job_id`.
+pub fn mark_running(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    job_id: i64,
+) -> Result<(), DomainError> {
+    tx.execute(
+        "UPDATE world_backups SET state = 'running', job_id = ?2 WHERE id = ?1",
+        params![id, job_id],
+    )?;
+    Ok(())
+}
+
+/// Marks a safety copy (taken before a restore) as under way and protected, so
+/// retention never prunes it before an operator has looked.
+pub fn mark_running_protected(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<(), DomainError> {
+    tx.execute(
+        "UPDATE world_backups SET state = 'running', protected = 1 WHERE id = ?1",
+        [id],
+    )?;
+    Ok(())
+}
+
+/// Marks a backup deleted once its copy is gone; a protected one stays.
+pub fn mark_deleted(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<(), DomainError> {
+    tx.execute(
+        "UPDATE world_backups SET state = 'deleted', deleted_at = ?2 WHERE id = ?1
+           AND protected = 0",
+        params![id, now_ms()],
+    )?;
+    Ok(())
+}
+
 /// Records a finished copy on a backup row: where it is, its size and checksum.
 pub fn mark_completed(
-    tx: &Connection,
+    tx: &rusqlite::Transaction<'_>,
     id: i64,
     location: &str,
     storage: Option<&str>,
@@ -216,7 +249,11 @@ pub fn mark_completed(
 }
 
 /// Records why a backup's copy failed.
-pub fn mark_failed(tx: &Connection, id: i64, error: &str) -> Result<(), DomainError> {
+pub fn mark_failed(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    error: &str,
+) -> Result<(), DomainError> {
     tx.execute(
         "UPDATE world_backups SET state = 'failed', error = ?2, finished_at = ?3 WHERE id = ?1",
         params![id, error, now_ms()],
@@ -226,7 +263,7 @@ pub fn mark_failed(tx: &Connection, id: i64, error: &str) -> Result<(), DomainEr
 
 /// Inserts a `pending` backup row and its job (in the caller's transaction).
 pub fn insert_pending(
-    tx: &Connection,
+    tx: &rusqlite::Transaction<'_>,
     server_id: i64,
     node_kind: &str,
     note: &str,
@@ -258,7 +295,7 @@ pub fn insert_pending(
 /// Requests a backup of a server's world: a `pending` row and a job in the server's
 /// lane, committed together.
 pub fn request_backup(
-    tx: &Connection,
+    tx: &rusqlite::Transaction<'_>,
     user: &User,
     server_id: i64,
     note: Option<&str>,
@@ -306,7 +343,7 @@ pub struct RestoreRequested {
 /// (local: the archive is unpacked into its directory; Proxmox: its container is
 /// restored from the volume instead of cloned from the base template).
 pub fn request_restore(
-    tx: &Connection,
+    tx: &rusqlite::Transaction<'_>,
     user: &User,
     backup_id: i64,
     req: &RestoreRequest,
@@ -429,7 +466,7 @@ pub fn pending_seed(conn: &Connection, server_id: i64) -> Result<Option<Backup>,
     }
 }
 
-pub fn mark_seeded(conn: &Connection, server_id: i64) -> Result<(), DomainError> {
+pub fn mark_seeded(conn: &rusqlite::Transaction<'_>, server_id: i64) -> Result<(), DomainError> {
     conn.execute(
         "UPDATE world_seeds SET seeded_at = ?2 WHERE server_id = ?1",
         params![server_id, now_ms()],
@@ -439,7 +476,7 @@ pub fn mark_seeded(conn: &Connection, server_id: i64) -> Result<(), DomainError>
 
 /// Protects a backup from retention and deletion, or lifts that.
 pub fn set_protected(
-    tx: &Connection,
+    tx: &rusqlite::Transaction<'_>,
     user: &User,
     backup_id: i64,
     protected: bool,
@@ -459,7 +496,11 @@ pub fn set_protected(
 
 /// Requests deletion of a backup (its copy first, then the row is marked `deleted`).
 /// A protected backup is refused.
-pub fn request_delete(tx: &Connection, user: &User, backup_id: i64) -> Result<i64, DomainError> {
+pub fn request_delete(
+    tx: &rusqlite::Transaction<'_>,
+    user: &User,
+    backup_id: i64,
+) -> Result<i64, DomainError> {
     let b = get_visible(tx, user, backup_id)?;
     if b.protected {
         return Err(DomainError::Conflict(format!(
@@ -529,7 +570,7 @@ pub fn retention(conn: &Connection, user: &User, server_id: i64) -> Result<Reten
 }
 
 pub fn set_retention(
-    tx: &Connection,
+    tx: &rusqlite::Transaction<'_>,
     user: &User,
     server_id: i64,
     policy: Retention,

@@ -58,7 +58,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EdgeRecord> {
 /// Records that a server should have this thing published. An existing live row with
 /// the same desired state is kept as it is; a changed one goes back to `pending`.
 pub fn want(
-    conn: &Connection,
+    conn: &rusqlite::Transaction<'_>,
     server_id: i64,
     target: &str,
     name: &str,
@@ -115,8 +115,35 @@ pub fn for_server(conn: &Connection, server_id: i64) -> Result<Vec<EdgeRecord>, 
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn mark_published(
+/// Every record in state `failed`, by id.
+pub fn failed(conn: &Connection) -> Result<Vec<EdgeRecord>, DomainError> {
+    let mut s = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM edge_records WHERE state = 'failed' ORDER BY id"
+    ))?;
+    let rows = s.query_map([], from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The published name of `target` for each of `ids` that has one, by server id.
+pub fn published_names(
     conn: &Connection,
+    ids: &[i64],
+    target: &str,
+) -> Result<std::collections::HashMap<i64, String>, DomainError> {
+    let list = serde_json::to_string(ids).map_err(|e| super::invalid("ids", e.to_string()))?;
+    let mut s = conn.prepare_cached(
+        "SELECT server_id, name FROM edge_records
+         WHERE state = 'published' AND target = ?2
+           AND server_id IN (SELECT value FROM json_each(?1))",
+    )?;
+    let rows = s.query_map(rusqlite::params![list, target], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn mark_published(
+    conn: &rusqlite::Transaction<'_>,
     id: i64,
     identity: Option<&Value>,
 ) -> Result<(), DomainError> {
@@ -133,7 +160,7 @@ pub fn mark_published(
 
 /// A failed publish: kept with its error, tried again at `retry_at`.
 pub fn mark_failed(
-    conn: &Connection,
+    conn: &rusqlite::Transaction<'_>,
     id: i64,
     error: &str,
     retry_at: i64,
@@ -148,7 +175,11 @@ pub fn mark_failed(
 }
 
 /// Remembers a failed removal on a record that is still published.
-pub fn note_error(conn: &Connection, id: i64, error: &str) -> Result<(), DomainError> {
+pub fn note_error(
+    conn: &rusqlite::Transaction<'_>,
+    id: i64,
+    error: &str,
+) -> Result<(), DomainError> {
     conn.execute(
         "UPDATE edge_records SET last_error = ?2, updated_at = ?3 WHERE id = ?1",
         params![id, error, now_ms()],
@@ -156,7 +187,7 @@ pub fn note_error(conn: &Connection, id: i64, error: &str) -> Result<(), DomainE
     Ok(())
 }
 
-pub fn mark_removed(conn: &Connection, id: i64) -> Result<(), DomainError> {
+pub fn mark_removed(conn: &rusqlite::Transaction<'_>, id: i64) -> Result<(), DomainError> {
     let now = now_ms();
     conn.execute(
         "UPDATE edge_records SET state = 'removed', removed_at = ?2, updated_at = ?2,

@@ -2,7 +2,7 @@
 //! itself as the node `name` (the install script of `zlh node enroll`). Hashed at rest,
 //! expiring, and spent by the registration in the same transaction as the node's row.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::nodes::{self, NewNode, Node};
 use super::{DomainError, invalid, is_dns_label, random_secret, sha256_hex};
@@ -22,7 +22,7 @@ pub struct Issued {
 
 /// Makes a token for a node to be called `name` (free now, and still free when it
 /// registers: checked again then).
-pub fn issue(conn: &Connection, name: &str, ttl_ms: i64) -> Result<Issued, DomainError> {
+pub fn issue(conn: &Transaction<'_>, name: &str, ttl_ms: i64) -> Result<Issued, DomainError> {
     if !is_dns_label(name) {
         return Err(invalid("name", "a DNS label: a-z, 0-9 and '-', at most 63"));
     }
@@ -83,7 +83,7 @@ pub fn check(conn: &Connection, token: &str) -> Result<String, DomainError> {
 /// Registers the Proxmox node the token was made for and spends the token, in the
 /// caller's transaction: both happen, or neither.
 pub fn redeem(
-    conn: &Connection,
+    conn: &Transaction<'_>,
     token: &str,
     settings: serde_json::Value,
     memory_mb: i64,

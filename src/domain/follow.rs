@@ -175,7 +175,11 @@ pub fn recorded(
 
 /// Applies a move decided on the row's current values, with its event (an alert when
 /// the move says so). Returns the status the server left.
-pub fn apply(conn: &Connection, server_id: i64, m: &Move) -> Result<ServerStatus, DomainError> {
+pub fn apply(
+    conn: &rusqlite::Transaction<'_>,
+    server_id: i64,
+    m: &Move,
+) -> Result<ServerStatus, DomainError> {
     let from = servers::transition(conn, server_id, m.to, Some(&m.reason), None, "reconciler")?;
     if m.alert {
         servers::mark_last_event_alert(conn, server_id)?;

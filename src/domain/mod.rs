@@ -40,7 +40,8 @@ impl From<DomainError> for crate::queue::QueueError {
         match e {
             DomainError::Db(d) => crate::queue::QueueError::Db(d),
             DomainError::Queue(q) => q,
-            other => crate::queue::QueueError::Db(crate::db::DbError::Join(other.to_string())),
+            // A broken rule is not a database failure: say which rule.
+            other => crate::queue::QueueError::Refused(other.to_string()),
         }
     }
 }

@@ -85,7 +85,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Node> {
     })
 }
 
-pub fn create(conn: &Connection, n: &NewNode) -> Result<Node, DomainError> {
+pub fn create(conn: &rusqlite::Transaction<'_>, n: &NewNode) -> Result<Node, DomainError> {
     if !is_dns_label(&n.name) {
         return Err(invalid("name", "a DNS label: a-z, 0-9 and '-', at most 63"));
     }
@@ -178,7 +178,10 @@ pub fn list(conn: &Connection) -> Result<Vec<Node>, DomainError> {
 }
 
 /// Makes sure the embedded default exists: one `local` node offering this host's memory.
-pub fn ensure_local(conn: &Connection, ports: (u16, u16)) -> Result<(), DomainError> {
+pub fn ensure_local(
+    conn: &rusqlite::Transaction<'_>,
+    ports: (u16, u16),
+) -> Result<(), DomainError> {
     let any: Option<i64> = conn
         .query_row("SELECT id FROM nodes LIMIT 1", [], |r| r.get(0))
         .optional()?;

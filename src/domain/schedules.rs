@@ -168,7 +168,7 @@ fn one_line(field: &str, s: &str, max: usize) -> Result<(), DomainError> {
 
 /// Adds a schedule to a server.
 pub fn add(
-    tx: &Connection,
+    tx: &rusqlite::Transaction<'_>,
     user: &User,
     server_id: i64,
     req: &NewSchedule,
@@ -254,7 +254,11 @@ pub fn add(
 
 /// Removes a schedule; schedules chained after it are removed with it. Firings already
 /// queued still run.
-pub fn remove(tx: &Connection, user: &User, id: i64) -> Result<Vec<i64>, DomainError> {
+pub fn remove(
+    tx: &rusqlite::Transaction<'_>,
+    user: &User,
+    id: i64,
+) -> Result<Vec<i64>, DomainError> {
     get_visible(tx, user, id)?;
     let mut removed = Vec::new();
     let mut todo = vec![id];
@@ -276,7 +280,7 @@ pub fn remove(tx: &Connection, user: &User, id: i64) -> Result<Vec<i64>, DomainE
 /// Enqueues the firing of `schedule` for `slot` (unique key `schedule:<id>:<slot>`) and
 /// records the slot, in the caller's transaction. `None` when that slot already fired.
 pub fn fire(
-    tx: &Connection,
+    tx: &rusqlite::Transaction<'_>,
     schedule_id: i64,
     server_id: i64,
     slot: i64,
@@ -311,7 +315,7 @@ pub fn fire(
 
 /// One scheduler tick at `now_secs`: fires every enabled cron schedule of a live server
 /// whose latest slot in the grace window has not fired yet. Returns the new job ids.
-pub fn tick(tx: &Connection, now_secs: i64) -> Result<Vec<i64>, DomainError> {
+pub fn tick(tx: &rusqlite::Transaction<'_>, now_secs: i64) -> Result<Vec<i64>, DomainError> {
     let mut q = tx.prepare_cached(
         "SELECT s.id, s.server_id, s.cron, s.last_slot, s.created_at FROM schedules s
          JOIN servers v ON v.id = s.server_id
@@ -345,7 +349,7 @@ pub fn tick(tx: &Connection, now_secs: i64) -> Result<Vec<i64>, DomainError> {
 /// After `schedule_id`'s firing for `slot` succeeded: fires the schedules chained
 /// after it for the same slot.
 pub fn fire_followers(
-    tx: &Connection,
+    tx: &rusqlite::Transaction<'_>,
     schedule_id: i64,
     slot: i64,
 ) -> Result<Vec<i64>, DomainError> {

@@ -281,9 +281,10 @@ pub fn list_visible(
 ) -> Result<Vec<Server>, DomainError> {
     let mut s = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM servers
-         WHERE deleted_at IS NULL AND id > ?1 AND (?2 OR owner_id = ?3)
+         WHERE deleted_at IS NULL AND id > ?1 AND {}
            AND (?4 IS NULL OR status = ?4) AND (?5 IS NULL OR instr(name, ?5) > 0)
-         ORDER BY id LIMIT ?6"
+         ORDER BY id LIMIT ?6",
+        visible_to(2, 3)
     ))?;
     let rows = s.query_map(
         params![
@@ -307,10 +308,11 @@ pub fn count_visible(
     search: Option<&str>,
 ) -> Result<i64, DomainError> {
     Ok(conn
-        .prepare_cached(
-            "SELECT count(*) FROM servers WHERE deleted_at IS NULL AND (?1 OR owner_id = ?2)
+        .prepare_cached(&format!(
+            "SELECT count(*) FROM servers WHERE deleted_at IS NULL AND {}
                AND (?3 IS NULL OR status = ?3) AND (?4 IS NULL OR instr(name, ?4) > 0)",
-        )?
+            visible_to(1, 2)
+        ))?
         .query_row(
             params![
                 user.is_admin,
@@ -328,10 +330,11 @@ pub fn count_by_status(
     conn: &Connection,
     user: &User,
 ) -> Result<Vec<(ServerStatus, i64)>, DomainError> {
-    let mut s = conn.prepare_cached(
-        "SELECT status, count(*) FROM servers WHERE deleted_at IS NULL AND (?1 OR owner_id = ?2)
+    let mut s = conn.prepare_cached(&format!(
+        "SELECT status, count(*) FROM servers WHERE deleted_at IS NULL AND {}
          GROUP BY status",
-    )?;
+        visible_to(1, 2)
+    ))?;
     let counts: std::collections::HashMap<ServerStatus, i64> = s
         .query_map(params![user.is_admin, user.id], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -381,7 +384,7 @@ pub struct Event {
 }
 
 pub fn add_event(
-    conn: &Connection,
+    conn: &rusqlite::Transaction<'_>,
     server_id: i64,
     from: Option<ServerStatus>,
     to: Option<ServerStatus>,
@@ -407,7 +410,10 @@ pub fn add_event(
 
 /// Marks the newest event of a server as an alert: something an operator should be
 /// told about (notifications read the mark), not just a line on the timeline.
-pub fn mark_last_event_alert(conn: &Connection, server_id: i64) -> Result<(), DomainError> {
+pub fn mark_last_event_alert(
+    conn: &rusqlite::Transaction<'_>,
+    server_id: i64,
+) -> Result<(), DomainError> {
     conn.execute(
         "UPDATE server_events SET severity = 'alert'
          WHERE id = (SELECT max(id) FROM server_events WHERE server_id = ?1)",
@@ -442,7 +448,7 @@ pub fn events(conn: &Connection, server_id: i64, limit: i64) -> Result<Vec<Event
 /// Moves a server to `to` with an event (from, to, job, actor, message). A
 /// transitional status gets a deadline; others clear it.
 pub fn transition(
-    conn: &Connection,
+    conn: &rusqlite::Transaction<'_>,
     server_id: i64,
     to: ServerStatus,
     reason: Option<&str>,
@@ -489,7 +495,7 @@ pub fn transition(
 /// Stores what a server's agent last said on its row (`crash_count` and the time seen
 /// only when the agent answered): the UI and doctor read it there, not from a cache.
 pub fn record_agent_view(
-    conn: &Connection,
+    conn: &rusqlite::Transaction<'_>,
     server_id: i64,
     agent_state: &str,
     ready: bool,
@@ -507,7 +513,7 @@ pub fn record_agent_view(
 
 /// Marks a server `failed` at `step` with `reason`.
 pub fn fail(
-    conn: &Connection,
+    conn: &rusqlite::Transaction<'_>,
     server_id: i64,
     step: &str,
     reason: &str,
@@ -530,7 +536,7 @@ pub fn fail(
 
 /// Records a provisioning step as done (inside the job's fenced transaction).
 pub fn checkpoint(
-    conn: &Connection,
+    conn: &rusqlite::Transaction<'_>,
     server_id: i64,
     step: &str,
     detail: Value,
@@ -584,7 +590,7 @@ pub struct Created {
 /// idempotency key, a repeat of the same request returns the same server and job;
 /// the same key with another body is a conflict.
 pub fn create(
-    tx: &Connection,
+    tx: &rusqlite::Transaction<'_>,
     user: &User,
     req: &CreateServer,
     idempotency: Option<(&str, &str)>,
@@ -782,7 +788,7 @@ fn free_ports(conn: &Connection, node: &Node, n: usize) -> Result<Vec<i64>, Doma
 
 /// Enqueues a server job in the server's lane; the same action already waiting is reused.
 pub fn enqueue_action(
-    conn: &Connection,
+    conn: &rusqlite::Transaction<'_>,
     server_id: i64,
     kind: &str,
     payload: Value,
@@ -858,7 +864,7 @@ impl Action {
 /// Validates `action` against the server's status and enqueues its job (in the
 /// server's lane, so it never races another job of the same server).
 pub fn request_action(
-    tx: &Connection,
+    tx: &rusqlite::Transaction<'_>,
     user: &User,
     server_id: i64,
     action: Action,
@@ -929,7 +935,11 @@ pub fn request_action(
 }
 
 /// Archives a deleted server: frees its name, VMID and ports.
-pub fn archive(conn: &Connection, server_id: i64, job_id: Option<i64>) -> Result<(), DomainError> {
+pub fn archive(
+    conn: &rusqlite::Transaction<'_>,
+    server_id: i64,
+    job_id: Option<i64>,
+) -> Result<(), DomainError> {
     transition(
         conn,
         server_id,
@@ -956,4 +966,281 @@ pub fn context(conn: &Connection, server: &Server) -> Result<(Template, Node), D
     let n = nodes::get(conn, server.node_id)?
         .ok_or_else(|| DomainError::NotFound(format!("node {}", server.node_id)))?;
     Ok((t, n))
+}
+
+/// The ownership rule as SQL, for a query on `servers` (aliased or not, through
+/// `owner_id`) whose parameters `?A` and `?B` are `user.is_admin` and `user.id`: one
+/// spelling of "an admin sees every server, a user their own".
+fn visible_to(admin: usize, owner: usize) -> String {
+    format!("(?{admin} OR owner_id = ?{owner})")
+}
+
+/// The status and status line of those `ids` that `user` may see (the live list's
+/// refresh), by id.
+pub fn statuses_visible(
+    conn: &Connection,
+    user: &User,
+    ids: &[i64],
+) -> Result<Vec<(i64, String, String)>, DomainError> {
+    let list = serde_json::to_string(ids).map_err(|e| invalid("ids", e.to_string()))?;
+    let mut s = conn.prepare_cached(&format!(
+        "SELECT id, status, coalesce(status_reason, '') FROM servers
+         WHERE id IN (SELECT value FROM json_each(?1)) AND {}",
+        visible_to(2, 3)
+    ))?;
+    let rows = s.query_map(params![list, user.is_admin, user.id], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Live servers `user` may see that need a look (failed, crashed, or past their
+/// deadline), the most recently changed first.
+pub fn needing_attention(
+    conn: &Connection,
+    user: &User,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<Server>, DomainError> {
+    let mut s = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM servers WHERE deleted_at IS NULL AND {}
+           AND (status IN ('failed', 'crashed') OR status_deadline < ?3)
+         ORDER BY updated_at DESC LIMIT ?4",
+        visible_to(1, 2)
+    ))?;
+    let rows = s.query_map(params![user.is_admin, user.id, now, limit], from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// An event with the name of its server (timelines across servers).
+#[derive(Debug, Clone)]
+pub struct NamedEvent {
+    pub server: String,
+    pub event: Event,
+}
+
+fn named_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<NamedEvent> {
+    Ok(NamedEvent {
+        server: r.get(9)?,
+        event: Event {
+            id: r.get(0)?,
+            server_id: r.get(1)?,
+            at: r.get(2)?,
+            from_status: r.get(3)?,
+            to_status: r.get(4)?,
+            job_id: r.get(5)?,
+            actor: r.get(6)?,
+            message: r.get(7)?,
+            severity: r.get(8)?,
+        },
+    })
+}
+
+const NAMED_EVENT_COLUMNS: &str = "e.id, e.server_id, e.at, e.from_status, e.to_status, e.job_id, \
+     e.actor, e.message, e.severity, s.name";
+
+/// The newest `limit` events on servers `user` may see, newest first.
+pub fn recent_events_visible(
+    conn: &Connection,
+    user: &User,
+    limit: i64,
+) -> Result<Vec<NamedEvent>, DomainError> {
+    let mut s = conn.prepare_cached(&format!(
+        "SELECT {NAMED_EVENT_COLUMNS}
+         FROM server_events e JOIN servers s ON s.id = e.server_id
+         WHERE {}
+         ORDER BY e.id DESC LIMIT ?3",
+        visible_to(1, 2)
+    ))?;
+    let rows = s.query_map(params![user.is_admin, user.id, limit], named_event)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Events of one server after `after_id`, oldest first (at most `limit`, the newest).
+pub fn events_after(
+    conn: &Connection,
+    server_id: i64,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<NamedEvent>, DomainError> {
+    let mut s = conn.prepare_cached(&format!(
+        "SELECT {NAMED_EVENT_COLUMNS}
+         FROM server_events e JOIN servers s ON s.id = e.server_id
+         WHERE e.server_id = ?1 AND e.id > ?2 ORDER BY e.id DESC LIMIT ?3"
+    ))?;
+    let mut out: Vec<NamedEvent> = s
+        .query_map(params![server_id, after_id, limit], named_event)?
+        .collect::<Result<_, _>>()?;
+    out.reverse();
+    Ok(out)
+}
+
+/// When each of `ids` last became `running` (servers that never did are absent).
+pub fn running_since(
+    conn: &Connection,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, i64>, DomainError> {
+    let list = serde_json::to_string(ids).map_err(|e| invalid("ids", e.to_string()))?;
+    let mut s = conn.prepare_cached(
+        "SELECT server_id, max(at) FROM server_events
+         WHERE server_id IN (SELECT value FROM json_each(?1)) AND to_status = 'running'
+         GROUP BY server_id",
+    )?;
+    let rows = s.query_map([&list], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The id of the live server named `name`.
+pub fn id_by_name(conn: &Connection, name: &str) -> Result<Option<i64>, DomainError> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM servers WHERE name = ?1 AND deleted_at IS NULL")?
+        .query_row([name], |r| r.get(0))
+        .optional()?)
+}
+
+/// How many rows, archived ones included, carry `name` (more than one live is a
+/// duplicate; doctor counts them).
+pub fn rows_named(conn: &Connection, name: &str) -> Result<i64, DomainError> {
+    Ok(conn
+        .prepare_cached("SELECT count(*) FROM servers WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))?)
+}
+
+/// Servers in a transitional status past their deadline with no unfinished job in
+/// their lane: nothing will move them on. `(id, name, status)`, by id.
+pub fn stuck(conn: &Connection, now: i64) -> Result<Vec<(i64, String, ServerStatus)>, DomainError> {
+    let mut s = conn.prepare_cached(
+        "SELECT id, name, status FROM servers
+         WHERE deleted_at IS NULL AND status_deadline IS NOT NULL AND status_deadline < ?1
+         ORDER BY id",
+    )?;
+    let late: Vec<(i64, String, ServerStatus)> = s
+        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    for (id, name, status) in late {
+        // The queue owns what "a job still working on it" means.
+        if status.is_transitional() && !queue::lane_busy(conn, &lane(id))? {
+            out.push((id, name, status));
+        }
+    }
+    Ok(out)
+}
+
+/// Live servers sharing what must be unique (name; VMID on a node; game port on a
+/// local node, where all servers share one host): `(rule, what, how many)`. The
+/// constraints should make these impossible; doctor checks anyway.
+pub fn duplicates(conn: &Connection) -> Result<Vec<(&'static str, String, i64)>, DomainError> {
+    let mut out = Vec::new();
+    for (rule, sql) in [
+        (
+            "name twice",
+            "SELECT name, count(*) FROM servers WHERE deleted_at IS NULL GROUP BY name HAVING count(*) > 1",
+        ),
+        (
+            "VMID twice",
+            "SELECT node_id || '/' || vmid, count(*) FROM servers WHERE deleted_at IS NULL
+             GROUP BY node_id, vmid HAVING count(*) > 1",
+        ),
+        (
+            "port twice",
+            "SELECT node_id || '/' || game_port, count(*) FROM servers s JOIN nodes n ON n.id = s.node_id
+             WHERE deleted_at IS NULL AND n.kind = 'local' GROUP BY node_id, game_port HAVING count(*) > 1",
+        ),
+    ] {
+        let mut s = conn.prepare_cached(sql)?;
+        let rows = s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (what, n) = row?;
+            out.push((rule, what, n));
+        }
+    }
+    Ok(out)
+}
+
+/// What doctor compares with the world for each live server.
+#[derive(Debug, Clone)]
+pub struct LiveSummary {
+    pub id: i64,
+    pub name: String,
+    pub node_id: i64,
+    pub vmid: i64,
+    pub status: ServerStatus,
+    /// Provisioning checkpointed a container for it.
+    pub has_container: bool,
+    pub agent_state: Option<String>,
+    pub ready: bool,
+}
+
+/// Every live server, by id, as [`LiveSummary`].
+pub fn live_summaries(conn: &Connection) -> Result<Vec<LiveSummary>, DomainError> {
+    let mut s = conn.prepare_cached(
+        "SELECT id, name, node_id, vmid, status, json_extract(checkpoints, '$.container') IS NOT NULL,
+                agent_state, ready FROM servers WHERE deleted_at IS NULL ORDER BY id",
+    )?;
+    let rows = s.query_map([], |r| {
+        Ok(LiveSummary {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            node_id: r.get(2)?,
+            vmid: r.get(3)?,
+            status: r.get(4)?,
+            has_container: r.get(5)?,
+            agent_state: r.get(6)?,
+            ready: r.get(7)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Sets the status line without an event (a progress note).
+pub fn set_status_reason(
+    tx: &rusqlite::Transaction<'_>,
+    server_id: i64,
+    reason: &str,
+) -> Result<(), DomainError> {
+    tx.execute(
+        "UPDATE servers SET status_reason = ?2, updated_at = ?3 WHERE id = ?1",
+        params![server_id, reason, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// Records the address the server's agent answers on.
+pub fn set_address(
+    tx: &rusqlite::Transaction<'_>,
+    server_id: i64,
+    ip: &str,
+) -> Result<(), DomainError> {
+    tx.execute(
+        "UPDATE servers SET ip = ?2 WHERE id = ?1",
+        params![server_id, ip],
+    )?;
+    Ok(())
+}
+
+/// Records the agent payload sent (secrets already redacted by the caller).
+pub fn set_payload(
+    tx: &rusqlite::Transaction<'_>,
+    server_id: i64,
+    redacted_payload: &str,
+) -> Result<(), DomainError> {
+    tx.execute(
+        "UPDATE servers SET payload = ?2 WHERE id = ?1",
+        params![server_id, redacted_payload],
+    )?;
+    Ok(())
+}
+
+/// Moves a server to another VMID (its reserved one was taken by a foreign container).
+pub fn set_vmid(
+    tx: &rusqlite::Transaction<'_>,
+    server_id: i64,
+    vmid: i64,
+) -> Result<(), DomainError> {
+    tx.execute(
+        "UPDATE servers SET vmid = ?2 WHERE id = ?1",
+        params![server_id, vmid],
+    )?;
+    Ok(())
 }

@@ -21,7 +21,7 @@ pub struct Session {
 }
 
 /// Opens a session for `user_id`; returns the cookie secret (never stored).
-pub fn create(conn: &Connection, user_id: i64) -> Result<String, DomainError> {
+pub fn create(conn: &rusqlite::Transaction<'_>, user_id: i64) -> Result<String, DomainError> {
     let secret = random_secret()?;
     let csrf = random_secret()?;
     let now = now_ms();
@@ -35,9 +35,9 @@ pub fn create(conn: &Connection, user_id: i64) -> Result<String, DomainError> {
     Ok(secret)
 }
 
-/// The session a cookie secret belongs to, if it is live. Refreshes its expiry (at
-/// most once a minute).
-pub fn lookup(conn: &Connection, secret: &str) -> Result<Option<Session>, DomainError> {
+/// The session a cookie secret belongs to, if it is live, and whether its expiry is
+/// due a refresh ([`touch`], at most once a minute: a lookup itself only reads).
+pub fn lookup(conn: &Connection, secret: &str) -> Result<Option<(Session, bool)>, DomainError> {
     if secret.len() != 64 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Ok(None);
     }
@@ -64,16 +64,17 @@ pub fn lookup(conn: &Connection, secret: &str) -> Result<Option<Session>, Domain
             ))
         })
         .optional()?;
-    let Some((session, last_seen)) = found else {
-        return Ok(None);
-    };
-    if now - last_seen > TOUCH_EVERY_MS {
-        conn.execute(
-            "UPDATE sessions SET last_seen_at = ?2, expires_at = ?3 WHERE id = ?1",
-            params![session.id, now, now + SESSION_TTL_MS],
-        )?;
-    }
-    Ok(Some(session))
+    Ok(found.map(|(session, last_seen)| (session, now - last_seen > TOUCH_EVERY_MS)))
+}
+
+/// Refreshes a session's expiry: it was used just now.
+pub fn touch(tx: &rusqlite::Transaction<'_>, session_id: i64) -> Result<(), DomainError> {
+    let now = now_ms();
+    tx.execute(
+        "UPDATE sessions SET last_seen_at = ?2, expires_at = ?3 WHERE id = ?1",
+        params![session_id, now, now + SESSION_TTL_MS],
+    )?;
+    Ok(())
 }
 
 /// Whether session `id` is still live (not ended, not expired). Long-lived streams
@@ -87,12 +88,15 @@ pub fn is_live(conn: &Connection, id: i64) -> Result<bool, DomainError> {
 }
 
 /// Ends one session (logout).
-pub fn delete(conn: &Connection, session_id: i64) -> Result<(), DomainError> {
+pub fn delete(conn: &rusqlite::Transaction<'_>, session_id: i64) -> Result<(), DomainError> {
     conn.execute("DELETE FROM sessions WHERE id = ?1", [session_id])?;
     Ok(())
 }
 
 /// Ends every session of a user (after a password reset).
-pub fn delete_for_user(conn: &Connection, user_id: i64) -> Result<usize, DomainError> {
+pub fn delete_for_user(
+    conn: &rusqlite::Transaction<'_>,
+    user_id: i64,
+) -> Result<usize, DomainError> {
     Ok(conn.execute("DELETE FROM sessions WHERE user_id = ?1", [user_id])?)
 }

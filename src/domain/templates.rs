@@ -339,7 +339,11 @@ fn mirror_path(p: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub fn create(conn: &Connection, t: &NewTemplate, builtin: bool) -> Result<Template, DomainError> {
+pub fn create(
+    conn: &rusqlite::Transaction<'_>,
+    t: &NewTemplate,
+    builtin: bool,
+) -> Result<Template, DomainError> {
     validate(t)?;
     let now = now_ms();
     let spec = serde_json::to_string(&t.spec).map_err(|e| invalid("spec", e.to_string()))?;
@@ -364,7 +368,7 @@ pub fn create(conn: &Connection, t: &NewTemplate, builtin: bool) -> Result<Templ
 }
 
 /// Seeds the built-ins that are missing (an edited built-in is left as edited).
-pub fn ensure_builtins(conn: &Connection) -> Result<(), DomainError> {
+pub fn ensure_builtins(conn: &rusqlite::Transaction<'_>) -> Result<(), DomainError> {
     for t in builtins() {
         if get_by_slug(conn, &t.slug)?.is_none() {
             create(conn, &t, true)?;

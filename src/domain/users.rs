@@ -65,7 +65,11 @@ pub fn own_quota(conn: &Connection, user_id: i64) -> Result<Quota, DomainError> 
 }
 
 /// Sets a user's own limits (`None` in a field: back to the configured default).
-pub fn set_quota(conn: &Connection, user_id: i64, q: Quota) -> Result<(), DomainError> {
+pub fn set_quota(
+    conn: &rusqlite::Transaction<'_>,
+    user_id: i64,
+    q: Quota,
+) -> Result<(), DomainError> {
     for (field, v) in [
         ("max_servers", q.max_servers),
         ("max_memory_mb", q.max_memory_mb),
@@ -142,7 +146,7 @@ fn valid_username(name: &str) -> bool {
 }
 
 pub fn create_user(
-    conn: &Connection,
+    conn: &rusqlite::Transaction<'_>,
     username: &str,
     is_admin: bool,
     password_hash: Option<&str>,
@@ -214,7 +218,7 @@ pub struct TokenInfo {
 
 /// Creates a token for `user_id`; returns the secret (shown once) and its row.
 pub fn create_token(
-    conn: &Connection,
+    conn: &rusqlite::Transaction<'_>,
     user_id: i64,
     name: &str,
 ) -> Result<(String, TokenInfo), DomainError> {
@@ -257,7 +261,11 @@ pub fn verify_token(conn: &Connection, secret: &str) -> Result<Option<User>, Dom
         .optional()?)
 }
 
-pub fn revoke_token(conn: &Connection, user_id: i64, token_id: i64) -> Result<(), DomainError> {
+pub fn revoke_token(
+    conn: &rusqlite::Transaction<'_>,
+    user_id: i64,
+    token_id: i64,
+) -> Result<(), DomainError> {
     let n = conn.execute(
         "UPDATE api_tokens SET revoked_at = ?3 WHERE id = ?1 AND user_id = ?2 AND revoked_at IS NULL",
         params![token_id, user_id, now_ms()],
@@ -308,7 +316,11 @@ pub fn password_matches(phc: &str, password: &str) -> bool {
 
 /// Sets (or replaces) a user's password and ends the user's UI sessions (a new
 /// password is often set because the old one leaked). Returns how many ended.
-pub fn set_password(conn: &Connection, user_id: i64, password: &str) -> Result<usize, DomainError> {
+pub fn set_password(
+    conn: &rusqlite::Transaction<'_>,
+    user_id: i64,
+    password: &str,
+) -> Result<usize, DomainError> {
     let phc = hash_password(password)?;
     let n = conn.execute(
         "UPDATE users SET password_hash = ?2 WHERE id = ?1",

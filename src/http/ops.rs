@@ -30,14 +30,7 @@ async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
     if !st.ready.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
     }
-    let db_ok = st
-        .db
-        .call(|c| {
-            c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
-                .map_err(crate::db::DbError::from)
-        })
-        .await
-        .is_ok();
+    let db_ok = st.db.call(|c| crate::db::ping(c)).await.is_ok();
     if db_ok {
         (StatusCode::OK, "ready\n")
     } else {

@@ -22,10 +22,18 @@ pub const DB_BACKUP: &str = "db.backup";
 
 /// Job kinds that touch nothing outside this database: they may run again after a
 /// restore or a host move without an operator looking first.
+/// The one definition: the handlers' `replay_safe` flag is derived from it.
 pub const REPLAY_SAFE: &[&str] = &[NOOP, QUEUE_PRUNE, DB_BACKUP, reconcile::RECONCILE];
 
+/// Whether `kind` is in [`REPLAY_SAFE`].
+pub fn is_replay_safe(kind: &str) -> bool {
+    REPLAY_SAFE.contains(&kind)
+}
+
 pub fn noop() -> Arc<dyn Handler> {
-    Arc::new(handler_fn(NOOP, |_| async { Ok(Outcome::Complete) }).replay_safe(true))
+    Arc::new(
+        handler_fn(NOOP, |_| async { Ok(Outcome::Complete) }).replay_safe(is_replay_safe(NOOP)),
+    )
 }
 
 pub fn queue_prune(config: &Config) -> Arc<dyn Handler> {
@@ -50,7 +58,7 @@ pub fn queue_prune(config: &Config) -> Arc<dyn Handler> {
             }
             Ok(Outcome::Complete)
         })
-        .replay_safe(true)
+        .replay_safe(is_replay_safe(QUEUE_PRUNE))
         .timeout(Duration::from_secs(600)),
     )
 }
@@ -73,7 +81,7 @@ pub fn db_backup(config: &Config) -> Arc<dyn Handler> {
                 Ok(Outcome::Complete)
             }
         })
-        .replay_safe(true)
+        .replay_safe(is_replay_safe(DB_BACKUP))
         .timeout(Duration::from_secs(1800)),
     )
 }

@@ -47,7 +47,7 @@ pub fn handler(svc: Arc<Services>) -> Arc<dyn Handler> {
             }
         })
         // It only compares and repairs: safe to run after a restore without an operator.
-        .replay_safe(true)
+        .replay_safe(super::is_replay_safe(RECONCILE))
         .timeout(Duration::from_secs(300)),
     )
 }
@@ -161,17 +161,8 @@ pub async fn fail_stuck(svc: &Services) -> Result<usize, DomainError> {
         .db
         .write(|tx| {
             let now = now_ms();
-            let mut s = tx.prepare(
-                "SELECT id, status FROM servers s
-                 WHERE deleted_at IS NULL AND status_deadline IS NOT NULL AND status_deadline < ?1
-                   AND status IN ('pending', 'provisioning', 'installing', 'starting', 'stopping', 'deleting')
-                   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.lane = 'server:' || s.id
-                                   AND j.state IN ('scheduled', 'available', 'running', 'retryable', 'held'))",
-            )?;
-            let stuck: Vec<(i64, ServerStatus)> = s
-                .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
-            for (id, status) in &stuck {
+            let stuck = servers::stuck(tx, now)?;
+            for (id, _, status) in &stuck {
                 servers::fail(
                     tx,
                     *id,

@@ -177,11 +177,7 @@ impl Work {
         let written = self
             .ctx
             .fenced(move |tx| {
-                tx.execute(
-                    "UPDATE servers SET status_reason = ?2, updated_at = ?3 WHERE id = ?1",
-                    rusqlite::params![sid, reason, crate::db::now_ms()],
-                )?;
-                Ok(())
+                servers::set_status_reason(tx, sid, &reason).map_err(QueueError::from)
             })
             .await;
         // A note is informational: the step that follows reports real trouble.
@@ -278,37 +274,61 @@ where
 }
 
 pub fn handlers(svc: Arc<Services>) -> Vec<Arc<dyn Handler>> {
-    let mk = |kind: &'static str, svc: Arc<Services>| -> Arc<dyn Handler> {
-        Arc::new(
-            handler_fn(kind, move |ctx| {
-                let svc = svc.clone();
-                async move {
-                    let Some(mut w) = Work::load(svc, ctx).await? else {
-                        return Ok(Outcome::Complete); // the server is gone
-                    };
-                    match kind {
-                        servers::JOB_PROVISION => provision(&mut w).await,
-                        servers::JOB_START => start(&mut w, false).await,
-                        servers::JOB_RESTART => start(&mut w, true).await,
-                        servers::JOB_STOP => stop(&mut w).await,
-                        servers::JOB_DELETE => delete(&mut w).await,
-                        _ => Err(JobFailure::fatal(format!("unknown server job {kind}"))),
+    work_handlers(
+        svc,
+        &[
+            servers::JOB_PROVISION,
+            servers::JOB_START,
+            servers::JOB_RESTART,
+            servers::JOB_STOP,
+            servers::JOB_DELETE,
+        ],
+        Duration::from_secs(40 * 60),
+        |kind, _payload, mut w| async move {
+            match kind {
+                servers::JOB_PROVISION => provision(&mut w).await,
+                servers::JOB_START => start(&mut w, false).await,
+                servers::JOB_RESTART => start(&mut w, true).await,
+                servers::JOB_STOP => stop(&mut w).await,
+                servers::JOB_DELETE => delete(&mut w).await,
+                _ => Err(JobFailure::fatal(format!("unknown server job {kind}"))),
+            }
+        },
+    )
+}
+
+/// Handlers of `kinds` acting on one server: each loads the job's server into a
+/// [`Work`] (a job whose server is gone completes) and hands it to `run` with its
+/// kind and payload.
+pub(crate) fn work_handlers<F, Fut>(
+    svc: Arc<Services>,
+    kinds: &[&'static str],
+    timeout: Duration,
+    run: F,
+) -> Vec<Arc<dyn Handler>>
+where
+    F: Fn(&'static str, Value, Work) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = JobResult> + Send + 'static,
+{
+    kinds
+        .iter()
+        .map(|&kind| {
+            let (svc, run) = (svc.clone(), run.clone());
+            Arc::new(
+                handler_fn(kind, move |ctx| {
+                    let (svc, run) = (svc.clone(), run.clone());
+                    async move {
+                        let payload = ctx.payload.clone();
+                        let Some(w) = Work::load(svc, ctx).await? else {
+                            return Ok(Outcome::Complete); // the server is gone
+                        };
+                        run(kind, payload, w).await
                     }
-                }
-            })
-            .timeout(Duration::from_secs(40 * 60)),
-        )
-    };
-    [
-        servers::JOB_PROVISION,
-        servers::JOB_START,
-        servers::JOB_RESTART,
-        servers::JOB_STOP,
-        servers::JOB_DELETE,
-    ]
-    .into_iter()
-    .map(|k| mk(k, svc.clone()))
-    .collect()
+                })
+                .timeout(timeout),
+            ) as Arc<dyn Handler>
+        })
+        .collect()
 }
 
 async fn provision(w: &mut Work) -> JobResult {
@@ -368,10 +388,7 @@ async fn provision(w: &mut Work) -> JobResult {
     let (ip2, url2) = (ip.clone(), url.clone());
     if let Err(e) = w
         .fenced(move |tx, sid, _| {
-            tx.execute(
-                "UPDATE servers SET ip = ?2 WHERE id = ?1",
-                rusqlite::params![sid, ip2],
-            )?;
+            servers::set_address(tx, sid, &ip2)?;
             servers::checkpoint(tx, sid, "address", json!({"agent_url": url2}))
         })
         .await
@@ -420,10 +437,7 @@ async fn provision(w: &mut Work) -> JobResult {
         let install_id = payload.install_id.clone();
         if let Err(e) = w
             .fenced(move |tx, sid, _| {
-                tx.execute(
-                    "UPDATE servers SET payload = ?2 WHERE id = ?1",
-                    rusqlite::params![sid, stored],
-                )?;
+                servers::set_payload(tx, sid, &stored)?;
                 servers::checkpoint(tx, sid, "agent_config", json!({"install_id": install_id}))
             })
             .await
@@ -604,10 +618,7 @@ async fn ensure_container(w: &mut Work, rt: &NodeRuntime) -> Result<(), StepErro
                 let new_vmid = w
                     .fenced(move |tx, sid, jid| {
                         let v = servers::allocate_vmid_excluding(tx, &node, &skip2)?;
-                        tx.execute(
-                            "UPDATE servers SET vmid = ?2 WHERE id = ?1",
-                            rusqlite::params![sid, v],
-                        )?;
+                        servers::set_vmid(tx, sid, v)?;
                         servers::add_event(
                             tx,
                             sid,
@@ -721,6 +732,7 @@ async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
             .svc
             .mirror
             .ensure_with_progress(&path, move |done, total| {
+                // Progress only: with the reporter gone there is no one to tell.
                 let _ = tx.send((done, total));
             });
         let report = async {

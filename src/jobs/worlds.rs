@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::servers::{
     ADDRESS_DEADLINE, START_DEADLINE, StepError, Work, publish, reach_agent, start, wait_ready,
+    work_handlers,
 };
 use crate::agent::AgentState;
 use crate::agent::client::AgentClient;
@@ -35,7 +36,7 @@ use crate::domain::edge::VELOCITY;
 use crate::domain::schedules::{self, ScheduleKind};
 use crate::domain::servers::{self, ServerStatus};
 use crate::jobs::services::Services;
-use crate::queue::{Handler, JobFailure, JobResult, Outcome, QueueError, WorkerHandle, handler_fn};
+use crate::queue::{Handler, JobFailure, JobResult, Outcome, QueueError, WorkerHandle};
 use crate::runtime::{NodeRuntime, Runtime, RuntimeError};
 
 /// Where local world backups live, under the data dir.
@@ -91,54 +92,43 @@ fn rt_text(e: RuntimeError) -> String {
 }
 
 pub fn handlers(svc: Arc<Services>) -> Vec<Arc<dyn Handler>> {
-    let mk = |kind: &'static str, svc: Arc<Services>| -> Arc<dyn Handler> {
-        Arc::new(
-            handler_fn(kind, move |ctx| {
-                let svc = svc.clone();
-                async move {
-                    let payload = ctx.payload.clone();
-                    let Some(mut w) = Work::load(svc, ctx).await? else {
-                        return Ok(Outcome::Complete); // the server is gone
-                    };
-                    let decode = |e: serde_json::Error| {
-                        JobFailure::fatal(format!("job {}: bad payload: {e}", w.ctx.id))
-                    };
-                    match kind {
-                        backups::JOB_BACKUP => {
-                            let j: BackupJob = serde_json::from_value(payload).map_err(decode)?;
-                            backup_job(&mut w, j.backup_id).await
-                        }
-                        backups::JOB_RESTORE => {
-                            let j: BackupJob = serde_json::from_value(payload).map_err(decode)?;
-                            restore_job(&mut w, j.backup_id).await
-                        }
-                        backups::JOB_DELETE => {
-                            let j: DeleteJob = serde_json::from_value(payload).map_err(decode)?;
-                            delete_backups(&w, &j.backup_ids, "deleted on request")
-                                .await
-                                .map_err(JobFailure::retry)?;
-                            Ok(Outcome::Complete)
-                        }
-                        schedules::JOB_FIRE => {
-                            let j: FireJob = serde_json::from_value(payload).map_err(decode)?;
-                            fire_job(&mut w, j.schedule_id, j.slot).await
-                        }
-                        _ => Err(JobFailure::fatal(format!("unknown world job {kind}"))),
-                    }
+    work_handlers(
+        svc,
+        &[
+            backups::JOB_BACKUP,
+            backups::JOB_RESTORE,
+            backups::JOB_DELETE,
+            schedules::JOB_FIRE,
+        ],
+        Duration::from_secs(4 * 3600),
+        |kind, payload, mut w| async move {
+            let decode = |e: serde_json::Error| {
+                JobFailure::fatal(format!("job {}: bad payload: {e}", w.ctx.id))
+            };
+            match kind {
+                backups::JOB_BACKUP => {
+                    let j: BackupJob = serde_json::from_value(payload).map_err(decode)?;
+                    backup_job(&mut w, j.backup_id).await
                 }
-            })
-            .timeout(Duration::from_secs(4 * 3600)),
-        )
-    };
-    [
-        backups::JOB_BACKUP,
-        backups::JOB_RESTORE,
-        backups::JOB_DELETE,
-        schedules::JOB_FIRE,
-    ]
-    .into_iter()
-    .map(|k| mk(k, svc.clone()))
-    .collect()
+                backups::JOB_RESTORE => {
+                    let j: BackupJob = serde_json::from_value(payload).map_err(decode)?;
+                    restore_job(&mut w, j.backup_id).await
+                }
+                backups::JOB_DELETE => {
+                    let j: DeleteJob = serde_json::from_value(payload).map_err(decode)?;
+                    delete_backups(&w, &j.backup_ids, "deleted on request")
+                        .await
+                        .map_err(JobFailure::retry)?;
+                    Ok(Outcome::Complete)
+                }
+                schedules::JOB_FIRE => {
+                    let j: FireJob = serde_json::from_value(payload).map_err(decode)?;
+                    fire_job(&mut w, j.schedule_id, j.slot).await
+                }
+                _ => Err(JobFailure::fatal(format!("unknown world job {kind}"))),
+            }
+        },
+    )
 }
 
 /// Fires due schedules every `every` until `stop` (one transaction per tick).
@@ -199,15 +189,9 @@ async fn backup_job(w: &mut Work, backup_id: i64) -> JobResult {
         return Ok(Outcome::Complete); // done by an earlier run
     }
     let jid = w.ctx.id;
-    w.fenced(move |tx, _, _| {
-        tx.execute(
-            "UPDATE world_backups SET state = 'running', job_id = ?2 WHERE id = ?1",
-            rusqlite::params![backup_id, jid],
-        )?;
-        Ok(())
-    })
-    .await
-    .map_err(|e| JobFailure::retry(text(e)))?;
+    w.fenced(move |tx, _, _| backups::mark_running(tx, backup_id, jid))
+        .await
+        .map_err(|e| JobFailure::retry(text(e)))?;
     match take_backup(w, &b).await {
         Ok(c) => {
             let detail = (!c.notes.is_empty()).then(|| c.notes.join("; "));
@@ -418,6 +402,7 @@ async fn archive(src: &Path, dir: &Path, id: i64) -> Result<Copied, String> {
     let notes = match run_tar(args, "archiving the server directory").await {
         Ok(n) => n,
         Err(e) => {
+            // Temp file cleanup: the error that matters is tar's.
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(e);
         }
@@ -431,9 +416,10 @@ async fn archive(src: &Path, dir: &Path, id: i64) -> Result<Copied, String> {
         drop(f);
         std::fs::rename(&tmp2, &dest2)
             .map_err(|e| format!("renaming into {}: {e}", dest2.display()))?;
-        if let Ok(d) = std::fs::File::open(&dir2) {
-            let _ = d.sync_all();
-        }
+        // The rename is durable once the directory is synced.
+        std::fs::File::open(&dir2)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("syncing {}: {e}", dir2.display()))?;
         sha256_file(&dest2)
     })
     .await
@@ -492,7 +478,12 @@ async fn unpack_checked(b: &Backup, into: &Path) -> Result<(), String> {
             archive.display()
         ));
     }
-    let _ = tokio::fs::remove_dir_all(into).await;
+    // What an earlier run left must go, or it would mix with the unpacked world.
+    match tokio::fs::remove_dir_all(into).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("clearing {}: {e}", into.display())),
+    }
     tokio::fs::create_dir_all(into)
         .await
         .map_err(|e| format!("creating {}: {e}", into.display()))?;
@@ -503,7 +494,7 @@ async fn unpack_checked(b: &Backup, into: &Path) -> Result<(), String> {
         into.as_os_str().to_os_string(),
     ];
     if let Err(e) = run_tar(args, "unpacking the archive").await {
-        let _ = tokio::fs::remove_dir_all(into).await;
+        remove_leftover(into).await;
         return Err(e);
     }
     Ok(())
@@ -542,11 +533,7 @@ async fn delete_backups(w: &Work, ids: &[i64], why: &str) -> Result<(), String> 
         }
         let message = format!("world backup {id} {why}");
         w.fenced(move |tx, sid, jid| {
-            tx.execute(
-                "UPDATE world_backups SET state = 'deleted', deleted_at = ?2 WHERE id = ?1
-                   AND protected = 0",
-                rusqlite::params![id, now_ms()],
-            )?;
+            backups::mark_deleted(tx, id)?;
             servers::add_event(tx, sid, None, None, Some(jid), "system", &message)
         })
         .await
@@ -581,7 +568,7 @@ pub(crate) async fn seed_world(w: &mut Work) -> Result<(), StepError> {
         .await
         .map_err(StepError::Fatal)?;
     // The game has never run here: whatever a crashed earlier run left goes.
-    let _ = tokio::fs::remove_dir_all(&game_dir).await;
+    remove_leftover(&game_dir).await;
     tokio::fs::rename(&staging, &game_dir)
         .await
         .map_err(|e| StepError::Transient(format!("moving the seeded world in: {e}")))?;
@@ -707,21 +694,23 @@ async fn restore_local(w: &mut Work, b: &Backup, was_running: bool) -> JobResult
     let agent = match stop_for_restore(w, b.id).await {
         Ok(a) => a,
         Err(e) => {
-            let _ = tokio::fs::remove_dir_all(&staging).await;
+            remove_leftover(&staging).await;
             return failed_before_swap(w, was_running, e).await;
         }
     };
     // 3. Swap: the current world goes aside (kept until the restored one is up).
-    let _ = tokio::fs::remove_dir_all(&aside).await;
+    remove_leftover(&aside).await;
     if let Err(e) = tokio::fs::rename(&game_dir, &aside).await {
-        let _ = tokio::fs::remove_dir_all(&staging).await;
+        remove_leftover(&staging).await;
         return failed_before_swap(w, was_running, format!("moving the world aside: {e}")).await;
     }
     if let Err(e) = tokio::fs::rename(&staging, &game_dir).await {
-        let _ = tokio::fs::rename(&aside, &game_dir).await;
-        let _ = tokio::fs::remove_dir_all(&staging).await;
-        return failed_before_swap(w, was_running, format!("moving the restored world in: {e}"))
-            .await;
+        let reason = format!("moving the restored world in: {e}");
+        if let Err(back) = put_back(&aside, &game_dir, None).await {
+            return previous_world_lost(w, b.id, &reason, back).await;
+        }
+        remove_leftover(&staging).await;
+        return failed_before_swap(w, was_running, reason).await;
     }
     // 4. Start and wait for ready (a stopped server stays stopped).
     let up = match (&agent, was_running) {
@@ -736,37 +725,99 @@ async fn restore_local(w: &mut Work, b: &Backup, was_running: bool) -> JobResult
     };
     if let Err(e) = up {
         // The restored world did not come up: the previous one goes back.
-        if let Some(agent) = &agent {
-            let _ = agent.stop().await;
+        if let Some(agent) = &agent
+            && let Err(stop) = agent.stop().await
+        {
+            // The swap below still runs; the game's own files are not moved under it
+            // only if it stopped, which the event tells the operator to check.
+            let m = format!("stopping the restored world's game failed: {stop}");
+            tracing::warn!(server = w.server.id, error = %stop, "stopping the restored world's game");
+            w.event(m).await;
         }
         let failed = sibling(&game_dir, &format!("failed-restore-{}", b.id));
-        let _ = tokio::fs::remove_dir_all(&failed).await;
-        let _ = tokio::fs::rename(&game_dir, &failed).await;
-        if let Err(e2) = tokio::fs::rename(&aside, &game_dir).await {
-            let m = format!(
-                "restore of backup {} failed ({e}) and the previous world could not be moved \
-                 back from {}: {e2}",
-                b.id,
-                aside.display()
-            );
-            let (s, m2) = ("restore".to_string(), m.clone());
-            let _ = w
-                .fenced(move |tx, sid, jid| servers::fail(tx, sid, &s, &m2, Some(jid)))
-                .await;
-            return Err(JobFailure::fatal(m));
+        let reason = format!("the restored world did not start ({e})");
+        if let Err(back) = put_back(&aside, &game_dir, Some(&failed)).await {
+            return previous_world_lost(w, b.id, &reason, back).await;
         }
-        let _ = tokio::fs::remove_dir_all(&failed).await;
+        remove_leftover(&failed).await;
         return failed_before_swap(
             w,
             was_running,
-            format!("the restored world did not start ({e}); the previous world is back"),
+            format!("{reason}; the previous world is back"),
         )
         .await;
     }
-    let _ = tokio::fs::remove_dir_all(&aside).await;
+    remove_leftover(&aside).await;
     let bid = b.id;
     w.event(format!("world restored from backup {bid}")).await;
     Ok(Outcome::Complete)
+}
+
+/// Moves the world set aside before a restore back to `game_dir`; what is at
+/// `game_dir` now goes to `failed` first (or is expected to be absent when `None`).
+/// The error says where the previous world is, for the operator.
+async fn put_back(aside: &Path, game_dir: &Path, failed: Option<&Path>) -> Result<(), String> {
+    if let Some(failed) = failed {
+        remove_leftover(failed).await;
+        tokio::fs::rename(game_dir, failed).await.map_err(|e| {
+            format!(
+                "moving the restored world out of the way to {}: {e}; the previous world is \
+                 at {}",
+                failed.display(),
+                aside.display()
+            )
+        })?;
+    }
+    tokio::fs::rename(aside, game_dir).await.map_err(|e| {
+        format!(
+            "the previous world could not be moved back from {}: {e}",
+            aside.display()
+        )
+    })
+}
+
+/// The restore failed and the previous world could not be put back: the server fails
+/// with where the world is (never "the previous world is kept").
+async fn previous_world_lost(
+    w: &mut Work,
+    backup_id: i64,
+    reason: &str,
+    back: String,
+) -> JobResult {
+    let m = format!("restore of backup {backup_id} failed ({reason}) and {back}");
+    tracing::error!(server = w.server.id, backup = backup_id, error = %m, "restore left no world in place");
+    let unmarked = fail_server(w, m.clone()).await;
+    Err(JobFailure::fatal(format!("{m}{unmarked}")))
+}
+
+/// Fails the server at step `restore` with `message`. When the row cannot be
+/// marked, says so (logged, and returned as a note to append to the job's error, so
+/// it is not lost); otherwise returns "".
+async fn fail_server(w: &Work, message: String) -> String {
+    let s = "restore".to_string();
+    match w
+        .fenced(move |tx, sid, jid| servers::fail(tx, sid, &s, &message, Some(jid)))
+        .await
+    {
+        Ok(()) => String::new(),
+        Err(e) => {
+            let e = text(e);
+            tracing::error!(server = w.server.id, error = %e, "marking the server failed after a restore");
+            format!(" (marking the server failed did not work: {e})")
+        }
+    }
+}
+
+/// Removes a leftover directory of a restore or seed (staging, set-aside, failed world).
+/// Cleanup only: a failure is logged and leaves a directory an operator may delete.
+async fn remove_leftover(dir: &Path) {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing a leftover world directory")
+        }
+    }
 }
 
 /// A restore that failed with the previous world in place: bring the game back up as
@@ -775,17 +826,19 @@ async fn failed_before_swap(w: &mut Work, was_running: bool, reason: String) -> 
     let message = format!("restore failed, the previous world is kept: {reason}");
     w.event(message.clone()).await;
     if was_running && let Err(e) = restart_previous(w).await {
-        let (s, m) = (
-            "restore".to_string(),
-            format!("{reason}; starting the previous world again: {e}"),
-        );
-        let _ = w
-            .fenced(move |tx, sid, jid| servers::fail(tx, sid, &s, &m, Some(jid)))
-            .await;
-    } else if !was_running {
-        let _ = w
+        let m = format!("{reason}; starting the previous world again: {e}");
+        let unmarked = fail_server(w, m).await;
+        return Err(JobFailure::fatal(format!("{message}{unmarked}")));
+    } else if !was_running
+        && let Err(e) = w
             .status(ServerStatus::Stopped, Some("stopped".into()))
-            .await;
+            .await
+    {
+        let e = text(e);
+        tracing::error!(server = w.server.id, error = %e, "marking the server stopped after a failed restore");
+        return Err(JobFailure::fatal(format!(
+            "{message}; marking the server stopped: {e}"
+        )));
     }
     Err(JobFailure::fatal(message))
 }
@@ -880,7 +933,16 @@ async fn restore_proxmox(w: &mut Work, b: &Backup, was_running: bool) -> JobResu
             return w.finish("restore", StepError::Fatal(e)).await;
         }
     } else {
-        let _ = agent.stop().await;
+        // The restored container's agent may start the game from its saved payload;
+        // if it cannot be stopped the reconciler sees the agent's state, and so does
+        // the operator, from this event.
+        if let Err(e) = agent.stop().await {
+            tracing::warn!(server = w.server.id, error = %e, "stopping the game of a restored container");
+            w.event(format!(
+                "stopping the game of the restored container failed: {e}"
+            ))
+            .await;
+        }
         if let Err(e) = w
             .status(
                 ServerStatus::Stopped,
@@ -905,10 +967,7 @@ async fn safety_copy(w: &mut Work, restoring: i64) -> Result<(i64, String), Stri
     let b = w
         .fenced(move |tx, sid, jid| {
             let id = backups::insert_row(tx, sid, &kind, &note, "system", Some(jid))?;
-            tx.execute(
-                "UPDATE world_backups SET state = 'running', protected = 1 WHERE id = ?1",
-                [id],
-            )?;
+            backups::mark_running_protected(tx, id)?;
             backups::get(tx, id)?.ok_or_else(|| DomainError::NotFound(format!("backup {id}")))
         })
         .await
@@ -1069,6 +1128,53 @@ async fn fire_job(w: &mut Work, schedule_id: i64, slot: i64) -> JobResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rename that puts the previous world back after a failed restore: its
+    /// failure is an error naming where the world is, never dropped.
+    #[tokio::test]
+    async fn put_back_reports_a_world_it_could_not_move_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let game = dir.path().join("server");
+        let aside = dir.path().join("server.before-restore-1");
+        let failed = dir.path().join("server.failed-restore-1");
+        std::fs::create_dir(&game).expect("game dir");
+        std::fs::write(game.join("level.dat"), "restored").expect("restored world");
+
+        // Nothing set aside: the move back fails and says from where.
+        let e = put_back(&aside, &game, Some(&failed))
+            .await
+            .expect_err("no previous world to move back");
+        assert!(e.contains("could not be moved back"), "{e}");
+        assert!(e.contains(&aside.display().to_string()), "{e}");
+
+        // The restored world cannot be moved out of the way (a file is where it would
+        // go and cannot be replaced by a directory): the error says where the
+        // previous world is, and it stays there.
+        std::fs::create_dir(&aside).expect("aside dir");
+        std::fs::write(aside.join("level.dat"), "previous").expect("previous world");
+        std::fs::remove_dir_all(&failed).expect("failed dir from the first call");
+        std::fs::create_dir(&game).expect("game dir again");
+        std::fs::write(&failed, "in the way").expect("a file in the way");
+        let e = put_back(&aside, &game, Some(&failed))
+            .await
+            .expect_err("the restored world cannot move");
+        assert!(
+            e.contains("moving the restored world out of the way"),
+            "{e}"
+        );
+        assert!(e.contains(&aside.display().to_string()), "{e}");
+        assert!(aside.join("level.dat").exists());
+
+        // The way clear: the previous world is back in place.
+        std::fs::remove_file(&failed).expect("clear the way");
+        put_back(&aside, &game, Some(&failed))
+            .await
+            .expect("previous world back");
+        assert_eq!(
+            std::fs::read_to_string(game.join("level.dat")).expect("world"),
+            "previous"
+        );
+    }
 
     #[test]
     fn warnings_read_naturally() {

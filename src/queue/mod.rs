@@ -107,6 +107,11 @@ pub enum QueueError {
     Db(#[from] crate::db::DbError),
     #[error("job {0} not found")]
     NotFound(i64),
+    /// Work the caller did inside a queue transaction (a job's fenced write, a boot
+    /// step) broke one of its own rules — invalid, conflicting, or naming something
+    /// gone. The queue knows none of them: it carries the caller's message.
+    #[error("{0}")]
+    Refused(String),
     #[error("job {id} is {state}: {action} is not possible")]
     InvalidState {
         id: i64,

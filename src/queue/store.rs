@@ -556,7 +556,6 @@ pub fn cancel(conn: &Connection, id: i64, now: i64) -> Result<CancelEffect, Queu
     }
 }
 
-/// How many jobs are held, and why (the reason of the newest held job).
 /// True while `lane` has a job that is not finished (it owns what the lane is for).
 pub fn lane_busy(conn: &Connection, lane: &str) -> Result<bool, QueueError> {
     Ok(conn
@@ -566,6 +565,7 @@ pub fn lane_busy(conn: &Connection, lane: &str) -> Result<bool, QueueError> {
         .query_row([lane], |r| r.get(0))?)
 }
 
+/// How many jobs are held, and why (the reason of the newest held job).
 pub fn held_summary(conn: &Connection) -> Result<Option<(i64, String)>, QueueError> {
     let (n, reason): (i64, Option<String>) = conn
         .prepare_cached(
@@ -704,16 +704,65 @@ pub fn stats(conn: &Connection, now: i64) -> Result<QueueStats, QueueError> {
     let counts = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<Vec<_>, _>>()?;
-    let oldest: Option<i64> = conn.query_row(
-        "SELECT min(run_at) FROM jobs WHERE state = 'available'",
-        [],
-        |r| r.get(0),
-    )?;
+    let oldest = oldest_available(conn)?;
     Ok(QueueStats {
         counts,
         oldest_available_ms: oldest.map(|t| (now - t).max(0)),
         rescued_total: crate::db::counter_get(conn, "jobs_rescued")?,
     })
+}
+
+/// When the oldest job that could run now was due (ms since the epoch).
+pub fn oldest_available(conn: &Connection) -> Result<Option<i64>, QueueError> {
+    Ok(conn
+        .prepare_cached("SELECT min(run_at) FROM jobs WHERE state = 'available'")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// Every job kind the table holds, sorted (the jobs page's filter).
+pub fn kinds(conn: &Connection) -> Result<Vec<String>, QueueError> {
+    let mut stmt = conn.prepare_cached("SELECT DISTINCT kind FROM jobs ORDER BY kind")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Running jobs whose lease has expired: `(id, kind, lock_by)`, by id.
+pub fn expired_leases(
+    conn: &Connection,
+    now: i64,
+) -> Result<Vec<(i64, String, String)>, QueueError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, kind, coalesce(lock_by, '') FROM jobs
+         WHERE state = 'running' AND lease_until < ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Held jobs: `(id, kind, reason)`, by id.
+pub fn held(conn: &Connection) -> Result<Vec<(i64, String, String)>, QueueError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, kind, coalesce(held_reason, '') FROM jobs WHERE state = 'held' ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Jobs of one lane: how many of `kind`, and how many per state.
+pub fn lane_counts(
+    conn: &Connection,
+    lane: &str,
+    kind: &str,
+) -> Result<(i64, std::collections::BTreeMap<String, i64>), QueueError> {
+    let of_kind: i64 = conn
+        .prepare_cached("SELECT count(*) FROM jobs WHERE lane = ?1 AND kind = ?2")?
+        .query_row(params![lane, kind], |r| r.get(0))?;
+    let mut stmt =
+        conn.prepare_cached("SELECT state, count(*) FROM jobs WHERE lane = ?1 GROUP BY state")?;
+    let by_state = stmt
+        .query_map([lane], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok((of_kind, by_state))
 }
 
 /// Number of jobs per state.

@@ -417,6 +417,7 @@ impl Worker {
                     Ok(claimed) => {
                         finished_total += n_done as u64;
                         if n_done > 0 {
+                            // A count for whoever watches; none watching is fine.
                             let _ = self.finished_tx.send(finished_total);
                         }
                         // A full batch suggests more is waiting; a finished job may unblock a lane.
@@ -507,8 +508,9 @@ impl Worker {
             .handle
             .running
             .lock()
-            .ok()
-            .and_then(|m| m.get(&job.id).map(|r| r.cancel.clone()))
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&job.id)
+            .map(|r| r.cancel.clone())
             .unwrap_or_default();
         let handler = self.registry.get(&job.kind).cloned();
         let cfg = self.cfg.clone();
@@ -554,6 +556,7 @@ impl Worker {
                     }
                 }
             };
+            // The loop gone means shutdown: the job's lease expires and it is rescued.
             let _ = done_tx.send(Done {
                 fence,
                 kind,
@@ -620,13 +623,11 @@ impl Worker {
             .handle
             .running
             .lock()
-            .map(|m| {
-                m.keys()
-                    .copied()
-                    .filter(|id| !finished.contains(id))
-                    .collect()
-            })
-            .unwrap_or_default();
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .copied()
+            .filter(|id| !finished.contains(id))
+            .collect();
         let lock_by = self.lock_by.clone();
         let handed_back = self
             .db
@@ -637,13 +638,15 @@ impl Worker {
                 }
                 let mut handed_back = 0;
                 for id in &still_running {
+                    use rusqlite::OptionalExtension;
                     let attempt: Option<i64> = tx
                         .query_row(
                             "SELECT attempt FROM jobs WHERE id = ?1 AND lock_by = ?2 AND state = 'running'",
                             rusqlite::params![id, lock_by],
                             |r| r.get(0),
                         )
-                        .ok();
+                        .optional()
+                        .map_err(crate::db::DbError::from)?;
                     if let Some(attempt) = attempt {
                         let fence = Fence {
                             id: *id,

@@ -229,7 +229,9 @@ impl Runtime for LocalRuntime {
             .map_err(|e| Self::io("writing the agent pid in", &dir, e))?;
         // Reap it if it exits while we run; if we exit first, init adopts it.
         std::thread::spawn(move || {
-            let _ = child.wait();
+            if let Err(e) = child.wait() {
+                tracing::warn!(pid, error = %e, "reaping a local agent");
+            }
         });
         Ok(())
     }
@@ -256,7 +258,14 @@ impl Runtime for LocalRuntime {
             }
             Self::wait_gone(pid, Duration::from_secs(10)).await;
         }
-        let _ = std::fs::remove_file(self.dir(spec.vmid).join(AGENT_PID));
+        // The pid file must go with the agent: a stale one names another process later.
+        // The agent is stopped either way; only the next `stop` may guess wrong.
+        let pid_file = self.dir(spec.vmid).join(AGENT_PID);
+        if let Err(e) = std::fs::remove_file(&pid_file)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(file = %pid_file.display(), error = %e, "removing a stopped agent's pid file");
+        }
         Ok(())
     }
 

@@ -81,12 +81,7 @@ pub async fn jobs(
         .db
         .call(move |c| {
             let list = crate::queue::list(c, &filter)?;
-            let mut s = c.prepare_cached("SELECT DISTINCT kind FROM jobs ORDER BY kind")?;
-            let kinds: Vec<String> = s
-                .query_map([], |r| r.get(0))
-                .map_err(crate::db::DbError::from)?
-                .collect::<Result<_, _>>()
-                .map_err(crate::db::DbError::from)?;
+            let kinds = crate::queue::kinds(c)?;
             Ok::<_, crate::queue::QueueError>((list, kinds))
         })
         .await?;

@@ -297,20 +297,8 @@ fn statuses(
     user: &User,
     ids: &[i64],
 ) -> Result<serde_json::Value, DomainError> {
-    let list = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
-    let mut s = c.prepare_cached(
-        "SELECT id, status, coalesce(status_reason, '') FROM servers
-         WHERE id IN (SELECT value FROM json_each(?1)) AND (?2 OR owner_id = ?3)",
-    )?;
     let mut servers = serde_json::Map::new();
-    for r in s.query_map(rusqlite::params![list, user.is_admin, user.id], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-        ))
-    })? {
-        let (id, status, reason) = r?;
+    for (id, status, reason) in servers::statuses_visible(c, user, ids)? {
         servers.insert(id.to_string(), json!({"status": status, "reason": reason}));
     }
     let counts: serde_json::Map<String, serde_json::Value> = servers::count_by_status(c, user)?

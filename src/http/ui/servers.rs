@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -74,29 +74,14 @@ fn row_context(c: &Connection, ids: &[i64]) -> Result<RowContext, DomainError> {
         .into_iter()
         .map(|n| (n.id, n.name))
         .collect();
-    let mut dns = HashMap::new();
-    let mut running_since = HashMap::new();
-    if !ids.is_empty() {
-        let list = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
-        let mut s = c.prepare_cached(
-            "SELECT server_id, name FROM edge_records
-             WHERE state = 'published' AND target = ?2
-               AND server_id IN (SELECT value FROM json_each(?1))",
-        )?;
-        for r in s.query_map(params![list, edge::DNS_A], |r| Ok((r.get(0)?, r.get(1)?)))? {
-            let (id, name): (i64, String) = r?;
-            dns.insert(id, name);
-        }
-        let mut s = c.prepare_cached(
-            "SELECT server_id, max(at) FROM server_events
-             WHERE server_id IN (SELECT value FROM json_each(?1)) AND to_status = 'running'
-             GROUP BY server_id",
-        )?;
-        for r in s.query_map([&list], |r| Ok((r.get(0)?, r.get(1)?)))? {
-            let (id, at): (i64, i64) = r?;
-            running_since.insert(id, at);
-        }
-    }
+    let (dns, running_since) = if ids.is_empty() {
+        (HashMap::new(), HashMap::new())
+    } else {
+        (
+            edge::published_names(c, ids, edge::DNS_A)?,
+            servers::running_since(c, ids)?,
+        )
+    };
     Ok(RowContext {
         templates,
         nodes,
@@ -157,28 +142,25 @@ pub struct EventRow {
 
 /// The newest `limit` events on servers `user` may see, newest first.
 fn recent_events(c: &Connection, user: &User, limit: i64) -> Result<Vec<EventRow>, DomainError> {
-    let mut s = c.prepare_cached(
-        "SELECT e.id, e.server_id, s.name, e.at, e.from_status, e.to_status, e.actor, e.message, e.job_id
-         FROM server_events e JOIN servers s ON s.id = e.server_id
-         WHERE ?1 OR s.owner_id = ?2
-         ORDER BY e.id DESC LIMIT ?3",
-    )?;
-    let rows = s.query_map(params![user.is_admin, user.id, limit], event_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(servers::recent_events_visible(c, user, limit)?
+        .into_iter()
+        .map(event_row)
+        .collect())
 }
 
-fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
-    Ok(EventRow {
-        id: r.get(0)?,
-        server_id: r.get(1)?,
-        server: r.get(2)?,
-        at: format_ts(r.get(3)?),
-        from: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
-        to: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
-        actor: r.get(6)?,
-        message: r.get(7)?,
-        job_id: r.get(8)?,
-    })
+fn event_row(e: servers::NamedEvent) -> EventRow {
+    let servers::NamedEvent { server, event: e } = e;
+    EventRow {
+        id: e.id,
+        server_id: e.server_id,
+        server,
+        at: format_ts(e.at),
+        from: e.from_status.unwrap_or_default(),
+        to: e.to_status.unwrap_or_default(),
+        actor: e.actor,
+        message: e.message,
+        job_id: e.job_id,
+    }
 }
 
 /// Events of one server after `after_id`, oldest first (at most `limit`, the newest).
@@ -188,16 +170,10 @@ pub fn server_events(
     after_id: i64,
     limit: i64,
 ) -> Result<Vec<EventRow>, DomainError> {
-    let mut s = c.prepare_cached(
-        "SELECT e.id, e.server_id, s.name, e.at, e.from_status, e.to_status, e.actor, e.message, e.job_id
-         FROM server_events e JOIN servers s ON s.id = e.server_id
-         WHERE e.server_id = ?1 AND e.id > ?2 ORDER BY e.id DESC LIMIT ?3",
-    )?;
-    let mut out: Vec<EventRow> = s
-        .query_map(params![server_id, after_id, limit], event_row)?
-        .collect::<Result<_, _>>()?;
-    out.reverse();
-    Ok(out)
+    Ok(servers::events_after(c, server_id, after_id, limit)?
+        .into_iter()
+        .map(event_row)
+        .collect())
 }
 
 #[derive(Template)]
@@ -236,21 +212,8 @@ pub async fn dashboard(State(st): State<AppState>, sess: Sess) -> Result<Respons
                 ("failed", n(JobState::Discarded)),
                 ("held", n(JobState::Held)),
             ];
-            let oldest: Option<i64> = c.query_row(
-                "SELECT min(run_at) FROM jobs WHERE state = 'available'",
-                [],
-                |r| r.get(0),
-            )?;
-            // Servers that need a look: failed, crashed, or past their deadline.
-            let mut s = c.prepare_cached(&format!(
-                "SELECT {} FROM servers WHERE deleted_at IS NULL AND (?1 OR owner_id = ?2)
-                   AND (status IN ('failed', 'crashed') OR status_deadline < ?3)
-                 ORDER BY updated_at DESC LIMIT 10",
-                servers::COLUMNS
-            ))?;
-            let list: Vec<Server> = s
-                .query_map(params![user.is_admin, user.id, now_ms()], servers::from_row)?
-                .collect::<Result<_, _>>()?;
+            let oldest = queue::oldest_available(c)?;
+            let list = servers::needing_attention(c, &user, now_ms(), 10)?;
             let attention = rows(c, &list)?;
             let events = recent_events(c, &user, 15)?;
             Ok::<_, DomainError>((by_status, queue_counts, oldest, attention, events))

@@ -356,7 +356,14 @@ pub async fn session_of(st: &AppState, headers: &HeaderMap) -> Result<Option<Ses
     let Some(secret) = cookie(headers, SESSION_COOKIE).map(str::to_string) else {
         return Ok(None);
     };
-    Ok(st.db.call(move |c| sessions::lookup(c, &secret)).await?)
+    let Some((session, touch)) = st.db.call(move |c| sessions::lookup(c, &secret)).await? else {
+        return Ok(None);
+    };
+    if touch {
+        let id = session.id;
+        st.db.write(move |tx| sessions::touch(tx, id)).await?;
+    }
+    Ok(Some(session))
 }
 
 /// Every route behind it needs a live session; every request other than GET/HEAD must
