@@ -474,3 +474,10 @@ mod tests {
         }
     }
 }
+
+/// Every template's slug by id (what a server list shows beside each server).
+pub fn slugs(conn: &Connection) -> Result<std::collections::HashMap<i64, String>, DomainError> {
+    let mut s = conn.prepare_cached("SELECT id, slug FROM templates")?;
+    let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
