@@ -1054,3 +1054,31 @@ pub fn context(conn: &Connection, server: &Server) -> Result<(Template, Node), D
         .ok_or_else(|| DomainError::NotFound(format!("node {}", server.node_id)))?;
     Ok((t, n))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The payload shown by the API: secrets and seeded contents blanked, the rest as stored.
+    #[test]
+    fn a_public_payload_blanks_secrets_and_seeded_contents() {
+        let shown = serde_json::to_value(RedactedPayload(json!({
+            "forwarding_secret": "s3cret", "agent_token": "tok", "version": "1.21.4",
+            "files": [{"destination": "a.toml", "content": "secret = s3cret"}, {"destination": "b"}, null],
+            "properties": {"motd": "hi"}
+        })))
+        .unwrap();
+        assert_eq!(
+            shown,
+            json!({
+                "forwarding_secret": BLANK, "agent_token": BLANK, "version": "1.21.4",
+                "files": [{"destination": "a.toml", "content": SEEDED}, {"destination": "b", "content": SEEDED}, {"content": SEEDED}],
+                "properties": {"motd": "hi"}
+            })
+        );
+        // A null secret stays null (nothing to hide).
+        let shown =
+            serde_json::to_value(RedactedPayload(json!({"forwarding_secret": null}))).unwrap();
+        assert_eq!(shown, json!({"forwarding_secret": null}));
+    }
+}
