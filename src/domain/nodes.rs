@@ -29,6 +29,13 @@ pub struct Node {
 impl Node {
     /// The node as the API shows it: settings with secrets blanked.
     pub fn public(&self) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        v["settings"] = self.public_settings();
+        v
+    }
+
+    /// The settings with secret values blanked.
+    pub fn public_settings(&self) -> Value {
         let mut settings = self.settings.clone();
         if let Some(obj) = settings.as_object_mut() {
             for k in SECRET_KEYS {
@@ -37,9 +44,7 @@ impl Node {
                 }
             }
         }
-        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
-        v["settings"] = settings;
-        v
+        settings
     }
 }
 
@@ -253,4 +258,11 @@ pub fn place(conn: &Connection, named: Option<&str>, memory_mb: i64) -> Result<N
         .max_by_key(|(n, left)| (*left, -n.id))
         .map(|(n, _)| n)
         .ok_or_else(|| DomainError::Conflict(format!("no node has {memory_mb} MB of memory free")))
+}
+
+/// Every node's name by id (what a server list shows beside each server).
+pub fn names(conn: &Connection) -> Result<std::collections::HashMap<i64, String>, DomainError> {
+    let mut s = conn.prepare_cached("SELECT id, name FROM nodes")?;
+    let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }

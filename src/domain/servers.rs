@@ -184,55 +184,152 @@ pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Server> {
     })
 }
 
+/// A server as the API shows it: no agent token; payload secrets blanked. Built by
+/// moving out of a [`Server`] and serialized field by field (no intermediate JSON
+/// tree: a list of 1,000 servers used to be mostly copying and freeing `Value`s).
+#[derive(Debug, Serialize)]
+pub struct PublicServer {
+    pub id: i64,
+    pub name: String,
+    pub owner_id: i64,
+    pub template_id: i64,
+    /// The template's slug.
+    pub template: Option<String>,
+    pub version: String,
+    pub node_id: i64,
+    /// The node's name.
+    pub node: Option<String>,
+    pub vmid: i64,
+    pub ip: Option<String>,
+    pub game_port: i64,
+    pub memory_mb: i64,
+    pub cores: i64,
+    pub eula_accepted: bool,
+    pub install_id: String,
+    pub desired_state: String,
+    pub status: ServerStatus,
+    pub status_reason: Option<String>,
+    pub failed_step: Option<String>,
+    pub status_deadline: Option<i64>,
+    pub checkpoints: Value,
+    pub agent_state: Option<String>,
+    pub agent_seen_at: Option<i64>,
+    pub ready: bool,
+    pub crash_count: i64,
+    /// `ip:game_port`, once the server has an address.
+    pub connect: Option<String>,
+    /// The agent payload last sent, secrets and seeded file contents blanked.
+    pub payload: Option<RedactedPayload>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub deleted_at: Option<i64>,
+}
+
+/// An agent payload that serializes with its secrets blanked and seeded files'
+/// contents replaced, without copying it first.
+#[derive(Debug)]
+pub struct RedactedPayload(pub Value);
+
+const BLANK: &str = "********";
+const SEEDED: &str = "(seeded file; content not shown)";
+
+impl Serialize for RedactedPayload {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Value::Object(map) = &self.0 else {
+            return self.0.serialize(ser);
+        };
+        let mut m = ser.serialize_map(Some(map.len()))?;
+        for (k, v) in map {
+            match (k.as_str(), v) {
+                ("forwarding_secret" | "agent_token", v) if !v.is_null() => {
+                    m.serialize_entry(k, BLANK)?
+                }
+                ("files", Value::Array(files)) => m.serialize_entry(k, &SeededFiles(files))?,
+                _ => m.serialize_entry(k, v)?,
+            }
+        }
+        m.end()
+    }
+}
+
+struct SeededFiles<'a>(&'a [Value]);
+
+impl Serialize for SeededFiles<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = ser.serialize_seq(Some(self.0.len()))?;
+        for f in self.0 {
+            match f {
+                Value::Object(map) => {
+                    let with_content = map.len() + usize::from(!map.contains_key("content"));
+                    seq.serialize_element(&SeededFile(map, with_content))?
+                }
+                // A null entry shows as a file whose content is hidden, as before.
+                Value::Null => seq.serialize_element(&serde_json::json!({ "content": SEEDED }))?,
+                other => seq.serialize_element(other)?,
+            }
+        }
+        seq.end()
+    }
+}
+
+/// A seeded file's entry with its content hidden; `.1` is the entry count.
+struct SeededFile<'a>(&'a serde_json::Map<String, Value>, usize);
+
+impl Serialize for SeededFile<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = ser.serialize_map(Some(self.1))?;
+        for (k, v) in self.0 {
+            if k != "content" {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.serialize_entry("content", SEEDED)?;
+        m.end()
+    }
+}
+
 impl Server {
-    /// The server as API and UI show it: no agent token; payload secrets blanked.
-    pub fn public(&self, template_slug: Option<&str>, node_name: Option<&str>) -> Value {
-        let payload = self.payload.as_ref().map(|p| {
-            let mut p = p.clone();
-            for k in ["forwarding_secret", "agent_token"] {
-                if p.get(k).is_some_and(|v| !v.is_null()) {
-                    p[k] = json!("********");
-                }
-            }
-            if let Some(files) = p.get_mut("files").and_then(|f| f.as_array_mut()) {
-                for f in files {
-                    f["content"] = json!("(seeded file; content not shown)");
-                }
-            }
-            p
-        });
-        json!({
-            "id": self.id,
-            "name": self.name,
-            "owner_id": self.owner_id,
-            "template_id": self.template_id,
-            "template": template_slug,
-            "version": self.version,
-            "node_id": self.node_id,
-            "node": node_name,
-            "vmid": self.vmid,
-            "ip": self.ip,
-            "game_port": self.game_port,
-            "memory_mb": self.memory_mb,
-            "cores": self.cores,
-            "eula_accepted": self.eula_accepted,
-            "install_id": self.install_id,
-            "desired_state": self.desired_state,
-            "status": self.status,
-            "status_reason": self.status_reason,
-            "failed_step": self.failed_step,
-            "status_deadline": self.status_deadline,
-            "checkpoints": self.checkpoints,
-            "agent_state": self.agent_state,
-            "agent_seen_at": self.agent_seen_at,
-            "ready": self.ready,
-            "crash_count": self.crash_count,
-            "connect": self.ip.as_ref().map(|ip| format!("{ip}:{}", self.game_port)),
-            "payload": payload,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "deleted_at": self.deleted_at,
-        })
+    /// The server as the API shows it (see [`PublicServer`]).
+    pub fn public(self, template_slug: Option<String>, node_name: Option<String>) -> PublicServer {
+        let connect = self
+            .ip
+            .as_ref()
+            .map(|ip| format!("{ip}:{}", self.game_port));
+        PublicServer {
+            id: self.id,
+            name: self.name,
+            owner_id: self.owner_id,
+            template_id: self.template_id,
+            template: template_slug,
+            version: self.version,
+            node_id: self.node_id,
+            node: node_name,
+            vmid: self.vmid,
+            ip: self.ip,
+            game_port: self.game_port,
+            memory_mb: self.memory_mb,
+            cores: self.cores,
+            eula_accepted: self.eula_accepted,
+            install_id: self.install_id,
+            desired_state: self.desired_state,
+            status: self.status,
+            status_reason: self.status_reason,
+            failed_step: self.failed_step,
+            status_deadline: self.status_deadline,
+            checkpoints: self.checkpoints,
+            agent_state: self.agent_state,
+            agent_seen_at: self.agent_seen_at,
+            ready: self.ready,
+            crash_count: self.crash_count,
+            connect,
+            payload: self.payload.map(RedactedPayload),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            deleted_at: self.deleted_at,
+        }
     }
 }
 
@@ -1243,4 +1340,32 @@ pub fn set_vmid(
         params![server_id, vmid],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The payload shown by the API: secrets and seeded contents blanked, the rest as stored.
+    #[test]
+    fn a_public_payload_blanks_secrets_and_seeded_contents() {
+        let shown = serde_json::to_value(RedactedPayload(json!({
+            "forwarding_secret": "s3cret", "agent_token": "tok", "version": "1.21.4",
+            "files": [{"destination": "a.toml", "content": "secret = s3cret"}, {"destination": "b"}, null],
+            "properties": {"motd": "hi"}
+        })))
+        .unwrap();
+        assert_eq!(
+            shown,
+            json!({
+                "forwarding_secret": BLANK, "agent_token": BLANK, "version": "1.21.4",
+                "files": [{"destination": "a.toml", "content": SEEDED}, {"destination": "b", "content": SEEDED}, {"content": SEEDED}],
+                "properties": {"motd": "hi"}
+            })
+        );
+        // A null secret stays null (nothing to hide).
+        let shown =
+            serde_json::to_value(RedactedPayload(json!({"forwarding_secret": null}))).unwrap();
+        assert_eq!(shown, json!({"forwarding_secret": null}));
+    }
 }

@@ -423,6 +423,13 @@ pub fn list(conn: &Connection) -> Result<Vec<Template>, DomainError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Every template's slug by id (what a server list shows beside each server).
+pub fn slugs(conn: &Connection) -> Result<std::collections::HashMap<i64, String>, DomainError> {
+    let mut s = conn.prepare_cached("SELECT id, slug FROM templates")?;
+    let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// The Java major a Minecraft version needs.
 pub fn java_major_for(version: &str) -> u32 {
     let parts: Vec<u32> = version

@@ -8,17 +8,70 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
-use super::servers::job_json;
+use super::servers::QueuedJob;
 use super::{BODY_LIMIT, Caller, Path, Query, json_error};
 use crate::domain::DomainError;
-use crate::domain::backups::{self, RestoreRequest, Retention};
-use crate::domain::schedules::{self, NewSchedule};
+use crate::domain::backups::{self, Backup, RestoreRequest, Retention};
+use crate::domain::schedules::{self, NewSchedule, Schedule};
 use crate::error::AppError;
 use crate::http::AppState;
+use crate::queue::{self, Job};
+
+/// `{backups, retention}`: a server's backups, newest first, and its policy.
+#[derive(Debug, Serialize)]
+pub struct BackupList {
+    pub backups: Vec<Backup>,
+    pub retention: Retention,
+}
+
+/// `{backup, job}`: a backup being made and its job.
+#[derive(Debug, Serialize)]
+pub struct BackupQueued {
+    pub backup: Backup,
+    pub job: Option<Job>,
+}
+
+/// `{backup}`.
+#[derive(Debug, Serialize)]
+pub struct OneBackup {
+    pub backup: Backup,
+}
+
+/// `{job, server_id, cloned}`: a restore's job and the server receiving the world.
+#[derive(Debug, Serialize)]
+pub struct RestoreQueued {
+    pub job: Option<Job>,
+    pub server_id: i64,
+    pub cloned: bool,
+}
+
+/// `{retention}`.
+#[derive(Debug, Serialize)]
+pub struct RetentionBody {
+    pub retention: Retention,
+}
+
+/// `{schedules}`.
+#[derive(Debug, Serialize)]
+pub struct ScheduleList {
+    pub schedules: Vec<Schedule>,
+}
+
+/// `{schedule}`: the schedule just added.
+#[derive(Debug, Serialize)]
+pub struct OneSchedule {
+    pub schedule: Schedule,
+}
+
+/// `{removed}`: the ids of the schedules removed (the one named and those chained
+/// after it).
+#[derive(Debug, Serialize)]
+pub struct RemovedSchedules {
+    pub removed: Vec<i64>,
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -74,7 +127,7 @@ async fn list(
     caller: Caller,
     Path(id): Path<i64>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<BackupList>, AppError> {
     let all = match q.all.as_deref() {
         None | Some("" | "0" | "false") => false,
         Some("1" | "true") => true,
@@ -89,9 +142,9 @@ async fn list(
     let body = st
         .db
         .call(move |c| {
-            let list = backups::list(c, &user, id, all)?;
+            let backups = backups::list(c, &user, id, all)?;
             let retention = backups::retention_of(c, id)?;
-            Ok::<_, DomainError>(json!({"backups": list, "retention": retention}))
+            Ok::<_, DomainError>(BackupList { backups, retention })
         })
         .await?;
     Ok(Json(body))
@@ -114,8 +167,11 @@ async fn create(
     let out = st
         .db
         .write(move |tx| {
-            let (b, job) = backups::request_backup(tx, &user, id, body.note.as_deref())?;
-            Ok::<_, DomainError>(json!({"backup": b, "job": job_json(tx, job)?}))
+            let (backup, job) = backups::request_backup(tx, &user, id, body.note.as_deref())?;
+            Ok::<_, DomainError>(BackupQueued {
+                backup,
+                job: queue::get(tx, job)?,
+            })
         })
         .await?;
     st.queue.wake();
@@ -126,13 +182,13 @@ async fn show(
     State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<OneBackup>, AppError> {
     let user = caller.0.clone();
-    let b = st
+    let backup = st
         .db
         .call(move |c| backups::get_visible(c, &user, id))
         .await?;
-    Ok(Json(json!({"backup": b})))
+    Ok(Json(OneBackup { backup }))
 }
 
 async fn restore(
@@ -147,11 +203,11 @@ async fn restore(
         .db
         .write(move |tx| {
             let r = backups::request_restore(tx, &user, id, &req, quota)?;
-            Ok::<_, DomainError>(json!({
-                "job": job_json(tx, r.job_id)?,
-                "server_id": r.server_id,
-                "cloned": r.cloned,
-            }))
+            Ok::<_, DomainError>(RestoreQueued {
+                job: queue::get(tx, r.job_id)?,
+                server_id: r.server_id,
+                cloned: r.cloned,
+            })
         })
         .await?;
     st.queue.wake();
@@ -163,20 +219,20 @@ async fn set_protected(
     caller: &Caller,
     id: i64,
     on: bool,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<OneBackup>, AppError> {
     let user = caller.0.clone();
-    let b = st
+    let backup = st
         .db
         .write(move |tx| backups::set_protected(tx, &user, id, on))
         .await?;
-    Ok(Json(json!({"backup": b})))
+    Ok(Json(OneBackup { backup }))
 }
 
 async fn protect(
     State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<OneBackup>, AppError> {
     set_protected(&st, &caller, id, true).await
 }
 
@@ -184,7 +240,7 @@ async fn unprotect(
     State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<OneBackup>, AppError> {
     set_protected(&st, &caller, id, false).await
 }
 
@@ -198,7 +254,9 @@ async fn remove(
         .db
         .write(move |tx| {
             let job = backups::request_delete(tx, &user, id)?;
-            Ok::<_, DomainError>(json!({"job": job_json(tx, job)?}))
+            Ok::<_, DomainError>(QueuedJob {
+                job: queue::get(tx, job)?,
+            })
         })
         .await?;
     st.queue.wake();
@@ -209,13 +267,13 @@ async fn get_retention(
     State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<RetentionBody>, AppError> {
     let user = caller.0.clone();
     let r = st
         .db
         .call(move |c| backups::retention(c, &user, id))
         .await?;
-    Ok(Json(json!({"retention": r})))
+    Ok(Json(RetentionBody { retention: r }))
 }
 
 async fn put_retention(
@@ -223,23 +281,23 @@ async fn put_retention(
     caller: Caller,
     Path(id): Path<i64>,
     super::ApiJson(policy): super::ApiJson<Retention>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<RetentionBody>, AppError> {
     let user = caller.0.clone();
     let r = st
         .db
         .write(move |tx| backups::set_retention(tx, &user, id, policy))
         .await?;
-    Ok(Json(json!({"retention": r})))
+    Ok(Json(RetentionBody { retention: r }))
 }
 
 async fn list_schedules(
     State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<ScheduleList>, AppError> {
     let user = caller.0.clone();
-    let list = st.db.call(move |c| schedules::list(c, &user, id)).await?;
-    Ok(Json(json!({"schedules": list})))
+    let schedules = st.db.call(move |c| schedules::list(c, &user, id)).await?;
+    Ok(Json(ScheduleList { schedules }))
 }
 
 async fn add_schedule(
@@ -253,18 +311,18 @@ async fn add_schedule(
         .db
         .write(move |tx| schedules::add(tx, &user, id, &req))
         .await?;
-    Ok((StatusCode::CREATED, Json(json!({"schedule": s}))))
+    Ok((StatusCode::CREATED, Json(OneSchedule { schedule: s })))
 }
 
 async fn remove_schedule(
     State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<RemovedSchedules>, AppError> {
     let user = caller.0.clone();
     let removed = st
         .db
         .write(move |tx| schedules::remove(tx, &user, id))
         .await?;
-    Ok(Json(json!({"removed": removed})))
+    Ok(Json(RemovedSchedules { removed }))
 }

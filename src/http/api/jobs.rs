@@ -3,13 +3,12 @@
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::{Caller, Path, Query, require_admin};
 use crate::error::AppError;
 use crate::http::AppState;
-use crate::queue::{JobFilter, JobState};
+use crate::queue::{CancelEffect, Job, JobFilter, JobState};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -31,11 +30,46 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
+/// `{jobs}`.
+#[derive(Debug, Serialize)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+}
+
+/// `{job}`.
+#[derive(Debug, Serialize)]
+pub struct OneJob {
+    pub job: Job,
+}
+
+/// What a job action did: `{"retried": id}`, `{"cancel": effect}` or `{"released": n}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobActionResult {
+    Retried(i64),
+    Cancel(CancelEffect),
+    Released(usize),
+}
+
+/// `{result, job}`: what the action did and the job after it.
+#[derive(Debug, Serialize)]
+pub struct JobActionDone {
+    pub result: JobActionResult,
+    pub job: Option<Job>,
+}
+
+/// `{ok, report}`: the doctor's report; `ok` is false when it found a problem.
+#[derive(Debug, Serialize)]
+pub struct DoctorAnswer {
+    pub ok: bool,
+    pub report: crate::doctor::Report,
+}
+
 async fn list(
     State(st): State<AppState>,
     caller: Caller,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<JobList>, AppError> {
     require_admin(&caller)?;
     let state = match q.state.as_deref() {
         None | Some("") => None,
@@ -58,36 +92,36 @@ async fn list(
             limit,
         })
         .await?;
-    Ok(Json(json!({"jobs": jobs})))
+    Ok(Json(JobList { jobs }))
 }
 
 async fn show(
     State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<OneJob>, AppError> {
     require_admin(&caller)?;
     let job = st
         .queue
         .get(id)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("job {id} not found")))?;
-    Ok(Json(json!({"job": job})))
+    Ok(Json(OneJob { job }))
 }
 
 async fn action(
     State(st): State<AppState>,
     caller: Caller,
     Path((id, action)): Path<(i64, String)>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<JobActionDone>, AppError> {
     require_admin(&caller)?;
     let result = match action.as_str() {
         "retry" => {
             st.queue.retry(id).await?;
-            json!({"retried": id})
+            JobActionResult::Retried(id)
         }
-        "cancel" => json!({"cancel": st.queue.cancel(id).await?}),
-        "release" => json!({"released": st.queue.release(Some(id)).await?}),
+        "cancel" => JobActionResult::Cancel(st.queue.cancel(id).await?),
+        "release" => JobActionResult::Released(st.queue.release(Some(id)).await?),
         other => {
             return Err(AppError::NotFound(format!(
                 "no job action '{other}' (retry, cancel, release)"
@@ -95,7 +129,7 @@ async fn action(
         }
     };
     let job = st.queue.get(id).await?;
-    Ok(Json(json!({"result": result, "job": job})))
+    Ok(Json(JobActionDone { result, job }))
 }
 
 /// `GET /api/v1/doctor[?server=ID]`: the doctor's report (checks only; repairs are
@@ -104,16 +138,17 @@ async fn doctor(
     State(st): State<AppState>,
     caller: Caller,
     Query(q): Query<DoctorQuery>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<DoctorAnswer>, AppError> {
     require_admin(&caller)?;
     let opts = crate::doctor::Options {
         server: q.server,
         ..Default::default()
     };
     let report = crate::doctor::run(&st.services, &opts).await?;
-    Ok(Json(
-        json!({"ok": !report.has_problems(), "report": report}),
-    ))
+    Ok(Json(DoctorAnswer {
+        ok: !report.has_problems(),
+        report,
+    }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,15 +5,17 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::{ApiJson, Caller, Path, Query};
-use crate::domain::servers::{self, Action, CreateServer, Server, ServerStatus};
+use crate::domain::edge::EdgeRecord;
+use crate::domain::servers::{
+    self, Action, CreateServer, Event, PublicServer, Server, ServerStatus,
+};
 use crate::domain::{DomainError, nodes, templates};
 use crate::error::AppError;
 use crate::http::AppState;
-use crate::queue;
+use crate::queue::{self, Job};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -29,30 +31,69 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Servers with their template slug and node name, as the API shows them.
-pub fn render(conn: &rusqlite::Connection, list: &[Server]) -> Result<Vec<Value>, DomainError> {
-    let templates: std::collections::HashMap<i64, String> = templates::list(conn)?
-        .into_iter()
-        .map(|t| (t.id, t.slug))
-        .collect();
-    let nodes: std::collections::HashMap<i64, String> = nodes::list(conn)?
-        .into_iter()
-        .map(|n| (n.id, n.name))
-        .collect();
+pub fn render(
+    conn: &rusqlite::Connection,
+    list: Vec<Server>,
+) -> Result<Vec<PublicServer>, DomainError> {
+    let templates = templates::slugs(conn)?;
+    let nodes = nodes::names(conn)?;
     Ok(list
-        .iter()
+        .into_iter()
         .map(|s| {
-            s.public(
-                templates.get(&s.template_id).map(String::as_str),
-                nodes.get(&s.node_id).map(String::as_str),
-            )
+            let template = templates.get(&s.template_id).cloned();
+            let node = nodes.get(&s.node_id).cloned();
+            s.public(template, node)
         })
         .collect())
 }
 
-pub(super) fn job_json(conn: &rusqlite::Connection, id: i64) -> Result<Value, DomainError> {
-    Ok(queue::get(conn, id)?
-        .map(|j| serde_json::to_value(j).unwrap_or(Value::Null))
-        .unwrap_or(Value::Null))
+/// One server as the API shows it.
+fn render_one(conn: &rusqlite::Connection, s: Server) -> Result<PublicServer, DomainError> {
+    let template = templates::slugs(conn)?.remove(&s.template_id);
+    let node = nodes::names(conn)?.remove(&s.node_id);
+    Ok(s.public(template, node))
+}
+
+/// `{server, job}`: a created server and its provisioning job.
+#[derive(Debug, Serialize)]
+pub struct CreatedServer {
+    pub server: PublicServer,
+    pub job: Option<Job>,
+}
+
+/// `{servers, next_after}`: a page of servers; `next_after` is the `after` of the
+/// next page (null on the last one).
+#[derive(Debug, Serialize)]
+pub struct ServerPage {
+    pub servers: Vec<PublicServer>,
+    pub next_after: Option<i64>,
+}
+
+/// One server with its edge records: what is published for players, with any edge
+/// problem in plain sight.
+#[derive(Debug, Serialize)]
+pub struct ServerDetail {
+    #[serde(flatten)]
+    pub server: PublicServer,
+    pub edge: Vec<EdgeRecord>,
+}
+
+/// `{events}`: a server's state timeline, newest first.
+#[derive(Debug, Serialize)]
+pub struct ServerEvents {
+    pub events: Vec<Event>,
+}
+
+/// `{job}`: the job a request queued.
+#[derive(Debug, Serialize)]
+pub struct QueuedJob {
+    pub job: Option<Job>,
+}
+
+/// `{lines}`: the last console lines.
+#[derive(Debug, Serialize)]
+pub struct ConsoleTail {
+    pub lines: Vec<String>,
 }
 
 async fn create(
@@ -82,9 +123,9 @@ async fn create(
         .write(move |tx| {
             let idem = key.as_deref().map(|k| (k, hash.as_str()));
             let created = servers::create(tx, &user, &req, idem, quota)?;
-            let server = render(tx, std::slice::from_ref(&created.server))?.remove(0);
-            let job = job_json(tx, created.job_id)?;
-            Ok::<_, DomainError>((created.created, json!({"server": server, "job": job})))
+            let job = queue::get(tx, created.job_id)?;
+            let server = render_one(tx, created.server)?;
+            Ok::<_, DomainError>((created.created, CreatedServer { server, job }))
         })
         .await?;
     if created {
@@ -109,7 +150,7 @@ async fn list(
     State(st): State<AppState>,
     caller: Caller,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<ServerPage>, AppError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(AppError::bad_request("limit", "between 1 and 1000"));
@@ -136,16 +177,20 @@ async fn list(
             let next = (list.len() as i64 == limit)
                 .then(|| list.last().map(|s| s.id))
                 .flatten();
-            Ok::<_, DomainError>(json!({"servers": render(c, &list)?, "next_after": next}))
+            Ok::<_, DomainError>(ServerPage {
+                servers: render(c, list)?,
+                next_after: next,
+            })
         })
         .await?;
     Ok(Json(body))
 }
 
 /// Runs `f` on a server the caller may see (others' servers are "not found").
-async fn visible<F>(st: &AppState, caller: &Caller, id: i64, f: F) -> Result<Json<Value>, AppError>
+async fn visible<F, T>(st: &AppState, caller: &Caller, id: i64, f: F) -> Result<Json<T>, AppError>
 where
-    F: FnOnce(&rusqlite::Connection, Server) -> Result<Value, DomainError> + Send + 'static,
+    F: FnOnce(&rusqlite::Connection, Server) -> Result<T, DomainError> + Send + 'static,
+    T: Send + 'static,
 {
     let user = caller.0.clone();
     let body = st
@@ -162,13 +207,12 @@ async fn show(
     State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<ServerDetail>, AppError> {
     visible(&st, &caller, id, move |c, s| {
-        let mut v = render(c, &[s])?.remove(0);
-        // What is published for players, with any edge problem in plain sight.
-        v["edge"] =
-            serde_json::to_value(crate::domain::edge::for_server(c, id)?).unwrap_or(Value::Null);
-        Ok(v)
+        Ok(ServerDetail {
+            server: render_one(c, s)?,
+            edge: crate::domain::edge::for_server(c, id)?,
+        })
     })
     .await
 }
@@ -177,9 +221,11 @@ async fn events(
     State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<ServerEvents>, AppError> {
     visible(&st, &caller, id, move |c, _| {
-        Ok(json!({"events": servers::events(c, id, 1000)?}))
+        Ok(ServerEvents {
+            events: servers::events(c, id, 1000)?,
+        })
     })
     .await
 }
@@ -189,13 +235,15 @@ async fn run_action(
     caller: &Caller,
     id: i64,
     action: Action,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<QueuedJob>, AppError> {
     let user = caller.0.clone();
     let body = st
         .db
         .write(move |tx| {
             let job = servers::request_action(tx, &user, id, action)?;
-            Ok::<_, DomainError>(json!({"job": job_json(tx, job)?}))
+            Ok::<_, DomainError>(QueuedJob {
+                job: queue::get(tx, job)?,
+            })
         })
         .await?;
     st.queue.wake();
@@ -280,7 +328,7 @@ async fn console_tail(
     caller: Caller,
     Path(id): Path<i64>,
     Query(q): Query<TailQuery>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<ConsoleTail>, AppError> {
     let lines = q.lines.unwrap_or(100);
     if !(1..=1000).contains(&lines) {
         return Err(AppError::bad_request("lines", "between 1 and 1000"));
@@ -294,7 +342,7 @@ async fn console_tail(
         .iter()
         .map(|l| crate::http::console::clean_line(l, keep))
         .collect();
-    Ok(Json(json!({ "lines": lines })))
+    Ok(Json(ConsoleTail { lines }))
 }
 
 #[derive(Debug, Deserialize)]

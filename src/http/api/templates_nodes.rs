@@ -5,12 +5,13 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::{ApiJson, Caller, require_admin};
 use crate::domain::DomainError;
-use crate::domain::nodes::{self, NewNode};
-use crate::domain::templates::{self, NewTemplate};
+use crate::domain::nodes::{self, NewNode, Node};
+use crate::domain::templates::{self, NewTemplate, Template};
 use crate::error::AppError;
 use crate::http::AppState;
 
@@ -23,12 +24,57 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/nodes", get(list_nodes).post(create_node))
 }
 
+/// `{templates}`.
+#[derive(Debug, Serialize)]
+pub struct TemplateList {
+    pub templates: Vec<Template>,
+}
+
+/// `{template}`: the template just added.
+#[derive(Debug, Serialize)]
+pub struct CreatedTemplate {
+    pub template: Template,
+}
+
+/// A node as the API shows it: settings with secrets blanked; in a list, with the
+/// memory not yet promised to servers.
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    #[serde(flatten)]
+    pub node: Node,
+    pub settings: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub free_memory_mb: Option<i64>,
+}
+
+impl NodeView {
+    fn new(node: Node, free_memory_mb: Option<i64>) -> NodeView {
+        NodeView {
+            settings: node.public_settings(),
+            node,
+            free_memory_mb,
+        }
+    }
+}
+
+/// `{nodes}`.
+#[derive(Debug, Serialize)]
+pub struct NodeList {
+    pub nodes: Vec<NodeView>,
+}
+
+/// `{node}`: the node just added.
+#[derive(Debug, Serialize)]
+pub struct CreatedNode {
+    pub node: NodeView,
+}
+
 async fn list_templates(
     State(st): State<AppState>,
     _caller: Caller,
-) -> Result<Json<Value>, AppError> {
-    let list = st.db.call(|c| templates::list(c)).await?;
-    Ok(Json(json!({"templates": list})))
+) -> Result<Json<TemplateList>, AppError> {
+    let templates = st.db.call(|c| templates::list(c)).await?;
+    Ok(Json(TemplateList { templates }))
 }
 
 async fn create_template(
@@ -41,10 +87,16 @@ async fn create_template(
         .db
         .write(move |tx| templates::create(tx, &t, false))
         .await?;
-    Ok((StatusCode::CREATED, Json(json!({"template": created}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedTemplate { template: created }),
+    ))
 }
 
-async fn list_nodes(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>, AppError> {
+async fn list_nodes(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> Result<Json<NodeList>, AppError> {
     require_admin(&caller)?;
     let list = st
         .db
@@ -52,16 +104,12 @@ async fn list_nodes(State(st): State<AppState>, caller: Caller) -> Result<Json<V
             Ok::<_, DomainError>(
                 nodes::free_memory(c)?
                     .into_iter()
-                    .map(|(n, free)| {
-                        let mut v = n.public();
-                        v["free_memory_mb"] = json!(free);
-                        v
-                    })
+                    .map(|(n, free)| NodeView::new(n, Some(free)))
                     .collect::<Vec<_>>(),
             )
         })
         .await?;
-    Ok(Json(json!({"nodes": list})))
+    Ok(Json(NodeList { nodes: list }))
 }
 
 async fn create_node(
@@ -71,5 +119,10 @@ async fn create_node(
 ) -> Result<impl IntoResponse, AppError> {
     require_admin(&caller)?;
     let created = st.db.write(move |tx| nodes::create(tx, &n)).await?;
-    Ok((StatusCode::CREATED, Json(json!({"node": created.public()}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedNode {
+            node: NodeView::new(created, None),
+        }),
+    ))
 }
