@@ -2,7 +2,7 @@
 
 pub mod backups;
 pub mod credentials;
-pub mod cron;
+pub mod crontab;
 pub mod edge;
 pub mod enrollments;
 pub mod follow;

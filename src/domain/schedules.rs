@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::cron::Cron;
+use super::crontab::Cron;
 use super::servers;
 use super::users::User;
 use super::{DomainError, invalid};

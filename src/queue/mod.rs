@@ -5,11 +5,11 @@
 //! makes about a job it runs is fenced by `(id, lock_by, attempt)` so a worker
 //! that lost its lease can never commit.
 
-mod cron;
+mod slots;
 pub mod store;
 mod worker;
 
-pub use cron::{CronSpec, Scheduler, fire_due as cron_fire_due};
+pub use slots::{CronSpec, Scheduler, fire_due as cron_fire_due};
 pub use store::*;
 pub use worker::{
     Handler, HandlerFn, JobContext, JobFailure, JobResult, Outcome, Registry, Worker, WorkerConfig,
