@@ -11,13 +11,22 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::client::AgentClient;
 use crate::util::untrusted;
 
+/// Sends the client a last line from zlh (and a Close frame when `close`). A client
+/// that already left cannot be told; that is noted in the log, not an error.
+async fn tell(socket: &mut WebSocket, label: &str, text: String, close: bool) {
+    let mut sent = socket.send(Message::Text(text.into())).await;
+    if close && sent.is_ok() {
+        sent = socket.send(Message::Close(None)).await;
+    }
+    if let Err(e) = sent {
+        tracing::debug!(server = ?untrusted(label), error = %e, "console client gone before zlh's last line");
+    }
+}
+
 /// Tells the client there is nothing to stream yet, and closes.
 pub async fn no_agent(mut socket: WebSocket, label: &str) {
-    let _ = socket
-        .send(Message::Text(
-            format!("[zlh] {label} has no agent yet: nothing to show").into(),
-        ))
-        .await;
+    let text = format!("[zlh] {label} has no agent yet: nothing to show");
+    tell(&mut socket, label, text, false).await;
 }
 
 /// Relays the agent's console (recent lines, then live ones, cleaned as `escapes`
@@ -51,28 +60,21 @@ pub async fn relay(
         Ok((stream, _)) => stream,
         Err(e) => {
             tracing::warn!(server = ?untrusted(&label), error = ?untrusted(&e), "console relay: agent unreachable");
-            let _ = browser
-                .send(Message::Text(
-                    format!("[zlh] the console of {label} is unavailable: {e}").into(),
-                ))
-                .await;
+            let text = format!("[zlh] the console of {label} is unavailable: {e}");
+            tell(&mut browser, &label, text, false).await;
             return;
         }
     };
     loop {
         tokio::select! {
             _ = &mut ended => {
-                let _ = browser
-                    .send(Message::Text("[zlh] the session or token of this stream ended: sign in again".into()))
-                    .await;
-                let _ = browser.send(Message::Close(None)).await;
+                let text = "[zlh] the session or token of this stream ended: sign in again".to_string();
+                tell(&mut browser, &label, text, true).await;
                 break;
             }
             _ = shutdown.cancelled() => {
-                let _ = browser
-                    .send(Message::Text("[zlh] zlh serve is shutting down; reconnecting…".into()))
-                    .await;
-                let _ = browser.send(Message::Close(None)).await;
+                let text = "[zlh] zlh serve is shutting down; reconnecting…".to_string();
+                tell(&mut browser, &label, text, true).await;
                 break;
             }
             from_agent = agent.next() => match from_agent {
@@ -83,16 +85,14 @@ pub async fn relay(
                     }
                 }
                 Some(Ok(tungstenite::Message::Close(_))) | None => {
-                    let _ = browser
-                        .send(Message::Text(format!("[zlh] the agent of {label} closed the console").into()))
-                        .await;
+                    let text = format!("[zlh] the agent of {label} closed the console");
+                    tell(&mut browser, &label, text, false).await;
                     break;
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
-                    let _ = browser
-                        .send(Message::Text(format!("[zlh] console of {label} lost: {e}").into()))
-                        .await;
+                    let text = format!("[zlh] console of {label} lost: {e}");
+                    tell(&mut browser, &label, text, false).await;
                     break;
                 }
             },
@@ -102,7 +102,9 @@ pub async fn relay(
             },
         }
     }
-    let _ = agent.close(None).await;
+    if let Err(e) = agent.close(None).await {
+        tracing::debug!(server = ?untrusted(&label), error = %e, "closing the agent's console stream");
+    }
 }
 
 /// What a console reader gets of the terminal control sequences games print
