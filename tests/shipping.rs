@@ -46,28 +46,8 @@ mod first_run {
         assert_eq!(location(&served, "/"), (303, "/setup".to_string()));
         assert_eq!(location(&served, "/servers"), (303, "/setup".to_string()));
         // Once an account with a password exists, the login page is the way in again.
-        let mut add = zlh(tmp.path())
-            .args([
-                "user",
-                "add",
-                "admin",
-                "--admin",
-                "--password-stdin",
-                "--data-dir",
-            ])
-            .arg(&served.data_dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawning zlh user add");
-        {
-            use std::io::Write;
-            let mut stdin = add.stdin.take().expect("stdin of zlh user add");
-            stdin
-                .write_all(b"a-long-enough-password\n")
-                .expect("writing the password");
-        }
-        assert!(add.wait().expect("zlh user add").success());
+        let added = support::add_admin(&served, "admin", "a-long-enough-password");
+        assert!(added.status.success(), "{added:?}");
         assert_eq!(location(&served, "/"), (303, "/login".to_string()));
     }
 

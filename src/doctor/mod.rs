@@ -431,7 +431,7 @@ async fn velocity_drift(svc: &Services, opts: &Options) -> Result<Checked, Domai
                     })
                     .collect();
                 if !extra.is_empty() && opts.fix {
-                    crate::jobs::edge::withdraw_unready(svc).await?;
+                    crate::jobs::edge::withdraw_unready(svc, Some(&registered)).await?;
                     fixed.push(format!(
                         "unregistered {} server(s) whose game is not ready from Velocity",
                         extra.len()

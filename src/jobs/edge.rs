@@ -277,13 +277,15 @@ pub async fn unpublish_server(
 /// ready, re-register what Velocity forgot, retry records that are due, and notice
 /// DNS records that vanished.
 pub async fn reconcile_edge(svc: &Services) -> Result<(), DomainError> {
-    withdraw_unready(svc).await?;
     if let Some(v) = &svc.velocity {
+        // One look at the proxy serves both directions: what to withdraw, what to add.
+        let listed = v.list().await;
+        withdraw_unready(svc, listed.as_deref().ok()).await?;
         let want = svc
             .db
             .call(|c| records::published(c, records::VELOCITY))
             .await?;
-        match v.list().await {
+        match listed {
             Ok(registered) => {
                 for r in want {
                     let address = r.desired["address"].as_str().unwrap_or_default();
@@ -367,9 +369,13 @@ pub async fn reconcile_edge(svc: &Services) -> Result<(), DomainError> {
 
 /// A server is registered with the proxy exactly while its game is ready (`running`).
 /// Records left live for a server that is not (an unregister that failed when its game
-/// went down) are removed, and so is any proxy registration under the name of such a
-/// server. Registrations under other names are not zlh's and are left alone.
-pub async fn withdraw_unready(svc: &Services) -> Result<(), DomainError> {
+/// went down) are removed, and so is any registration in `registered` (the proxy's list,
+/// when it could be read) under the name of such a server. Registrations under other
+/// names are not zlh's and are left alone.
+pub async fn withdraw_unready(
+    svc: &Services,
+    registered: Option<&[crate::edge::velocity::Registration]>,
+) -> Result<(), DomainError> {
     let Some(v) = &svc.velocity else {
         return Ok(());
     };
@@ -390,18 +396,10 @@ pub async fn withdraw_unready(svc: &Services) -> Result<(), DomainError> {
             svc.reconcile.edge_withdrawn.fetch_add(1, Ordering::Relaxed);
         }
     }
-    let unready = svc.db.call(|c| records::unready_server_names(c)).await?;
-    if unready.is_empty() {
+    let Some(registered) = registered else {
         return Ok(());
-    }
-    let registered = match v.list().await {
-        Ok(l) => l,
-        Err(e) => {
-            svc.reconcile.edge_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "reconcile: cannot list Velocity registrations");
-            return Ok(());
-        }
     };
+    let unready = svc.db.call(|c| records::unready_server_names(c)).await?;
     for g in registered {
         let Some((sid, _)) = unready
             .iter()

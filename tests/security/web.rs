@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 
-use crate::support::{Served, ui_client, zlh};
+use crate::support::{self, Served, cookie_of, ui_client, zlh};
 
 const USER: &str = "web-user";
 const PASSWORD: &str = "web-user-password";
@@ -22,43 +22,12 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// Adds the account `name` (an admin) through the CLI.
 fn add_user(served: &Served, name: &str, password: &str) {
-    let mut child = zlh(&served.data_dir)
-        .args([
-            "user",
-            "add",
-            name,
-            "--admin",
-            "--password-stdin",
-            "--data-dir",
-        ])
-        .arg(&served.data_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning zlh user add");
-    child
-        .stdin
-        .take()
-        .expect("stdin of zlh user add")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("writing the password");
-    let out = child.wait_with_output().expect("zlh user add");
+    let out = support::add_admin(served, name, password);
     assert!(
         out.status.success(),
         "zlh user add: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// `name=value` of the cookie `name` a response sets.
-fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with(&format!("{name}=")))
-        .map(|c| c.split(';').next().unwrap_or_default().to_string())
 }
 
 /// The login CSRF cookie and its token, from `GET /login`.
@@ -68,7 +37,7 @@ async fn login_csrf(client: &reqwest::Client, served: &Served) -> (String, Strin
         .send()
         .await
         .expect("GET /login");
-    let cookie = set_cookie(&page, "zlh_login_csrf").expect("a login CSRF cookie");
+    let cookie = cookie_of(&page, "zlh_login_csrf").expect("a login CSRF cookie");
     let token = cookie
         .split_once('=')
         .map(|(_, v)| v.to_string())
@@ -141,7 +110,7 @@ fn f03_open_redirect_after_login() {
     let client = ui_client();
     rt().block_on(async {
         let resp = post_login(&client, &served, USER, PASSWORD, &[]).await;
-        let session = set_cookie(&resp, "zlh_session").expect("signed in");
+        let session = cookie_of(&resp, "zlh_session").expect("signed in");
         for (variant, next, want) in CASES {
             // Already signed in: GET /login?next=… redirects at once.
             let r = client
@@ -203,7 +172,7 @@ fn api_token(served: &Served, user: &str) -> String {
 /// A signed-in session cookie of [`USER`].
 async fn sign_in(client: &reqwest::Client, served: &Served) -> String {
     let resp = post_login(client, served, USER, PASSWORD, &[]).await;
-    set_cookie(&resp, "zlh_session").expect("signed in")
+    cookie_of(&resp, "zlh_session").expect("signed in")
 }
 
 /// Finding 13: security headers on UI responses; a 500 says only "internal error" and
@@ -508,7 +477,7 @@ async fn post_setup(client: &reqwest::Client, served: &Served, token: &str) -> u
         .send()
         .await
         .expect("GET /setup");
-    let cookie = set_cookie(&page, "zlh_login_csrf").expect("a setup CSRF cookie");
+    let cookie = cookie_of(&page, "zlh_login_csrf").expect("a setup CSRF cookie");
     let csrf = cookie
         .split_once('=')
         .map(|(_, v)| v.to_string())
@@ -845,7 +814,7 @@ fn f09_streams_end_with_their_session() {
     };
     let new_session = || async {
         let r = post_login(&ui_client(), served, "ui-viewer", "ui-viewer-password", &[]).await;
-        set_cookie(&r, "zlh_session").expect("signed in as ui-viewer")
+        cookie_of(&r, "zlh_session").expect("signed in as ui-viewer")
     };
     let client = ui_client();
     let ws_url = served

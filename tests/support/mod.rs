@@ -242,17 +242,15 @@ pub fn http_get_with_bearer(url: &str, token: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// A session cookie (`zlh_session=…`) of an admin of the UI: adds the user
-/// `ui-viewer` (once, through the CLI) and signs in over HTTP.
-pub fn ui_session(served: &Served) -> String {
+/// Adds the admin `name` with a UI password through the CLI; the command's output
+/// (a second call for the same name fails with "already exists").
+pub fn add_admin(served: &Served, name: &str, password: &str) -> std::process::Output {
     use std::io::Write;
-    const USER: &str = "ui-viewer";
-    const PASSWORD: &str = "ui-viewer-password";
     let mut child = zlh(&served.data_dir)
         .args([
             "user",
             "add",
-            USER,
+            name,
             "--admin",
             "--password-stdin",
             "--data-dir",
@@ -260,14 +258,29 @@ pub fn ui_session(served: &Served) -> String {
         .arg(&served.data_dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawning zlh user add");
-    let _ = child
+    child
         .stdin
         .take()
-        .map(|mut s| s.write_all(format!("{PASSWORD}\n").as_bytes()));
-    let _ = child.wait(); // "already exists" on a second call is fine
+        .expect("stdin of zlh user add")
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("writing the password");
+    child.wait_with_output().expect("zlh user add")
+}
+
+/// A session cookie (`zlh_session=…`) of an admin of the UI: adds the user
+/// `ui-viewer` (once, through the CLI) and signs in over HTTP.
+pub fn ui_session(served: &Served) -> String {
+    const USER: &str = "ui-viewer";
+    const PASSWORD: &str = "ui-viewer-password";
+    let added = add_admin(served, USER, PASSWORD);
+    assert!(
+        added.status.success() || String::from_utf8_lossy(&added.stderr).contains("already exists"),
+        "zlh user add: {}",
+        String::from_utf8_lossy(&added.stderr)
+    );
     let client = ui_client();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -309,7 +322,7 @@ pub fn ui_client() -> reqwest::Client {
 }
 
 /// `name=value` of a cookie the response sets.
-fn cookie_of(r: &reqwest::Response, name: &str) -> Option<String> {
+pub fn cookie_of(r: &reqwest::Response, name: &str) -> Option<String> {
     r.headers()
         .get_all("set-cookie")
         .iter()
