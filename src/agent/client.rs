@@ -75,6 +75,9 @@ impl AgentClient {
     ) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            // Below zlh's listeners' idle timeout (5 s): a pooled connection is never
+            // one the other side is closing, which would fail the next request.
+            .pool_idle_timeout(Duration::from_secs(2))
             .no_proxy()
             .build()
             .unwrap_or_default();

@@ -65,7 +65,12 @@ impl Api {
             served,
             token,
             http: Http {
-                inner: reqwest::Client::builder().no_proxy().build().unwrap(),
+                // Below zlh serve's idle timeout (5 s): never reuse a closing connection.
+                inner: reqwest::Client::builder()
+                    .pool_idle_timeout(Duration::from_secs(2))
+                    .no_proxy()
+                    .build()
+                    .unwrap(),
                 rt: tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()

@@ -315,6 +315,8 @@ pub fn ui_session(served: &Served) -> String {
 /// An HTTP client for UI pages: redirects are answers, not followed.
 pub fn ui_client() -> reqwest::Client {
     reqwest::Client::builder()
+        // Below zlh serve's idle timeout (5 s): never reuse a closing connection.
+        .pool_idle_timeout(Duration::from_secs(2))
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .build()
