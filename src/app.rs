@@ -58,7 +58,7 @@ pub struct Prepared {
     db: Db,
     host: String,
     host_id: String,
-    _lock: InstanceLock,
+    lock: InstanceLock,
 }
 
 /// Creates the data dir, takes the instance lock and opens (migrating) the database.
@@ -94,7 +94,7 @@ pub fn prepare(config: Config) -> Result<Prepared, ServeError> {
         db,
         host,
         host_id,
-        _lock: lock,
+        lock,
     })
 }
 
@@ -115,12 +115,24 @@ impl Prepared {
     }
 
     pub async fn run(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
         options: ServeOptions,
     ) -> Result<(), ServeError> {
-        let config = self.config.clone();
+        // `--listen …:0`: the kernel picked the port. Everything that names this server
+        // (the URL agents and scripts are given, the Origin check, the lock's holder)
+        // uses the bound address, not port 0.
+        let bound = listener.local_addr().map_err(ServeError::Http)?;
+        let config = if self.config.listen.port() == 0 {
+            self.lock.set_listen(&bound.to_string())?;
+            Arc::new(Config {
+                listen: bound,
+                ..(*self.config).clone()
+            })
+        } else {
+            self.config.clone()
+        };
         // Before anything starts: a mirror that cannot be set up fails the start.
         let mirror = Mirror::new(&config.data_dir, self.db.clone(), &config.artifacts)?;
         let services = Arc::new(Services::new(

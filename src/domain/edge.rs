@@ -142,20 +142,35 @@ pub fn published_names(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// A record published. `false` when the record was removed meanwhile (a delete's
+/// unpublish ran while this attempt was in flight): it stays removed, and the caller
+/// takes back what it just published.
 pub fn mark_published(
     conn: &rusqlite::Transaction<'_>,
     id: i64,
     identity: Option<&Value>,
-) -> Result<(), DomainError> {
+) -> Result<bool, DomainError> {
     let now = now_ms();
-    conn.execute(
+    let touched = conn.execute(
         "UPDATE edge_records SET state = 'published', identity = coalesce(?2, identity),
            last_error = NULL, attempts = attempts + 1, next_attempt_at = NULL,
            published_at = ?3, updated_at = ?3
-         WHERE id = ?1",
+         WHERE id = ?1 AND state <> 'removed'",
         params![id, identity.map(Value::to_string), now],
     )?;
-    Ok(())
+    Ok(touched == 1)
+}
+
+/// Whether a record is still wanted (not removed).
+pub fn is_live(conn: &Connection, id: i64) -> Result<bool, DomainError> {
+    Ok(conn
+        .query_row(
+            "SELECT state <> 'removed' FROM edge_records WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(false))
 }
 
 /// A failed publish: kept with its error, tried again at `retry_at`.
@@ -168,7 +183,7 @@ pub fn mark_failed(
     conn.execute(
         "UPDATE edge_records SET state = 'failed', last_error = ?2, attempts = attempts + 1,
            next_attempt_at = ?3, updated_at = ?4
-         WHERE id = ?1",
+         WHERE id = ?1 AND state <> 'removed'",
         params![id, error, retry_at, now_ms()],
     )?;
     Ok(())
@@ -181,7 +196,7 @@ pub fn note_error(
     error: &str,
 ) -> Result<(), DomainError> {
     conn.execute(
-        "UPDATE edge_records SET last_error = ?2, updated_at = ?3 WHERE id = ?1",
+        "UPDATE edge_records SET last_error = ?2, updated_at = ?3 WHERE id = ?1 AND state <> 'removed'",
         params![id, error, now_ms()],
     )?;
     Ok(())

@@ -167,11 +167,14 @@ async fn attempt(svc: &Services, r: &EdgeRecord) -> Result<bool, DomainError> {
     if !ok {
         svc.reconcile.edge_failures.fetch_add(1, Ordering::Relaxed);
     }
-    svc.db
+    let still_wanted = svc
+        .db
         .write(move |tx| {
             match result {
                 Ok(identity) => {
-                    records::mark_published(tx, id, identity.as_ref())?;
+                    if !records::mark_published(tx, id, identity.as_ref())? {
+                        return Ok(false);
+                    }
                     let msg = if was == "failed" {
                         format!(
                             "edge: {target} {name} published after {attempts} failed attempt(s)"
@@ -189,10 +192,45 @@ async fn attempt(svc: &Services, r: &EdgeRecord) -> Result<bool, DomainError> {
                     }
                 }
             }
-            Ok::<_, DomainError>(())
+            Ok::<_, DomainError>(true)
         })
         .await?;
+    if ok && !still_wanted {
+        take_back(svc, r).await;
+        return Ok(false);
+    }
     Ok(ok)
+}
+
+/// Removes what an attempt published for a record that was removed while the attempt
+/// was in flight (the server is being deleted): nothing is left behind at the edge.
+async fn take_back(svc: &Services, r: &EdgeRecord) {
+    match remove(svc, r).await {
+        Ok(()) => tracing::info!(
+            server = r.server_id,
+            target = %r.target,
+            name = %r.name,
+            "edge: took back a publish that finished after the record was removed"
+        ),
+        Err(e) => {
+            tracing::warn!(server = r.server_id, target = %r.target, name = %r.name, error = %e,
+                "edge: could not take back a publish that finished after the record was removed");
+            let (sid, msg) = (
+                r.server_id,
+                format!(
+                    "edge: {} {} was published again after its removal and could not be taken back: {e}",
+                    r.target, r.name
+                ),
+            );
+            if let Err(e) = svc
+                .db
+                .write(move |tx| servers::add_event(tx, sid, None, None, None, "edge", &msg))
+                .await
+            {
+                tracing::warn!(error = %e, "recording a failed take-back");
+            }
+        }
+    }
 }
 
 /// Records what `server` should have published and tries every record not yet out.
@@ -299,6 +337,10 @@ pub async fn reconcile_edge(svc: &Services) -> Result<(), DomainError> {
                         continue;
                     }
                     match v.register(&r.name, address, port).await {
+                        Ok(()) if !svc.db.call(move |c| records::is_live(c, r.id)).await? => {
+                            // Unpublished while this registration was in flight.
+                            take_back(svc, &r).await;
+                        }
                         Ok(()) => {
                             svc.reconcile
                                 .edge_republished

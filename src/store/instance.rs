@@ -60,14 +60,33 @@ pub enum InstanceError {
 /// The held lock; released when dropped (or when the process dies).
 #[derive(Debug)]
 pub struct InstanceLock {
-    _file: File,
+    file: File,
     path: PathBuf,
+    holder: Holder,
 }
 
 impl InstanceLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Records the address actually listened on: with `--listen …:0` the port is only
+    /// known once bound, and "who holds this data dir" should name the real one.
+    pub fn set_listen(&mut self, listen: &str) -> Result<(), InstanceError> {
+        self.holder.listen = Some(listen.to_string());
+        write_holder(&mut self.file, &self.holder).map_err(|source| InstanceError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+fn write_holder(file: &mut File, holder: &Holder) -> std::io::Result<()> {
+    let text = serde_json::to_string(holder).map_err(std::io::Error::other)?;
+    file.set_len(0)?;
+    file.rewind()?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
 }
 
 /// Takes the exclusive lock on `data_dir` without blocking, or says who holds it.
@@ -118,12 +137,8 @@ pub fn acquire(
         started_at: now_ms(),
         listen: listen.map(str::to_string),
     };
-    let text = serde_json::to_string(&holder).unwrap_or_default();
-    file.set_len(0).map_err(io)?;
-    file.rewind().map_err(io)?;
-    file.write_all(text.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    Ok(InstanceLock { _file: file, path })
+    write_holder(&mut file, &holder).map_err(io)?;
+    Ok(InstanceLock { file, path, holder })
 }
 
 /// Whether some process holds the lock on `data_dir` right now (for commands that

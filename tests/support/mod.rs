@@ -60,12 +60,115 @@ pub mod sim_http;
 pub mod technitium_sim;
 pub mod velocity_sim;
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago. Only for what cannot listen on port 0
+/// itself (a game port handed to an agent, an address nobody answers on): a child
+/// server listens on port 0 and its address is read back with [`bound_addr`].
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("binding a probe port on 127.0.0.1")
+}
+
+/// Ports per local-node pool window; windows lie in 20000..32600, below the kernel's
+/// ephemeral range (32768+) where port-0 listeners and outgoing connections land.
+const PORT_WINDOW: u32 = 300;
+const PORT_WINDOWS: u32 = 42;
+
+/// A local-node port window held by this test process: an exclusive `flock` on a file
+/// per window, so no other test (here, or in another process such as a second
+/// checkout's suite) uses it at the same time. Released when dropped.
+pub struct PortWindow {
+    pub start: u32,
+    _lock: std::fs::File,
+}
+
+impl PortWindow {
+    /// The first free window; or, with `want`, that window if it is free (a restart
+    /// of a data dir whose window was given up in between).
+    pub fn claim(want: Option<u32>) -> Option<PortWindow> {
+        use std::os::fd::AsRawFd;
+        let dir = std::env::temp_dir().join("zlh-test-port-windows");
+        std::fs::create_dir_all(&dir).expect("creating the port-window lock dir");
+        let first = std::process::id() % PORT_WINDOWS;
+        let candidates: Vec<u32> = match want {
+            Some(start) => vec![(start - 20_000) / PORT_WINDOW],
+            None => (0..PORT_WINDOWS)
+                .map(|i| (first + i) % PORT_WINDOWS)
+                .collect(),
+        };
+        for k in candidates {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(format!("{k}.lock")))
+                .expect("opening a port-window lock");
+            // Locks belong to the open file: this process's own claims fail here too.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Some(PortWindow {
+                    start: 20_000 + k * PORT_WINDOW,
+                    _lock: file,
+                });
+            }
+        }
+        None
+    }
+
+    /// Keeps the window held until this process ends (agents left running use it).
+    pub fn keep(self) {
+        static KEPT: std::sync::Mutex<Vec<PortWindow>> = std::sync::Mutex::new(Vec::new());
+        KEPT.lock().unwrap_or_else(|e| e.into_inner()).push(self);
+    }
+}
+
+/// A free window, waiting for one while every window is taken by running tests.
+pub fn claim_port_window() -> PortWindow {
+    wait_for("a free local port window", Duration::from_secs(120), || {
+        PortWindow::claim(None)
+    })
+}
+
+/// The address a child (`zlh serve` or `zlh agent` on port 0) logged with `message`
+/// (`… message addr=127.0.0.1:PORT …`); panics with the log if it exits first.
+pub fn bound_addr(child: &mut Child, log: &Path, message: &str) -> SocketAddr {
+    wait_for(
+        &format!("'{message}' with its address in {}", log.display()),
+        Duration::from_secs(30),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "{} exited early ({status}):\n{}",
+                    log.display(),
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            let text = strip_ansi(&std::fs::read_to_string(log).ok()?);
+            let line = text.lines().find(|l| l.contains(message))?;
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+                .and_then(|a| a.parse().ok())
+        },
+    )
+}
+
+/// `text` without terminal escape sequences (`ESC [ … letter`): a log written with
+/// `log_color = always` wraps field names in them.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A `zlh` command with a clean environment (no stray ZLH_* from the caller).
@@ -84,6 +187,8 @@ pub fn zlh(cwd: &Path) -> Command {
 /// A `zlh serve` child process, killed when dropped.
 pub struct Served {
     pub child: Child,
+    /// The local node's port window, given up when dropped (kept if agents stay).
+    pub port_window: Option<PortWindow>,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     pub log: PathBuf,
@@ -104,38 +209,51 @@ impl Served {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Served {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let log = cwd.join(format!("serve-{port}.log"));
+        static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = cwd.join(format!("serve-{}-{n}.log", std::process::id()));
         let log_file = std::fs::File::create(&log).unwrap();
-        // A 300-port window in 20000..32600 (kept across restarts of the same dir).
+        // Local nodes' port pools: a window of their own per data dir (kept across
+        // restarts of the same dir), claimed across test processes.
         let window_file = data_dir.with_extension("ports");
-        let window: u32 = std::fs::read_to_string(&window_file)
+        let (window, port_window) = match std::fs::read_to_string(&window_file)
             .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or_else(|| {
-                // Distinct within this test process (tests run side by side in threads).
-                static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                // Below the kernel's ephemeral range (32768+), where 127.0.0.1:0
-                // listeners and outgoing connections of other tests get their ports.
-                20_000 + ((std::process::id() * 7 + n) % 42) * 300
-            });
-        let _ = std::fs::write(&window_file, window.to_string());
-        let child = zlh(cwd)
-            .args(["serve", "--listen", &addr.to_string(), "--data-dir"])
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            // Still held by an earlier start of this dir (its agents kept running), or
+            // free again: either way the dir's agents live in it.
+            Some(start) => (start, PortWindow::claim(Some(start))),
+            None => {
+                let w = claim_port_window();
+                (w.start, Some(w))
+            }
+        };
+        std::fs::write(&window_file, window.to_string()).expect("recording the port window");
+        // Port 0: the kernel picks a free port, read back from the log (a port probed
+        // free and then handed over can be taken by another test in between).
+        let mut child = zlh(cwd)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
-            // Tests run side by side: each local node gets a port window of its own.
             .env("ZLH_LOCAL_PORT_MIN", window.to_string())
-            .env("ZLH_LOCAL_PORT_MAX", (window + 299).to_string())
-            .envs(env.iter().copied())
+            .env("ZLH_LOCAL_PORT_MAX", (window + PORT_WINDOW - 1).to_string())
+            .envs(env.iter().map(|&(k, v)| {
+                // The bound address is read from the app's "zlh serving" line: keep it
+                // whatever level the test asks for.
+                if k == "ZLH_LOG" {
+                    (k.to_string(), format!("{v},zlh::app=info"))
+                } else {
+                    (k.to_string(), v.to_string())
+                }
+            }))
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .expect("spawning zlh serve");
+        let addr = bound_addr(&mut child, &log, "zlh serving");
         let mut served = Served {
             child,
+            port_window,
             addr,
             data_dir: data_dir.to_path_buf(),
             log,
@@ -190,6 +308,8 @@ impl Drop for Served {
         let _ = self.child.wait();
         if !self.keep_agents {
             kill_local_agents(&self.data_dir);
+        } else if let Some(w) = self.port_window.take() {
+            w.keep();
         }
     }
 }
@@ -365,4 +485,87 @@ pub fn open_db(data_dir: &Path) -> rusqlite::Connection {
     let conn = rusqlite::Connection::open(data_dir.join("zlh.db")).expect("opening zlh.db");
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
     conn
+}
+
+/// The app run in this test process through [`zlh::app::serve`] on a listener bound to
+/// port 0: for tests that need HTTP and the database but no separate process (local
+/// agents it spawns are still the real binary, `agent_binary`). Stopped when dropped.
+pub struct InProcess {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _port_window: PortWindow,
+}
+
+impl InProcess {
+    pub fn start(data_dir: &Path) -> InProcess {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let addr = listener.local_addr().expect("the bound address");
+        let port_window = claim_port_window();
+        let window = port_window.start;
+        let config = zlh::config::Config {
+            data_dir: data_dir.to_path_buf(),
+            listen: addr,
+            agent_binary: Some(PathBuf::from(BIN.as_str())),
+            artifacts: zlh::config::ArtifactsConfig {
+                upstream: false,
+                ..Default::default()
+            },
+            local_port_min: window as u16,
+            local_port_max: (window + PORT_WINDOW - 1) as u16,
+            ..Default::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a runtime for the in-process app");
+            rt.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+                let shutdown = async move {
+                    // A dropped sender stops the app too.
+                    let _ = stopped.await;
+                };
+                zlh::app::serve(config, listener, shutdown)
+                    .await
+                    .expect("the in-process app");
+            });
+        });
+        let url = format!("http://{addr}/readyz");
+        wait_for(
+            "the in-process app to become ready",
+            Duration::from_secs(30),
+            || http_get(&url).filter(|(code, _)| *code == 200).map(|_| ()),
+        );
+        InProcess {
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            stop: Some(stop),
+            thread: Some(thread),
+            _port_window: port_window,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        kill_local_agents(&self.data_dir);
+    }
 }

@@ -1136,20 +1136,20 @@ fn f06_header_idle_and_request_timeouts() {
 
 const AGENT_TOKEN: &str = "web-agent-token-0123456789";
 
-/// A `zlh agent` on a free port with [`AGENT_TOKEN`] and `extra` flags, answering.
+/// A `zlh agent` on port 0 with [`AGENT_TOKEN`] and `extra` flags, answering.
 fn spawn_agent(tmp: &Path, extra: &[&str]) -> (KillOnDrop, std::net::SocketAddr) {
-    let port = crate::support::free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("an address");
+    let log = tmp.join("agent.log");
     let agent = zlh(tmp)
-        .args(["agent", "--listen", &addr.to_string(), "--dir"])
+        .args(["agent", "--listen", "127.0.0.1:0", "--dir"])
         .arg(tmp.join("agent"))
         .args(extra)
         .env("ZLH_AGENT_TOKEN", AGENT_TOKEN)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("the agent's log"))
         .spawn()
         .expect("spawning zlh agent");
-    let agent = KillOnDrop(agent);
+    let mut agent = KillOnDrop(agent);
+    let addr = crate::support::bound_addr(&mut agent.0, &log, "zlh agent listening");
     crate::support::wait_for(
         "the agent to answer",
         std::time::Duration::from_secs(20),

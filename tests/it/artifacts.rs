@@ -3,7 +3,7 @@
 //! `/artifacts/…` route of the real `zlh serve`, `zlh artifacts add|list`, path
 //! traversal, and the `[artifacts]` settings.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -13,8 +13,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::upstream::{self, Upstream, sha256_hex};
-use support::{Served, http_get, wait_for, wait_for_async, zlh};
+use crate::support::upstream::{self, Upstream, sha256_hex};
+use crate::support::{Served, http_get, wait_for, wait_for_async, zlh};
 use zlh::artifacts::{ArtifactError, ArtifactSource, ErrorClass, Mirror, UpstreamError};
 use zlh::config::ArtifactsConfig;
 use zlh::db::Db;

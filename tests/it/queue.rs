@@ -1,7 +1,5 @@
 //! The durable job queue as a library: real SQLite files, real worker pools.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +12,7 @@ use zlh::queue::{
     WorkerHandle, handler_fn, store,
 };
 
-use support::wait_for_async;
+use crate::support::wait_for_async;
 
 fn temp_db() -> (tempfile::TempDir, Db) {
     let dir = tempfile::tempdir().unwrap();

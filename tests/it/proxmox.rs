@@ -2,15 +2,13 @@
 //! (tests/support/pve_sim.rs): real HTTP, real UPIDs and task polling, the reason-phrase
 //! error channel, and a real `zlh agent` in every started container.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::fileserver::{self, sha256_hex};
+use crate::support::pve_sim::{AGENT_PORT, PveSim, SimOptions};
+use crate::support::{free_port, wait_for_async};
 use serde_json::Value;
-use support::fileserver::{self, sha256_hex};
-use support::pve_sim::{AGENT_PORT, PveSim, SimOptions};
-use support::{free_port, wait_for_async};
 use zlh::agent::client::{AgentClient, AgentClientError};
 use zlh::agent::{AgentState, ConfigPayload};
 use zlh::runtime::proxmox::tls::Fingerprint;
@@ -675,7 +673,7 @@ fn alive(pid: u32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_containers_agent_installs_its_game_and_destroy_takes_both_down() {
     const JAR: &str = "minecraft/vanilla/1.21.4/server.jar";
-    const STANDIN: &str = include_str!("support/standin_game.py");
+    const STANDIN: &str = include_str!("../support/standin_game.py");
     let (artifacts, files) = fileserver::start();
     files.put(JAR, STANDIN);
     let sim = PveSim::start();

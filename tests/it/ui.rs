@@ -3,15 +3,15 @@
 //! headless Chromium (setup → login → create → running live → console → stop →
 //! delete), with screenshots under `target/ui-screenshots/`.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::browser::Browser;
+use crate::support::{Served, wait_for, zlh};
 use serde_json::json;
-use support::browser::Browser;
-use support::{Served, wait_for, zlh};
 
 /// A cookie-keeping HTTP client that does not follow redirects (so they can be seen).
 struct Client {

@@ -2,16 +2,16 @@
 //! re-registration after a proxy restart, DNS that recovers by itself, exact deletes,
 //! Traefik's document, and control-plane endpoints by IP.
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::api::Api;
+use crate::support::technitium_sim::TechnitiumSim;
+use crate::support::velocity_sim::VelocitySim;
+use crate::support::{Served, wait_for, zlh};
 use serde_json::{Value, json};
-use support::api::Api;
-use support::technitium_sim::TechnitiumSim;
-use support::velocity_sim::VelocitySim;
-use support::{Served, wait_for, zlh};
 
 const SECRET: &str = "bridge-shared-secret";
 const DNS_TOKEN: &str = "technitium-token-0123456789";

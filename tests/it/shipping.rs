@@ -2,13 +2,13 @@
 //! build (`scripts/release`, `zlh --version`), and `zlh install` / `zlh uninstall` into a
 //! throwaway root directory.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Served, free_port, ui_client, wait_for, zlh};
+use crate::support::{Served, free_port, ui_client, wait_for, zlh};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

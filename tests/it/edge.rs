@@ -1,7 +1,7 @@
 //! The edge clients against their simulators: Velocity bridge, Technitium, Cloudflare;
 //! error classification; edge settings validation.
 
-mod support;
+use crate::support;
 
 use std::net::Ipv4Addr;
 
@@ -11,9 +11,9 @@ use zlh::edge::{
     TechnitiumClient, VelocityClient,
 };
 
-use support::cloudflare_sim::CloudflareSim;
-use support::technitium_sim::TechnitiumSim;
-use support::velocity_sim::VelocitySim;
+use crate::support::cloudflare_sim::CloudflareSim;
+use crate::support::technitium_sim::TechnitiumSim;
+use crate::support::velocity_sim::VelocitySim;
 
 const SECRET: &str = "velocity-shared-secret-123";
 const TOKEN: &str = "dns-api-token-abcdef0123456789";

@@ -2,15 +2,15 @@
 //! `zlh serve`: the local runtime with the stand-in game, a Proxmox node (the
 //! simulator, a real `zlh agent` per container), and schedules across a restart.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::api::{Api, slp};
+use crate::support::pve_sim::PveSim;
+use crate::support::{Served, wait_for};
 use serde_json::{Value, json};
-use support::api::{Api, slp};
-use support::pve_sim::PveSim;
-use support::{Served, wait_for};
 
 fn create(api: &Api, name: &str, node: Option<&str>) -> i64 {
     let mut body = json!({"name": name, "template": "standin", "version": "1.0", "eula": true});

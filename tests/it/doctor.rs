@@ -1,15 +1,15 @@
 //! `zlh doctor` finds every planted problem class in a real database and simulator,
 //! says nothing on a healthy system, and `--fix` repairs only what is safe.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::api::Api;
+use crate::support::pve_sim::PveSim;
+use crate::support::velocity_sim::VelocitySim;
+use crate::support::{Served, open_db, wait_for, zlh};
 use serde_json::{Value, json};
-use support::api::Api;
-use support::pve_sim::PveSim;
-use support::velocity_sim::VelocitySim;
-use support::{Served, open_db, wait_for, zlh};
 
 const SECRET: &str = "bridge-shared-secret";
 

@@ -2,21 +2,19 @@
 //! Minecraft server (tests/support/standin_game.py) served as the "server jar" by a
 //! stand-in artifact server, real status pings.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use crate::support::fileserver::{self, Files, sha256_hex};
+use crate::support::{free_port, wait_for_async, zlh};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use support::fileserver::{self, Files, sha256_hex};
-use support::{free_port, wait_for_async, zlh};
 use zlh::agent::client::{AgentClient, AgentClientError};
 use zlh::agent::{AgentState, AgentStatus};
 
 const TOKEN: &str = "test-bootstrap-token-0123456789";
-const STANDIN: &str = include_str!("support/standin_game.py");
+const STANDIN: &str = include_str!("../support/standin_game.py");
 const JAR: &str = "minecraft/vanilla/1.21.4/server.jar";
 
 struct Agent {

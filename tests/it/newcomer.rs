@@ -1,14 +1,14 @@
 //! Newcomer friction (issue 21): what a new user ran into when following the README
 //! with a real game — each test replays it against the real binary.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::api::{Api, standin_template};
+use crate::support::{Served, open_db, zlh};
 use serde_json::{Value, json};
-use support::api::{Api, standin_template};
-use support::{Served, open_db, zlh};
 
 /// The stand-in game as a `minecraft` template that does not ask for the EULA itself.
 fn minecraft_without_eula_flag(slug: &str) -> Value {

@@ -3,8 +3,6 @@
 //! effect is observable), is SIGKILLed while its job runs, and restarted. The job is
 //! rescued and completes, and its fenced effect commits exactly once.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -13,10 +11,14 @@ use std::time::Duration;
 use serde_json::json;
 use zlh::queue::{JobFailure, NewJob, Outcome, Queue, handler_fn, store};
 
-use support::{open_db, wait_for};
+use crate::support::{open_db, wait_for};
 
 const CHILD_ENV: &str = "ZLH_TEST_CRASH_CHILD_DIR";
-const TEST_NAME: &str = "sigkill_mid_job_is_rescued_and_the_effect_commits_once";
+/// The test's name as the harness knows it (`crash::…`: the module path without the crate).
+fn test_name() -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    format!("{module}::sigkill_mid_job_is_rescued_and_the_effect_commits_once")
+}
 
 /// The job kind the child serves: it records its progress, waits for the test's go
 /// (a file), commits its effect together with a checkpoint in one fenced
@@ -95,7 +97,7 @@ fn spawn_child(dir: &Path) -> Child {
         .open(dir.join("child.log"))
         .unwrap();
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
+        .args(["--exact", &test_name(), "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, dir)
         .stdout(Stdio::null())
         .stderr(log)

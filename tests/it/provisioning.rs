@@ -2,15 +2,15 @@
 //! container) through the JSON API of a real `zlh serve`: exactly one of everything,
 //! locks, failed tasks, retry, and SIGKILL of `zlh serve` inside each step.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::api::Api;
+use crate::support::pve_sim::PveSim;
+use crate::support::{Served, wait_for};
 use serde_json::{Value, json};
-use support::api::Api;
-use support::pve_sim::PveSim;
-use support::{Served, wait_for};
 
 const FIRST_VMID: i64 = 5000;
 

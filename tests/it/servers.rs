@@ -2,11 +2,11 @@
 //! (a real detached agent and a stand-in game), idempotent creation under
 //! concurrency, auth on every route, bad input.
 
-mod support;
+use crate::support;
 
+use crate::support::Served;
+use crate::support::api::{Api, slp};
 use serde_json::{Value, json};
-use support::Served;
-use support::api::{Api, slp};
 
 #[test]
 fn local_runtime_end_to_end_create_stop_start_survive_a_restart_delete() {
@@ -204,39 +204,62 @@ fn local_runtime_end_to_end_create_stop_start_survive_a_restart_delete() {
 
 #[test]
 fn every_api_route_needs_a_token() {
+    // No separate process needed: the app runs in this one (`zlh::app::serve` on port 0).
     let tmp = tempfile::tempdir().unwrap();
-    let api = Api::start(tmp.path());
-    let (code, doc) = api.call("GET", "/api/v1/openapi.json", None);
-    assert_eq!(code, 200);
+    let app = support::InProcess::start(&tmp.path().join("data"));
+    let cli = |args: &[&str]| {
+        let out = support::zlh(tmp.path())
+            .args(args)
+            .arg("--data-dir")
+            .arg(&app.data_dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    cli(&["user", "add", "admin", "--admin"]);
+    let admin = cli(&["token", "create", "--user", "admin"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let doc: Value = rt.block_on(async {
+        let resp = http
+            .get(app.url("/api/v1/openapi.json"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    });
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() >= 9);
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut checked = 0;
     for (path, ops) in paths {
         for method in ops.as_object().unwrap().keys() {
             let concrete = path.replace("{id}", "1").replace("{action}", "start");
             for token in [None, Some("zlh_wrong"), Some("not-even-a-token")] {
-                let mut req = http.request(
-                    method.to_uppercase().parse().unwrap(),
-                    api.served.url(&concrete),
-                );
+                let mut req =
+                    http.request(method.to_uppercase().parse().unwrap(), app.url(&concrete));
                 if let Some(t) = token {
                     req = req.bearer_auth(t);
                 }
-                let resp = api.http.rt.block_on(req.json(&json!({})).send()).unwrap();
+                let resp = rt.block_on(req.json(&json!({})).send()).unwrap();
                 assert_eq!(
                     resp.status().as_u16(),
                     401,
                     "{method} {concrete} with {token:?}"
                 );
-                let body: Value = api.http.rt.block_on(resp.json()).unwrap();
+                let body: Value = rt.block_on(resp.json()).unwrap();
                 assert_eq!(body["error"]["code"], "unauthorized");
                 checked += 1;
             }
         }
     }
     assert!(checked >= 36);
-    let conn = support::open_db(&api.served.data_dir);
+    let conn = support::open_db(&app.data_dir);
     let servers: i64 = conn
         .query_row("SELECT count(*) FROM servers", [], |r| r.get(0))
         .unwrap();

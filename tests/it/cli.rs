@@ -1,12 +1,12 @@
 //! The real `zlh` binary: single instance, backup while serving, configuration
 //! errors, graceful shutdown, host change, and the jobs commands.
 
-mod support;
+use crate::support;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{Served, http_get, open_db, wait_for, zlh};
+use crate::support::{Served, http_get, open_db, wait_for, zlh};
 
 #[test]
 fn second_serve_on_the_same_data_dir_is_refused_naming_the_holder() {

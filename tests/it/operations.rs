@@ -1,14 +1,14 @@
 //! Operations: scheduled backups, restore (refused while serving), and a host move
 //! with a provisioning job in flight — nothing replays until an operator releases it.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::api::Api;
+use crate::support::pve_sim::PveSim;
+use crate::support::{Served, open_db, wait_for, zlh};
 use serde_json::json;
-use support::api::Api;
-use support::pve_sim::PveSim;
-use support::{Served, open_db, wait_for, zlh};
 
 fn run(cwd: &std::path::Path, args: &[&str], data: &std::path::Path) -> std::process::Output {
     zlh(cwd)

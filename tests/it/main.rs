@@ -1,0 +1,23 @@
+//! The one integration-test binary: every suite is a module here, so the shared
+//! support (simulators, fixtures) compiles and links once.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod agent;
+mod artifacts;
+mod cli;
+mod crash;
+mod doctor;
+mod edge;
+mod edge_flow;
+mod newcomer;
+mod operations;
+mod provisioning;
+mod proxmox;
+mod queue;
+mod security;
+mod servers;
+mod shipping;
+mod ui;
+mod worlds;
