@@ -3,6 +3,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::nodes::{self, Node};
@@ -184,9 +185,9 @@ pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Server> {
     })
 }
 
-/// A server as the API shows it: no agent token; payload secrets blanked. Built by
-/// moving out of a [`Server`] and serialized field by field (no intermediate JSON
-/// tree: a list of 1,000 servers used to be mostly copying and freeing `Value`s).
+/// A server as the API shows it: no agent token; payload secrets blanked. The list reads
+/// it straight from its row ([`list_public`]): the payload and checkpoints stay the JSON
+/// text they are stored as and are copied out, not parsed into trees and rebuilt.
 #[derive(Debug, Serialize)]
 pub struct PublicServer {
     pub id: i64,
@@ -211,7 +212,7 @@ pub struct PublicServer {
     pub status_reason: Option<String>,
     pub failed_step: Option<String>,
     pub status_deadline: Option<i64>,
-    pub checkpoints: Value,
+    pub checkpoints: JsonText,
     pub agent_state: Option<String>,
     pub agent_seen_at: Option<i64>,
     pub ready: bool,
@@ -225,27 +226,51 @@ pub struct PublicServer {
     pub deleted_at: Option<i64>,
 }
 
-/// An agent payload that serializes with its secrets blanked and seeded files'
-/// contents replaced, without copying it first.
+/// A JSON document kept as its text and written out as is (checked, not rebuilt).
+#[derive(Debug, Clone)]
+pub struct JsonText(pub String);
+
+impl Serialize for JsonText {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let raw: &RawValue = serde_json::from_str(&self.0).map_err(S::Error::custom)?;
+        raw.serialize(ser)
+    }
+}
+
+/// An agent payload (its stored JSON text) that serializes with its secrets blanked
+/// and seeded files' contents replaced; every other value is copied out unparsed.
 #[derive(Debug)]
-pub struct RedactedPayload(pub Value);
+pub struct RedactedPayload(pub String);
+
+impl RedactedPayload {
+    pub fn of(payload: &Value) -> RedactedPayload {
+        RedactedPayload(payload.to_string())
+    }
+}
 
 const BLANK: &str = "********";
 const SEEDED: &str = "(seeded file; content not shown)";
 
+/// A JSON object's members with their values left as text (keys in order).
+type RawMembers<'a> = std::collections::BTreeMap<String, &'a RawValue>;
+
 impl Serialize for RedactedPayload {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let Value::Object(map) = &self.0 else {
-            return self.0.serialize(ser);
+        let Ok(map) = serde_json::from_str::<RawMembers<'_>>(&self.0) else {
+            return JsonText(self.0.clone()).serialize(ser);
         };
         let mut m = ser.serialize_map(Some(map.len()))?;
-        for (k, v) in map {
-            match (k.as_str(), v) {
-                ("forwarding_secret" | "agent_token", v) if !v.is_null() => {
+        for (k, v) in &map {
+            match k.as_str() {
+                "forwarding_secret" | "agent_token" if v.get() != "null" => {
                     m.serialize_entry(k, BLANK)?
                 }
-                ("files", Value::Array(files)) => m.serialize_entry(k, &SeededFiles(files))?,
+                "files" => match serde_json::from_str::<Vec<&RawValue>>(v.get()) {
+                    Ok(files) => m.serialize_entry(k, &SeededFiles(&files))?,
+                    Err(_) => m.serialize_entry(k, v)?,
+                },
                 _ => m.serialize_entry(k, v)?,
             }
         }
@@ -253,34 +278,34 @@ impl Serialize for RedactedPayload {
     }
 }
 
-struct SeededFiles<'a>(&'a [Value]);
+struct SeededFiles<'a>(&'a [&'a RawValue]);
 
 impl Serialize for SeededFiles<'_> {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
         let mut seq = ser.serialize_seq(Some(self.0.len()))?;
         for f in self.0 {
-            match f {
-                Value::Object(map) => {
-                    let with_content = map.len() + usize::from(!map.contains_key("content"));
-                    seq.serialize_element(&SeededFile(map, with_content))?
-                }
+            match serde_json::from_str::<RawMembers<'_>>(f.get()) {
+                Ok(entry) => seq.serialize_element(&SeededFile(&entry))?,
                 // A null entry shows as a file whose content is hidden, as before.
-                Value::Null => seq.serialize_element(&serde_json::json!({ "content": SEEDED }))?,
-                other => seq.serialize_element(other)?,
+                Err(_) if f.get() == "null" => {
+                    seq.serialize_element(&serde_json::json!({ "content": SEEDED }))?
+                }
+                Err(_) => seq.serialize_element(f)?,
             }
         }
         seq.end()
     }
 }
 
-/// A seeded file's entry with its content hidden; `.1` is the entry count.
-struct SeededFile<'a>(&'a serde_json::Map<String, Value>, usize);
+/// A seeded file's entry with its content hidden.
+struct SeededFile<'a>(&'a RawMembers<'a>);
 
 impl Serialize for SeededFile<'_> {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut m = ser.serialize_map(Some(self.1))?;
+        let with_content = self.0.len() + usize::from(!self.0.contains_key("content"));
+        let mut m = ser.serialize_map(Some(with_content))?;
         for (k, v) in self.0 {
             if k != "content" {
                 m.serialize_entry(k, v)?;
@@ -319,13 +344,13 @@ impl Server {
             status_reason: self.status_reason,
             failed_step: self.failed_step,
             status_deadline: self.status_deadline,
-            checkpoints: self.checkpoints,
+            checkpoints: JsonText(self.checkpoints.to_string()),
             agent_state: self.agent_state,
             agent_seen_at: self.agent_seen_at,
             ready: self.ready,
             crash_count: self.crash_count,
             connect,
-            payload: self.payload.map(RedactedPayload),
+            payload: self.payload.as_ref().map(RedactedPayload::of),
             created_at: self.created_at,
             updated_at: self.updated_at,
             deleted_at: self.deleted_at,
@@ -393,6 +418,80 @@ pub fn list_visible(
             limit
         ],
         from_row,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// [`list_visible`] as the API shows it, read straight from the rows: no agent token
+/// opened, the payload and checkpoints left as their stored text, the template's slug
+/// and node's name joined in.
+pub fn list_public(
+    conn: &Connection,
+    user: &User,
+    after_id: i64,
+    limit: i64,
+    status: Option<ServerStatus>,
+    search: Option<&str>,
+) -> Result<Vec<PublicServer>, DomainError> {
+    let mut s = conn.prepare_cached(&format!(
+        "SELECT s.id, s.name, s.owner_id, s.template_id, t.slug, s.version, s.node_id, n.name,
+           s.vmid, s.ip, s.game_port, s.memory_mb, s.cores, s.eula_accepted, s.install_id,
+           s.desired_state, s.status, s.status_reason, s.failed_step, s.status_deadline,
+           s.checkpoints, s.agent_state, s.agent_seen_at, s.ready, s.crash_count, s.payload,
+           s.created_at, s.updated_at, s.deleted_at
+         FROM servers s
+         LEFT JOIN templates t ON t.id = s.template_id
+         LEFT JOIN nodes n ON n.id = s.node_id
+         WHERE s.deleted_at IS NULL AND s.id > ?1 AND {}
+           AND (?4 IS NULL OR s.status = ?4) AND (?5 IS NULL OR instr(s.name, ?5) > 0)
+         ORDER BY s.id LIMIT ?6",
+        visible_to_in("s", 2, 3)
+    ))?;
+    let rows = s.query_map(
+        params![
+            after_id,
+            user.is_admin,
+            user.id,
+            status.map(ServerStatus::as_str),
+            search,
+            limit
+        ],
+        |r| {
+            let ip: Option<String> = r.get(9)?;
+            let game_port: i64 = r.get(10)?;
+            Ok(PublicServer {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                owner_id: r.get(2)?,
+                template_id: r.get(3)?,
+                template: r.get(4)?,
+                version: r.get(5)?,
+                node_id: r.get(6)?,
+                node: r.get(7)?,
+                vmid: r.get(8)?,
+                connect: ip.as_ref().map(|ip| format!("{ip}:{game_port}")),
+                ip,
+                game_port,
+                memory_mb: r.get(11)?,
+                cores: r.get(12)?,
+                eula_accepted: r.get(13)?,
+                install_id: r.get(14)?,
+                desired_state: r.get(15)?,
+                status: r.get(16)?,
+                status_reason: r.get(17)?,
+                failed_step: r.get(18)?,
+                status_deadline: r.get(19)?,
+                checkpoints: JsonText(r.get(20)?),
+                agent_state: r.get(21)?,
+                agent_seen_at: r.get(22)?,
+                ready: r.get(23)?,
+                crash_count: r.get(24)?,
+                payload: r.get::<_, Option<String>>(25)?.map(RedactedPayload),
+                created_at: r.get(26)?,
+                updated_at: r.get(27)?,
+                deleted_at: r.get(28)?,
+            })
+        },
     )?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -1072,6 +1171,11 @@ fn visible_to(admin: usize, owner: usize) -> String {
     format!("(?{admin} OR owner_id = ?{owner})")
 }
 
+/// [`visible_to`] for a query where the servers table is aliased `table`.
+fn visible_to_in(table: &str, admin: usize, owner: usize) -> String {
+    format!("(?{admin} OR {table}.owner_id = ?{owner})")
+}
+
 /// The status and status line of those `ids` that `user` may see (the live list's
 /// refresh), by id.
 pub fn statuses_visible(
@@ -1349,7 +1453,7 @@ mod tests {
     /// The payload shown by the API: secrets and seeded contents blanked, the rest as stored.
     #[test]
     fn a_public_payload_blanks_secrets_and_seeded_contents() {
-        let shown = serde_json::to_value(RedactedPayload(json!({
+        let shown = serde_json::to_value(RedactedPayload::of(&json!({
             "forwarding_secret": "s3cret", "agent_token": "tok", "version": "1.21.4",
             "files": [{"destination": "a.toml", "content": "secret = s3cret"}, {"destination": "b"}, null],
             "properties": {"motd": "hi"}
@@ -1365,7 +1469,7 @@ mod tests {
         );
         // A null secret stays null (nothing to hide).
         let shown =
-            serde_json::to_value(RedactedPayload(json!({"forwarding_secret": null}))).unwrap();
+            serde_json::to_value(RedactedPayload::of(&json!({"forwarding_secret": null}))).unwrap();
         assert_eq!(shown, json!({"forwarding_secret": null}));
     }
 }

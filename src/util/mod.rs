@@ -81,31 +81,18 @@ pub fn percent_encode(s: &str, keep: &[u8]) -> String {
     utf8_percent_encode(s, set).to_string()
 }
 
-/// Parses `250ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
+/// Parses a duration the way `humantime` spells them (`250ms`, `30s`, `2m`, `1h 30m`,
+/// `1d`), or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let t = text.trim();
-    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => t.split_at(i),
-        None => (t, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration (e.g. 500ms, 30s, 2m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "'{text}': unknown unit '{unit}' (use ms, s, m or h)"
-            ));
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("'{text}' is not a duration"));
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t
+            .parse()
+            .map(std::time::Duration::from_secs)
+            .map_err(|_| format!("'{text}' is too large a number of seconds"));
     }
-    Ok(std::time::Duration::from_secs_f64(secs))
+    humantime::parse_duration(t)
+        .map_err(|e| format!("'{text}' is not a duration (e.g. 500ms, 30s, 2m, 1h 30m): {e}"))
 }
 
 #[cfg(test)]
@@ -119,8 +106,11 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
         assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
     }
 
     #[test]

@@ -632,3 +632,27 @@ fn a_local_agent_port_held_by_another_process_is_named_then_retried() {
     let s = api.wait_status(id, "running");
     assert_eq!(s["ready"], true);
 }
+
+/// The list reads its rows straight from the database (payload and checkpoints as
+/// stored text) while one server is read through the domain: both show a server the
+/// same way, secrets blanked.
+#[test]
+fn the_list_shows_each_server_as_its_detail_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let api = Api::start(tmp.path());
+    let (code, body) = api.call(
+        "POST",
+        "/api/v1/servers",
+        Some(json!({"name": "listed", "template": "standin", "version": "1.0", "eula": true})),
+    );
+    assert_eq!(code, 202, "{body}");
+    let id = body["server"]["id"].as_i64().unwrap();
+    api.wait_status(id, "running");
+    let (_, mut detail) = api.call("GET", &format!("/api/v1/servers/{id}"), None);
+    let (_, page) = api.call("GET", "/api/v1/servers?limit=10", None);
+    detail.as_object_mut().unwrap().remove("edge");
+    assert_eq!(page["servers"][0], detail);
+    let payload = &page["servers"][0]["payload"];
+    assert_eq!(payload["agent_token"], "********", "{payload}");
+    assert!(page["servers"][0]["checkpoints"].is_object());
+}

@@ -30,23 +30,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/servers/{id}/{action}", post(action))
 }
 
-/// Servers with their template slug and node name, as the API shows them.
-pub fn render(
-    conn: &rusqlite::Connection,
-    list: Vec<Server>,
-) -> Result<Vec<PublicServer>, DomainError> {
-    let templates = templates::slugs(conn)?;
-    let nodes = nodes::names(conn)?;
-    Ok(list
-        .into_iter()
-        .map(|s| {
-            let template = templates.get(&s.template_id).cloned();
-            let node = nodes.get(&s.node_id).cloned();
-            s.public(template, node)
-        })
-        .collect())
-}
-
 /// One server as the API shows it.
 fn render_one(conn: &rusqlite::Connection, s: Server) -> Result<PublicServer, DomainError> {
     let template = templates::slugs(conn)?.remove(&s.template_id);
@@ -166,7 +149,7 @@ async fn list(
     let body = st
         .db
         .call(move |c| {
-            let list = servers::list_visible(
+            let list = servers::list_public(
                 c,
                 &user,
                 q.after.unwrap_or(0),
@@ -178,7 +161,7 @@ async fn list(
                 .then(|| list.last().map(|s| s.id))
                 .flatten();
             Ok::<_, DomainError>(ServerPage {
-                servers: render(c, list)?,
+                servers: list,
                 next_after: next,
             })
         })
