@@ -338,3 +338,105 @@ fn planted_violations_are_found() {
         "{found:?}"
     );
 }
+
+/// `(METHOD, path)` of every `.route("path", get(..).post(..))` in `text`.
+fn routes_in(text: &str) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(".route(") {
+        let after = &rest[i + ".route(".len()..];
+        // The call's arguments: up to the parenthesis that closes `.route(`.
+        let mut depth = 1;
+        let end = after
+            .char_indices()
+            .find_map(|(j, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                (depth == 0).then_some(j)
+            })
+            .unwrap_or(after.len());
+        let args = &after[..end];
+        if let Some(path) = args.split('"').nth(1) {
+            for method in ["get", "post", "put", "delete", "patch"] {
+                let called = args.match_indices(&format!("{method}(")).any(|(k, _)| {
+                    k == 0
+                        || !args.as_bytes()[k - 1].is_ascii_alphanumeric()
+                            && args.as_bytes()[k - 1] != b'_'
+                });
+                if called {
+                    out.insert((method.to_uppercase(), path.to_string()));
+                }
+            }
+        }
+        rest = &after[end..];
+    }
+    out
+}
+
+/// Every route the JSON API's routers register is in the OpenAPI document, and the
+/// document names no route the routers lack (that one answering 401, not 404, without
+/// a token is `servers::every_api_route_needs_a_token`).
+#[test]
+fn every_api_route_is_in_the_openapi_document_and_back() {
+    let api = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http/api");
+    let mut routed = BTreeSet::new();
+    for entry in std::fs::read_dir(&api).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            routed.extend(routes_in(&code_of(
+                &std::fs::read_to_string(&path).unwrap(),
+            )));
+        }
+    }
+    let doc = zlh::http::api::openapi::document();
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .filter(|m| *m != "parameters")
+                .map(|m| (m.to_uppercase(), path.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(routed.len() >= 30, "{routed:?}");
+    let undocumented: Vec<_> = routed.difference(&documented).collect();
+    let unrouted: Vec<_> = documented.difference(&routed).collect();
+    assert!(
+        undocumented.is_empty(),
+        "routes missing from the OpenAPI document: {undocumented:?}"
+    );
+    assert!(
+        unrouted.is_empty(),
+        "documented but not routed: {unrouted:?}"
+    );
+}
+
+#[test]
+fn route_extraction_reads_chained_and_multiline_routes() {
+    let text = r#"Router::new()
+        .route("/a", post(create).get(list))
+        .route(
+            "/b/{id}",
+            get(tail).post(command),
+        )
+        .route("/c", delete(remove_schedule))"#;
+    let got: Vec<_> = routes_in(text).into_iter().collect();
+    let want: Vec<(String, String)> = [
+        ("DELETE", "/c"),
+        ("GET", "/a"),
+        ("GET", "/b/{id}"),
+        ("POST", "/a"),
+        ("POST", "/b/{id}"),
+    ]
+    .iter()
+    .map(|(m, p)| (m.to_string(), p.to_string()))
+    .collect();
+    assert_eq!(got, want);
+}

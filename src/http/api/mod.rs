@@ -2,7 +2,7 @@
 
 mod backups;
 mod jobs;
-mod openapi;
+pub mod openapi;
 mod servers;
 mod templates_nodes;
 
