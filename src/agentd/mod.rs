@@ -216,7 +216,7 @@ pub async fn run(
     let app = app.layer(middleware::from_fn(move |req, next| {
         crate::util::listener::request_timeout(limits.request_timeout, req, next)
     }));
-    let result = crate::util::listener::serve(listener, app, limits, shutdown)
+    let result = crate::util::listener::serve(listener, app, limits, None, shutdown)
         .await
         .map_err(AgentError::Http);
     let (tx, rx) = oneshot::channel();
