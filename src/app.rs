@@ -143,6 +143,7 @@ impl Prepared {
             .chain(crate::jobs::servers::handlers(services.clone()))
             .chain([crate::jobs::reconcile::handler(services.clone())])
             .chain(crate::jobs::worlds::handlers(services.clone()))
+            .chain(crate::jobs::upgrade::handlers(services.clone()))
             .chain(options.handlers)
         {
             registry.register_arc(h);

@@ -90,3 +90,24 @@ pub fn run(
         }
     }
 }
+
+/// The binary this process runs. On Linux `/proc/self/exe`, which stays readable after
+/// the file on disk was replaced by an upgrade: what is served is what runs.
+pub fn own_binary() -> std::io::Result<std::path::PathBuf> {
+    let proc_exe = std::path::PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() {
+        Ok(proc_exe)
+    } else {
+        std::env::current_exe()
+    }
+}
+
+/// The sha256 of [`own_binary`], read once (the running binary does not change).
+pub fn own_sha256() -> std::io::Result<String> {
+    static DIGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(d) = DIGEST.get() {
+        return Ok(d.clone());
+    }
+    let d = file_sha256(&own_binary()?)?;
+    Ok(DIGEST.get_or_init(|| d).clone())
+}

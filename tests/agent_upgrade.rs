@@ -1,0 +1,256 @@
+//! Agent upgrades (issue 19, item 5), on the local runtime: agents that run an older
+//! build (a copy of this `zlh` with its commit string patched) are reported by the API,
+//! `zlh doctor` and the UI; "upgrade" has each agent download this zlh's binary from
+//! `/install/zlh`, verify it and restart into it. The game cannot survive the agent's
+//! re-exec (see `src/agentd/upgrade.rs`), so the documented fallback is shown: the
+//! upgrade waits while a player is online, says so on the server's timeline, and happens
+//! once the server is empty; the game then runs again under the upgraded agent.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::api::Api;
+use support::{BIN, Served, wait_for, zlh};
+
+/// `zlh --version`'s commit, e.g. "ship0000dev1" from "zlh 0.1.0 (commit ship0000dev1)".
+fn commit_of(bin: &Path) -> String {
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .expect("zlh --version");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split("(commit ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no commit in {text:?}"))
+        .to_string()
+}
+
+/// A copy of this zlh that reports another build: every occurrence of the commit
+/// string replaced by one of the same length.
+fn older_copy(dir: &Path) -> (PathBuf, String) {
+    let commit = commit_of(Path::new(BIN.as_str()));
+    let older: String = commit
+        .chars()
+        .map(|c| if c == '0' { '1' } else { '0' })
+        .collect();
+    let mut bytes = std::fs::read(BIN.as_str()).expect("reading zlh");
+    let (from, to) = (commit.as_bytes(), older.as_bytes());
+    let mut patched = 0;
+    let mut i = 0;
+    while i + from.len() <= bytes.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+            patched += 1;
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    assert!(patched > 0, "the commit string is in the binary");
+    let path = dir.join("zlh-older");
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::set_permissions(
+        &path,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+    assert_eq!(commit_of(&path), older, "the copy reports the older build");
+    (path, older)
+}
+
+fn events(api: &Api, id: i64) -> Vec<String> {
+    let (code, body) = api.call("GET", &format!("/api/v1/servers/{id}/events"), None);
+    assert_eq!(code, 200, "{body}");
+    body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[test]
+fn older_agents_are_reported_then_upgraded_waiting_for_an_empty_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (older_bin, older) = older_copy(tmp.path());
+    let served = Served::start_with_env(
+        tmp.path(),
+        &tmp.path().join("data"),
+        &[],
+        &[
+            ("ZLH_ARTIFACTS_UPSTREAM", "false"),
+            ("ZLH_AGENT_BINARY", older_bin.to_str().unwrap()),
+            ("ZLH_RECONCILE_SECS", "1"),
+        ],
+    );
+    let api = Api::start_on(tmp.path(), served);
+    let (code, body) = api.call(
+        "POST",
+        "/api/v1/servers",
+        Some(json!({"name": "olden", "template": "standin", "version": "1.0", "eula": true})),
+    );
+    assert_eq!(code, 202, "{body}");
+    let id = body["server"]["id"].as_i64().unwrap();
+    let vmid = body["server"]["vmid"].as_i64().unwrap();
+    api.wait_status(id, "running");
+    let dir = api.served.data_dir.join("servers").join(vmid.to_string());
+    let game_pid = read_pid(&dir.join("agent/game.pid")).expect("the game's pid");
+    let agent_pid = read_pid(&dir.join("agent.pid")).expect("the agent's pid");
+
+    // The reconciler learns the agent's version: the API, doctor and UI say it is older.
+    let current = commit_of(Path::new(BIN.as_str()));
+    let agent = wait_for("the agent's version", Duration::from_secs(30), || {
+        let (_, a) = api.call("GET", &format!("/api/v1/servers/{id}/agent"), None);
+        (a["outdated"] == true).then_some(a)
+    });
+    assert!(
+        agent["version"].as_str().unwrap().contains(&older),
+        "{agent}"
+    );
+    assert!(
+        agent["current"].as_str().unwrap().contains(&current),
+        "{agent}"
+    );
+    let (code, doctor) = api.call("GET", "/api/v1/doctor", None);
+    assert_eq!(code, 200, "{doctor}");
+    let finding = doctor["report"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "agent_version")
+        .unwrap_or_else(|| panic!("an agent_version finding: {doctor}"))
+        .clone();
+    assert!(
+        finding["subject"].as_str().unwrap().contains("olden"),
+        "{finding}"
+    );
+    assert!(
+        finding["detail"].as_str().unwrap().contains(&older),
+        "{finding}"
+    );
+    let cli = zlh(tmp.path())
+        .args(["doctor", "--data-dir"])
+        .arg(&api.served.data_dir)
+        .output()
+        .unwrap();
+    let cli_text = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli_text.contains("agent_version") && cli_text.contains(&older),
+        "{cli_text}"
+    );
+    let (code, nodes_page) = support::ui_get(&api.served, "/nodes");
+    assert_eq!(code, 200);
+    assert!(nodes_page.contains("1 older than this zlh"), "{nodes_page}");
+    assert!(nodes_page.contains("Upgrade agents"));
+    let (code, server_page) = support::ui_get(&api.served, &format!("/servers/{id}"));
+    assert_eq!(code, 200);
+    assert!(
+        server_page.contains("another version than this zlh"),
+        "{server_page}"
+    );
+
+    // A player is online: the upgrade downloads, then waits, and says so.
+    let players = dir.join("agent/server/standin-players");
+    std::fs::write(&players, "1").unwrap();
+    let (code, body) = api.call("POST", &format!("/api/v1/servers/{id}/agent/upgrade"), None);
+    assert_eq!(code, 202, "{body}");
+    let job = body["job"]["id"].as_i64().unwrap();
+    let (code, again) = api.call("POST", &format!("/api/v1/servers/{id}/agent/upgrade"), None);
+    assert_eq!(code, 202, "{again}");
+    assert_eq!(
+        again["job"]["id"], job,
+        "one upgrade job per server (unique key)"
+    );
+    wait_for(
+        "the upgrade to say it waits",
+        Duration::from_secs(60),
+        || {
+            events(&api, id)
+                .iter()
+                .any(|m| m.contains("waiting: 1 player online"))
+                .then_some(())
+        },
+    );
+    let (_, j) = api.call("GET", &format!("/api/v1/jobs/{job}"), None);
+    assert_eq!(j["job"]["state"], "running", "{j}");
+    assert_eq!(j["job"]["lane"], format!("server:{id}"), "{j}");
+    assert_eq!(
+        read_pid(&dir.join("agent/game.pid")),
+        Some(game_pid),
+        "the game keeps running while a player is online"
+    );
+
+    // The server empties: the upgrade happens, the game comes back under the new agent.
+    std::fs::write(&players, "0").unwrap();
+    let done = wait_for(
+        "the upgrade job to finish",
+        Duration::from_secs(120),
+        || {
+            let (_, j) = api.call("GET", &format!("/api/v1/jobs/{job}"), None);
+            (j["job"]["state"] != "running" && j["job"]["state"] != "available").then_some(j)
+        },
+    );
+    assert_eq!(done["job"]["state"], "completed", "{done}");
+    let (_, a) = api.call("GET", &format!("/api/v1/servers/{id}/agent"), None);
+    assert_eq!(a["outdated"], false, "{a}");
+    assert!(a["version"].as_str().unwrap().contains(&current), "{a}");
+    let log = events(&api, id);
+    assert!(
+        log.iter().any(|m| m.starts_with("agent upgraded:")
+            && m.contains(&older)
+            && m.contains("ready again")),
+        "{log:?}"
+    );
+    assert_eq!(api.server(id)["status"], "running");
+    // The agent restarted in place (same process, the new binary in its own directory);
+    // the game is a new process (the fallback), answering its ping.
+    assert_eq!(read_pid(&dir.join("agent.pid")), Some(agent_pid));
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{agent_pid}/exe")).unwrap(),
+        dir.join("zlh")
+    );
+    let new_game = read_pid(&dir.join("agent/game.pid")).expect("the game runs again");
+    assert_ne!(new_game, game_pid);
+    let port = api.server(id)["game_port"].as_i64().unwrap();
+    assert!(
+        support::api::slp(port).is_some(),
+        "the game answers its ping"
+    );
+    // zlh's own binary on disk was not touched.
+    assert_eq!(commit_of(&older_bin), older);
+
+    // Per node: everything is current now, so each job only says so.
+    let (code, body) = api.call("POST", "/api/v1/nodes/1/agents/upgrade", None);
+    assert_eq!(code, 202, "{body}");
+    let jobs: Vec<Value> = body["jobs"].as_array().unwrap().clone();
+    assert_eq!(jobs.len(), 1, "{body}");
+    let node_job = jobs[0]["job"]["id"].as_i64().unwrap();
+    wait_for("the node's upgrade job", Duration::from_secs(60), || {
+        let (_, j) = api.call("GET", &format!("/api/v1/jobs/{node_job}"), None);
+        (j["job"]["state"] == "completed").then_some(())
+    });
+    assert!(
+        events(&api, id)
+            .iter()
+            .any(|m| m.contains("the agent already runs")),
+        "{:?}",
+        events(&api, id)
+    );
+    let (_, doctor) = api.call("GET", "/api/v1/doctor", None);
+    assert!(
+        !doctor["report"]["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["check"] == "agent_version"),
+        "{doctor}"
+    );
+}
