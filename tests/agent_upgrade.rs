@@ -244,6 +244,31 @@ fn older_agents_are_reported_then_upgraded_waiting_for_an_empty_server() {
         "{:?}",
         events(&api, id)
     );
+    // The same from the command line.
+    let out = zlh(tmp.path())
+        .args(["node", "upgrade-agents", "local", "--data-dir"])
+        .arg(&api.served.data_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("1 agent upgrade job(s) queued on node 'local'"),
+        "{text}"
+    );
+    let cli_job: i64 = text
+        .rsplit("job ")
+        .next()
+        .and_then(|j| j.trim().parse().ok())
+        .unwrap_or_else(|| panic!("a job id in {text}"));
+    wait_for("the CLI's upgrade job", Duration::from_secs(60), || {
+        let (_, j) = api.call("GET", &format!("/api/v1/jobs/{cli_job}"), None);
+        (j["job"]["state"] == "completed").then_some(())
+    });
     let (_, doctor) = api.call("GET", "/api/v1/doctor", None);
     assert!(
         !doctor["report"]["findings"]
@@ -253,4 +278,249 @@ fn older_agents_are_reported_then_upgraded_waiting_for_an_empty_server() {
             .any(|f| f["check"] == "agent_version"),
         "{doctor}"
     );
+}
+
+/// The agent's listen address from its command line (`--listen 127.0.0.1:PORT`).
+fn agent_listen(pid: i32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let at = args.iter().position(|a| a == "--listen").unwrap();
+    args[at + 1].clone()
+}
+
+#[test]
+fn an_agent_without_upgrade_fails_the_job_and_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let api = Api::start(tmp.path());
+    let (code, body) = api.call(
+        "POST",
+        "/api/v1/servers",
+        Some(json!({"name": "plain", "template": "standin", "version": "1.0", "eula": true})),
+    );
+    assert_eq!(code, 202, "{body}");
+    let id = body["server"]["id"].as_i64().unwrap();
+    let vmid = body["server"]["vmid"].as_i64().unwrap();
+    api.wait_status(id, "running");
+    let dir = api.served.data_dir.join("servers").join(vmid.to_string());
+    let agent_pid = read_pid(&dir.join("agent.pid")).unwrap();
+    let listen = agent_listen(agent_pid);
+    let token = std::fs::read_to_string(dir.join("agent/token"))
+        .unwrap()
+        .trim()
+        .to_string();
+
+    // The original agent's contract only: its status as it is, an old version, and no
+    // /upgrade (axum's 404). It takes over the real agent's port.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status: Value = rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("http://{listen}/status"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    // SAFETY: kill(2) on the agent this test's zlh started.
+    unsafe {
+        libc::kill(agent_pid, libc::SIGKILL);
+    }
+    let listener = wait_for(
+        "the agent's port to be free",
+        Duration::from_secs(30),
+        || std::net::TcpListener::bind(&listen).ok(),
+    );
+    listener.set_nonblocking(true).unwrap();
+    let app = axum::Router::new()
+        .route("/health", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/status",
+            axum::routing::get(move || {
+                let s = status.clone();
+                async move { axum::Json(s) }
+            }),
+        )
+        .route(
+            "/version",
+            axum::routing::get(|| async { axum::Json(json!({"version": "0.0.9"})) }),
+        );
+    rt.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        axum::serve(listener, app).await.unwrap();
+    });
+
+    let (code, body) = api.call("POST", &format!("/api/v1/servers/{id}/agent/upgrade"), None);
+    assert_eq!(code, 202, "{body}");
+    let job = body["job"]["id"].as_i64().unwrap();
+    let done = wait_for("the upgrade job to end", Duration::from_secs(60), || {
+        let (_, j) = api.call("GET", &format!("/api/v1/jobs/{job}"), None);
+        matches!(j["job"]["state"].as_str(), Some("discarded" | "completed")).then_some(j)
+    });
+    assert_eq!(done["job"]["state"], "discarded", "{done}");
+    assert!(
+        done["job"]["errors"]
+            .to_string()
+            .contains("has no POST /upgrade"),
+        "{done}"
+    );
+    assert!(
+        events(&api, id)
+            .iter()
+            .any(|m| m.contains("(0.0.9) has no POST /upgrade; nothing was changed")),
+        "{:?}",
+        events(&api, id)
+    );
+    let s = api.server(id);
+    assert_eq!(s["status"], "running", "the server is not failed: {s}");
+}
+
+#[test]
+fn a_proxmox_nodes_agents_are_upgraded_one_job_each() {
+    use support::pve_sim::{PveSim, SimOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let (older_bin, older) = older_copy(tmp.path());
+    // The node's base template carries the older build.
+    let sim = PveSim::with(SimOptions {
+        agent_binary: Some(older_bin.clone()),
+        ..Default::default()
+    });
+    let served = Served::start_with_env(
+        tmp.path(),
+        &tmp.path().join("data"),
+        &[],
+        &[
+            ("ZLH_ARTIFACTS_UPSTREAM", "false"),
+            ("ZLH_RECONCILE_SECS", "1"),
+        ],
+    );
+    let api = Api::start_on(tmp.path(), served);
+    let (code, body) = api.call(
+        "POST",
+        "/api/v1/nodes",
+        Some(json!({
+            "name": "pve",
+            "kind": "proxmox",
+            "memory_mb": 1_000_000,
+            "settings": serde_json::to_value(sim.proxmox_config()).unwrap(),
+        })),
+    );
+    assert_eq!(code, 201, "{body}");
+    let node = body["node"]["id"].as_i64().unwrap();
+    let mut servers = Vec::new();
+    for name in ["busy", "empty"] {
+        let (code, body) = api.call(
+            "POST",
+            "/api/v1/servers",
+            Some(json!({"name": name, "template": "standin", "version": "1.0", "eula": true, "node": "pve"})),
+        );
+        assert_eq!(code, 202, "{body}");
+        servers.push((
+            body["server"]["id"].as_i64().unwrap(),
+            body["server"]["vmid"].as_i64().unwrap(),
+        ));
+    }
+    for (id, _) in &servers {
+        api.wait_status(*id, "running");
+    }
+    for (id, _) in &servers {
+        wait_for(
+            "the older agent to be reported",
+            Duration::from_secs(30),
+            || {
+                let (_, a) = api.call("GET", &format!("/api/v1/servers/{id}/agent"), None);
+                (a["outdated"] == true && a["version"].as_str()?.contains(&older)).then_some(())
+            },
+        );
+    }
+    let agent_pids: Vec<Option<u32>> = servers.iter().map(|(_, v)| sim.agent_pid(*v)).collect();
+    let (busy, busy_vmid) = servers[0];
+    let (empty, _) = servers[1];
+    let busy_players = sim.ct_dir(busy_vmid).join("server/standin-players");
+    std::fs::write(&busy_players, "2").unwrap();
+    let busy_game = read_pid(&sim.ct_dir(busy_vmid).join("game.pid")).expect("busy's game");
+
+    let (code, body) = api.call(
+        "POST",
+        &format!("/api/v1/nodes/{node}/agents/upgrade"),
+        None,
+    );
+    assert_eq!(code, 202, "{body}");
+    let jobs: Vec<(i64, i64)> = body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["server_id"].as_i64().unwrap(),
+                j["job"]["id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(jobs.len(), 2, "one job per server: {body}");
+    assert_eq!(body["outdated"].as_array().unwrap().len(), 2, "{body}");
+    let job_of = |sid: i64| jobs.iter().find(|(s, _)| *s == sid).unwrap().1;
+    let state = |job: i64| {
+        let (_, j) = api.call("GET", &format!("/api/v1/jobs/{job}"), None);
+        assert_eq!(
+            j["job"]["lane"],
+            format!("server:{}", j["job"]["payload"]["server_id"])
+        );
+        j["job"]["state"].as_str().unwrap_or_default().to_string()
+    };
+    // The empty server is upgraded; the busy one waits and says so.
+    wait_for(
+        "the empty server's upgrade",
+        Duration::from_secs(120),
+        || (state(job_of(empty)) == "completed").then_some(()),
+    );
+    wait_for(
+        "the busy server's upgrade to wait",
+        Duration::from_secs(60),
+        || {
+            events(&api, busy)
+                .iter()
+                .any(|m| m.contains("waiting: 2 players online"))
+                .then_some(())
+        },
+    );
+    assert_eq!(state(job_of(busy)), "running");
+    assert_eq!(
+        read_pid(&sim.ct_dir(busy_vmid).join("game.pid")),
+        Some(busy_game),
+        "the busy game is left alone"
+    );
+    std::fs::write(&busy_players, "0").unwrap();
+    wait_for(
+        "the busy server's upgrade",
+        Duration::from_secs(120),
+        || (state(job_of(busy)) == "completed").then_some(()),
+    );
+
+    // Every agent reports this zlh's build, in the same process, and every game runs.
+    let current = commit_of(Path::new(BIN.as_str()));
+    for (i, (id, vmid)) in servers.iter().enumerate() {
+        let (_, a) = api.call("GET", &format!("/api/v1/servers/{id}/agent"), None);
+        assert_eq!(a["outdated"], false, "{a}");
+        assert!(a["version"].as_str().unwrap().contains(&current), "{a}");
+        assert_eq!(
+            sim.agent_pid(*vmid),
+            agent_pids[i],
+            "the agent restarted in place"
+        );
+        assert_eq!(api.server(*id)["status"], "running");
+        assert!(
+            events(&api, *id)
+                .iter()
+                .any(|m| m.starts_with("agent upgraded:") && m.contains("ready again")),
+            "{:?}",
+            events(&api, *id)
+        );
+    }
+    // The agents replaced their own executable (the base template's binary).
+    assert_eq!(commit_of(&older_bin), current);
 }

@@ -79,22 +79,24 @@ async fn upgrade(shared: &Arc<Shared>, req: &UpgradeRequest) -> Result<(), Strin
     let staged = download(req, &target).await?;
     // Waits here until the game is stopped or empty.
     loop {
-        match players_online(shared).await {
-            None | Some(0) => break,
-            Some(n) => {
-                let message = format!(
-                    "waiting: {n} player{} online; the upgrade restarts the game once it is empty or stopped",
-                    if n == 1 { "" } else { "s" }
-                );
-                let changed = shared
-                    .upgrade
-                    .lock()
-                    .map(|u| u.message.as_deref() != Some(message.as_str()))
-                    .unwrap_or(true);
-                if changed {
-                    set(shared, "waiting", Some(message), v);
-                }
-            }
+        let message = match occupancy(shared).await {
+            Occupancy::Free => break,
+            Occupancy::Players(n) => format!(
+                "waiting: {n} player{} online; the upgrade restarts the game once it is empty or stopped",
+                if n == 1 { "" } else { "s" }
+            ),
+            Occupancy::Unknown => "waiting: the game runs but does not answer its status ping \
+                 (starting, or busy); the upgrade restarts it once it answers with no players \
+                 online, or is stopped"
+                .to_string(),
+        };
+        let changed = shared
+            .upgrade
+            .lock()
+            .map(|u| u.message.as_deref() != Some(message.as_str()))
+            .unwrap_or(true);
+        if changed {
+            set(shared, "waiting", Some(message), v);
         }
         tokio::time::sleep(WAIT_PAUSE).await;
     }
@@ -148,7 +150,8 @@ async fn download(req: &UpgradeRequest, target: &Path) -> Result<PathBuf, String
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let staged = dir.join(".zlh-upgrade.tmp");
+    // Named by this process: agents sharing a directory never write the same file.
+    let staged = dir.join(format!(".zlh-upgrade-{}.tmp", std::process::id()));
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .no_proxy()
@@ -200,21 +203,30 @@ async fn download(req: &UpgradeRequest, target: &Path) -> Result<PathBuf, String
     Ok(staged)
 }
 
-/// Players on the game now: `None` when no game runs (or it is not a Minecraft server,
-/// whose status ping says nothing of players), `Some(0)` when it is empty. A running
-/// game that does not answer its ping counts as one player: never cut a game short
-/// on a guess.
-async fn players_online(shared: &Shared) -> Option<u64> {
+/// Whether the game may be restarted now.
+enum Occupancy {
+    /// No game runs, or nobody is on it (or it is not a Minecraft server, whose status
+    /// ping would say who is).
+    Free,
+    Players(u64),
+    /// It runs but does not answer its ping: never cut a game short on a guess.
+    Unknown,
+}
+
+async fn occupancy(shared: &Shared) -> Occupancy {
     let running = shared.snapshot().is_some_and(|s| s.process_running);
     if !running {
-        return None;
+        return Occupancy::Free;
     }
-    let payload: ConfigPayload = std::fs::read(shared.opts.dir.join(super::PAYLOAD_FILE))
+    let Some(payload) = std::fs::read(shared.opts.dir.join(super::PAYLOAD_FILE))
         .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())?;
+        .and_then(|b| serde_json::from_slice::<ConfigPayload>(&b).ok())
+    else {
+        return Occupancy::Unknown;
+    };
     let readiness = payload.readiness();
     if readiness.kind != ReadinessKind::MinecraftPing {
-        return None;
+        return Occupancy::Free;
     }
     let addr = std::net::SocketAddr::new(
         readiness
@@ -223,7 +235,10 @@ async fn players_online(shared: &Shared) -> Option<u64> {
         readiness.port,
     );
     match slp::status(addr, Duration::from_secs(5)).await {
-        Ok(v) => Some(v["players"]["online"].as_u64().unwrap_or(0)),
-        Err(_) => Some(1),
+        Ok(v) => match v["players"]["online"].as_u64().unwrap_or(0) {
+            0 => Occupancy::Free,
+            n => Occupancy::Players(n),
+        },
+        Err(_) => Occupancy::Unknown,
     }
 }

@@ -95,6 +95,14 @@ pub fn request_server(
             server.status
         )));
     }
+    enqueue(tx, server_id, &format!("user:{}", user.username))
+}
+
+fn enqueue(
+    tx: &rusqlite::Transaction<'_>,
+    server_id: i64,
+    actor: &str,
+) -> Result<i64, DomainError> {
     let job = servers::enqueue_action(
         tx,
         server_id,
@@ -107,17 +115,18 @@ pub fn request_server(
         None,
         None,
         Some(job),
-        &format!("user:{}", user.username),
+        actor,
         "agent upgrade requested",
     )?;
     Ok(job)
 }
 
-/// Enqueues the upgrade of every agent on a node (one job per server); servers whose
-/// status has no agent to upgrade (being made or deleted) are skipped.
+/// Enqueues the upgrade of every agent on a node (one job per server), for `actor`
+/// (an admin, or `cli`); servers whose status has no agent to upgrade (being made or
+/// deleted) are skipped. Answers (server, job) pairs.
 pub fn request_node(
     tx: &rusqlite::Transaction<'_>,
-    user: &User,
+    actor: &str,
     node_id: i64,
 ) -> Result<Vec<(i64, i64)>, DomainError> {
     if super::nodes::get(tx, node_id)?.is_none() {
@@ -132,7 +141,7 @@ pub fn request_node(
     let mut jobs = Vec::new();
     for (id, status) in ids {
         if ServerStatus::parse(&status).is_some_and(upgradable) {
-            jobs.push((id, request_server(tx, user, id)?));
+            jobs.push((id, enqueue(tx, id, actor)?));
         }
     }
     Ok(jobs)

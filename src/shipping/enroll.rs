@@ -59,6 +59,9 @@ pub enum NodeCommand {
         #[arg(long, default_value = "1h", value_parser = crate::util::parse_duration)]
         ttl: std::time::Duration,
     },
+    /// Upgrade every agent on the node NAME to this zlh's binary: one job per server
+    /// (the running `zlh serve` carries them out; see `/api/v1/nodes/{id}/agents/upgrade`).
+    UpgradeAgents { name: String },
 }
 
 /// Runs a `zlh node` command; returns what to print.
@@ -85,6 +88,23 @@ pub fn run(
                 out.push_str(&format!(
                     "\nwarning: {url} is a loopback address the Proxmox host cannot reach: set advertise_url to this host's LAN address (an IP URL)\n"
                 ));
+            }
+            Ok(out)
+        }
+        NodeCommand::UpgradeAgents { name } => {
+            let mut conn = db.conn()?;
+            let jobs = crate::db::write_tx(&mut conn, |tx| {
+                let node = crate::domain::nodes::get_by_name(tx, name)?
+                    .ok_or_else(|| crate::domain::DomainError::NotFound(format!("node {name}")))?;
+                crate::domain::upgrades::request_node(tx, "cli", node.id)
+            })?;
+            let mut out = format!(
+                "{} agent upgrade job(s) queued on node '{name}'{}\n",
+                jobs.len(),
+                if jobs.is_empty() { "" } else { ":" }
+            );
+            for (server, job) in jobs {
+                out.push_str(&format!("  server {server}: job {job}\n"));
             }
             Ok(out)
         }

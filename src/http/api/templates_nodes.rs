@@ -33,13 +33,13 @@ async fn upgrade_agents(
     super::Path(id): super::Path<i64>,
 ) -> Result<impl IntoResponse, AppError> {
     require_admin(&caller)?;
-    let user = caller.0.clone();
+    let actor = format!("user:{}", caller.username);
     let current = crate::agent::AgentVersion::this_build().label();
     let body = st
         .db
         .write(move |tx| {
             let outdated = crate::domain::upgrades::outdated(tx, &current, Some(id))?;
-            let jobs = crate::domain::upgrades::request_node(tx, &user, id)?
+            let jobs = crate::domain::upgrades::request_node(tx, &actor, id)?
                 .into_iter()
                 .map(|(server, job)| {
                     Ok::<_, DomainError>(serde_json::json!({

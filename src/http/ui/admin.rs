@@ -464,10 +464,10 @@ pub async fn upgrade_node_agents(
     Path(id): Path<i64>,
 ) -> Result<Response, UiError> {
     sess.require_admin()?;
-    let user = sess.user().clone();
+    let actor = format!("user:{}", sess.user().username);
     let jobs = st
         .db
-        .write(move |tx| crate::domain::upgrades::request_node(tx, &user, id))
+        .write(move |tx| crate::domain::upgrades::request_node(tx, &actor, id))
         .await?;
     st.queue.wake();
     tracing::info!(node = id, jobs = jobs.len(), user = %sess.user().username, "agent upgrades from the UI");
