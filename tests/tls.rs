@@ -94,6 +94,7 @@ impl TlsServed {
             .arg(dir.join("data"))
             .env("ZLH_TLS_CERT", cert)
             .env("ZLH_TLS_KEY", key)
+            .env("ZLH_HTTP_HEADER_TIMEOUT_SECS", "2")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("the log file"))
             .spawn()
@@ -186,6 +187,26 @@ async fn https_with_secure_cookies_and_sighup_reload() {
     assert!(
         login.text().await.unwrap().contains("password"),
         "the login form"
+    );
+    // A client that opens a connection and never starts its handshake is cut off after
+    // the header timeout (2 s here), like one that never sends its headers.
+    let started = std::time::Instant::now();
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", served.port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = std::io::Read::read(&mut idle, &mut buf);
+    assert!(
+        matches!(read, Ok(0))
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "closed, not timed out on our side: {read:?}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(10),
+        "{waited:?}"
     );
     // Plain HTTP on the same port is not served.
     assert!(
