@@ -62,6 +62,10 @@ fn older_copy(dir: &Path) -> (PathBuf, String) {
     (path, older)
 }
 
+fn shots_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots")
+}
+
 fn events(api: &Api, id: i64) -> Vec<String> {
     let (code, body) = api.call("GET", &format!("/api/v1/servers/{id}/events"), None);
     assert_eq!(code, 200, "{body}");
@@ -160,9 +164,31 @@ fn older_agents_are_reported_then_upgraded_waiting_for_an_empty_server() {
     // A player is online: the upgrade downloads, then waits, and says so.
     let players = dir.join("agent/server/standin-players");
     std::fs::write(&players, "1").unwrap();
-    let (code, body) = api.call("POST", &format!("/api/v1/servers/{id}/agent/upgrade"), None);
-    assert_eq!(code, 202, "{body}");
-    let job = body["job"]["id"].as_i64().unwrap();
+    // From the server page's button (screenshots of both pages on the way), then the
+    // API asks again and gets the same job.
+    let session = support::ui_session(&api.served);
+    let b = support::browser::Browser::start(&shots_dir());
+    b.goto(&api.served.url("/login"));
+    b.cmd(
+        "POST",
+        "/cookie",
+        Some(json!({"cookie": {"name": "zlh_session", "value": session.split_once('=').unwrap().1, "path": "/"}})),
+        "setting the session cookie",
+    );
+    b.goto(&api.served.url("/nodes"));
+    assert!(b.page_source().contains("1 older than this zlh"));
+    b.screenshot("agent-upgrade-nodes");
+    b.goto(&api.served.url(&format!("/servers/{id}")));
+    b.execute(
+        "document.getElementById('h-agent').scrollIntoView();",
+        vec![],
+    );
+    b.screenshot("agent-upgrade-server");
+    b.find("#upgrade-agent").click();
+    let job = wait_for("the job of the button", Duration::from_secs(30), || {
+        let (_, jobs) = api.call("GET", "/api/v1/jobs?kind=server.agent_upgrade", None);
+        jobs["jobs"].as_array()?.first()?["id"].as_i64()
+    });
     let (code, again) = api.call("POST", &format!("/api/v1/servers/{id}/agent/upgrade"), None);
     assert_eq!(code, 202, "{again}");
     assert_eq!(
