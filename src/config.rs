@@ -333,6 +333,8 @@ pub enum ConfigError {
     File { path: PathBuf, message: String },
     #[error("unknown setting {var} in the environment (known: {known})")]
     UnknownEnv { var: String, known: String },
+    #[error("missing setting `{key}`: {message}")]
+    Missing { key: String, message: String },
     #[error("invalid setting `{key}` (from {origin}): {message}")]
     Invalid {
         key: String,
@@ -629,11 +631,12 @@ impl Config {
             _ => None,
         };
         if let Some((absent, set)) = missing {
-            return Err(ConfigError::Invalid {
+            return Err(ConfigError::Missing {
                 key: absent.to_string(),
-                origin: format!("not set, while {set} is set by {}", origin_of(set)),
                 message: format!(
-                    "HTTPS needs both the certificate and its key: set {absent} too, or unset {set}"
+                    "{set} is set (by {}) and HTTPS needs both the certificate and its key: \
+                     set {absent} too, or unset {set}",
+                    origin_of(set)
                 ),
             });
         }
