@@ -4,7 +4,9 @@
 //! `/install/zlh`, verify it and restart into it. The game cannot survive the agent's
 //! re-exec (see `src/agentd/upgrade.rs`), so the documented fallback is shown: the
 //! upgrade waits while a player is online, says so on the server's timeline, and happens
-//! once the server is empty; the game then runs again under the upgraded agent.
+//! once the server is empty (or, on the simulated Proxmox node, once the operator stops
+//! it: the waiting job leaves the server's lane free); the game then runs again under
+//! the upgraded agent.
 
 mod support;
 
@@ -206,8 +208,19 @@ fn older_agents_are_reported_then_upgraded_waiting_for_an_empty_server() {
         },
     );
     let (_, j) = api.call("GET", &format!("/api/v1/jobs/{job}"), None);
-    assert_eq!(j["job"]["state"], "running", "{j}");
+    assert!(
+        matches!(
+            j["job"]["state"].as_str(),
+            Some("running" | "scheduled" | "available")
+        ),
+        "the job is not done while it waits: {j}"
+    );
     assert_eq!(j["job"]["lane"], format!("server:{id}"), "{j}");
+    // It waits with its lane free (snoozing), so a stop is not stuck behind it.
+    wait_for("the upgrade job to snooze", Duration::from_secs(30), || {
+        let (_, j) = api.call("GET", &format!("/api/v1/jobs/{job}"), None);
+        (j["job"]["state"] == "scheduled").then_some(())
+    });
     assert_eq!(
         read_pid(&dir.join("agent/game.pid")),
         Some(game_pid),
@@ -221,7 +234,11 @@ fn older_agents_are_reported_then_upgraded_waiting_for_an_empty_server() {
         Duration::from_secs(120),
         || {
             let (_, j) = api.call("GET", &format!("/api/v1/jobs/{job}"), None);
-            (j["job"]["state"] != "running" && j["job"]["state"] != "available").then_some(j)
+            matches!(
+                j["job"]["state"].as_str(),
+                Some("completed" | "discarded" | "cancelled")
+            )
+            .then_some(j)
         },
     );
     assert_eq!(done["job"]["state"], "completed", "{done}");
@@ -514,13 +531,26 @@ fn a_proxmox_nodes_agents_are_upgraded_one_job_each() {
                 .then_some(())
         },
     );
-    assert_eq!(state(job_of(busy)), "running");
+    assert!(matches!(
+        state(job_of(busy)).as_str(),
+        "running" | "scheduled" | "available"
+    ));
     assert_eq!(
         read_pid(&sim.ct_dir(busy_vmid).join("game.pid")),
         Some(busy_game),
         "the busy game is left alone"
     );
-    std::fs::write(&busy_players, "0").unwrap();
+    assert!(
+        events(&api, busy)
+            .iter()
+            .all(|m| !m.starts_with("agent upgraded")),
+        "not yet"
+    );
+    // The operator stops the busy server: the stop is not stuck behind the waiting
+    // upgrade (it snoozes with the lane free), and the upgrade then happens.
+    let (code, body) = api.call("POST", &format!("/api/v1/servers/{busy}/stop"), None);
+    assert_eq!(code, 202, "{body}");
+    api.wait_status(busy, "stopped");
     wait_for(
         "the busy server's upgrade",
         Duration::from_secs(120),
@@ -538,11 +568,17 @@ fn a_proxmox_nodes_agents_are_upgraded_one_job_each() {
             agent_pids[i],
             "the agent restarted in place"
         );
-        assert_eq!(api.server(*id)["status"], "running");
+        // The stopped server stays stopped; the other one is ready again.
+        let (status, upgraded) = if *id == busy {
+            ("stopped", "agent upgraded: ")
+        } else {
+            ("running", "; the game is ready again")
+        };
+        assert_eq!(api.server(*id)["status"], status);
         assert!(
             events(&api, *id)
                 .iter()
-                .any(|m| m.starts_with("agent upgraded:") && m.contains("ready again")),
+                .any(|m| m.starts_with("agent upgraded:") && m.contains(upgraded)),
             "{:?}",
             events(&api, *id)
         );
