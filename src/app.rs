@@ -43,6 +43,8 @@ pub enum ServeError {
     Queue(#[from] QueueError),
     #[error("HTTP server: {0}")]
     Http(#[source] std::io::Error),
+    #[error("HTTPS: {0}")]
+    Tls(String),
 }
 
 /// Extra job kinds and periodic jobs to run besides the built-in ones.
@@ -133,6 +135,13 @@ impl Prepared {
         } else {
             self.config.clone()
         };
+        // Before anything starts: a certificate that does not load fails the start.
+        let tls = match config.tls.paths() {
+            Some((cert, key)) => Some(Arc::new(
+                crate::util::tls::Tls::load(cert, key).map_err(ServeError::Tls)?,
+            )),
+            None => None,
+        };
         // Before anything starts: a mirror that cannot be set up fails the start.
         let mirror = Mirror::new(&config.data_dir, self.db.clone(), &config.artifacts)?;
         let services = Arc::new(Services::new(
@@ -146,6 +155,7 @@ impl Prepared {
             .chain(crate::jobs::servers::handlers(services.clone()))
             .chain([crate::jobs::reconcile::handler(services.clone())])
             .chain(crate::jobs::worlds::handlers(services.clone()))
+            .chain(crate::jobs::upgrade::handlers(services.clone()))
             .chain(options.handlers)
         {
             registry.register_arc(h);
@@ -264,21 +274,35 @@ impl Prepared {
         let ready_flag = ready.clone();
         match crate::http::ui::prepare_setup(&self.db).await {
             Ok(Some(token)) => {
+                let scheme = config.scheme();
                 tracing::warn!(
-                    "first-run setup: no account can sign in yet. Open http://{addr}/setup and \
+                    "first-run setup: no account can sign in yet. Open {scheme}://{addr}/setup and \
                      enter the one-time setup token {token} (a new one is made at every start \
                      until setup is done)"
                 );
-                crate::shipping::banner::print_setup_banner(&addr, &token);
+                crate::shipping::banner::print_setup_banner(scheme, &addr, &token);
             }
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "preparing the first-run setup token"),
         }
         let limits = config.http.limits();
+        // The SIGHUP handler is in place before the first connection is accepted.
+        let reload_task = match &tls {
+            Some(t) => {
+                use tokio::signal::unix::{SignalKind, signal};
+                let hup = signal(SignalKind::hangup()).map_err(ServeError::Http)?;
+                Some(tokio::spawn(reload_on_sighup(
+                    t.clone(),
+                    hup,
+                    stop.child_token(),
+                )))
+            }
+            None => None,
+        };
         let app = app.layer(axum::middleware::from_fn(move |req, next| {
             crate::util::listener::request_timeout(limits.request_timeout, req, next)
         }));
-        let http = crate::util::listener::serve(listener, app, limits, async move {
+        let http = crate::util::listener::serve(listener, app, limits, tls, async move {
             shutdown.await;
             tracing::info!("shutting down: draining HTTP and running jobs");
             ready_flag.store(false, Ordering::SeqCst);
@@ -295,6 +319,11 @@ impl Prepared {
         let _ = scheduler_task.await;
         let _ = schedules_task.await;
         let _ = heartbeat_task.await;
+        if let Some(t) = reload_task
+            && let Err(e) = t.await
+        {
+            tracing::error!(error = %e, "certificate reload task failed");
+        }
         let epoch = boot.boot_epoch;
         if let Err(e) = self
             .db
@@ -305,6 +334,32 @@ impl Prepared {
         }
         tracing::info!("zlh stopped");
         http_result
+    }
+}
+
+/// SIGHUP reads `tls.cert` / `tls.key` again (after a renewal); the listener stays up
+/// and a pair that does not load leaves the old one serving.
+async fn reload_on_sighup(
+    tls: Arc<crate::util::tls::Tls>,
+    mut hup: tokio::signal::unix::Signal,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            got = hup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate and key"),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "SIGHUP: the new TLS certificate and key were refused; the previous pair keeps serving"
+                    ),
+                }
+            }
+        }
     }
 }
 

@@ -46,6 +46,8 @@ const OPTIONAL_KEYS: &[(&str, Kind)] = &[
     ("edge.dns.ttl", Kind::Int),
     ("edge.traefik.token", Kind::Str),
     ("edge.traefik.edge_ip", Kind::Str),
+    ("tls.cert", Kind::Str),
+    ("tls.key", Kind::Str),
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -107,6 +109,28 @@ pub struct Config {
     pub local_crash_backoff: String,
     /// Deadlines and caps of the HTTP listener.
     pub http: HttpConfig,
+    /// HTTPS on the listener itself (a reverse proxy in front stays the recommended setup).
+    pub tls: TlsConfig,
+}
+
+/// A certificate and key (PEM files) make the listener serve HTTPS; both or neither.
+/// SIGHUP reads them again.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// The private key of the certificate (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The certificate and key paths when HTTPS is on.
+    pub fn paths(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert.as_deref()?, self.key.as_deref()?))
+    }
 }
 
 /// Default per-user limits (0: no limit). Admins are not limited.
@@ -276,6 +300,7 @@ impl Default for Config {
             local_crash_backoff: "30s,60s,120s".into(),
             quota: QuotaConfig::default(),
             http: HttpConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -308,6 +333,8 @@ pub enum ConfigError {
     File { path: PathBuf, message: String },
     #[error("unknown setting {var} in the environment (known: {known})")]
     UnknownEnv { var: String, known: String },
+    #[error("missing setting `{key}`: {message}")]
+    Missing { key: String, message: String },
     #[error("invalid setting `{key}` (from {origin}): {message}")]
     Invalid {
         key: String,
@@ -597,6 +624,27 @@ impl Config {
             key: e.key,
             message: e.message,
         })?;
+        // Both or neither: the error names the missing one and where its partner was set.
+        let missing = match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => Some(("tls.key", "tls.cert")),
+            (None, Some(_)) => Some(("tls.cert", "tls.key")),
+            _ => None,
+        };
+        if let Some((absent, set)) = missing {
+            return Err(ConfigError::Missing {
+                key: absent.to_string(),
+                message: format!(
+                    "{set} is set (by {}) and HTTPS needs both the certificate and its key: \
+                     set {absent} too, or unset {set}",
+                    origin_of(set)
+                ),
+            });
+        }
+        for (key, path) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+            if let Some(p) = path {
+                check(!p.as_os_str().is_empty(), key, "must not be empty")?;
+            }
+        }
         check(self.backup_keep >= 1, "backup_keep", "must be at least 1")?;
         let h = &self.http;
         for (value, key) in [
@@ -717,9 +765,18 @@ impl Config {
         match &self.advertise_url {
             Some(u) => u.trim_end_matches('/').to_string(),
             None if self.listen.ip().is_unspecified() => {
-                format!("http://127.0.0.1:{}", self.listen.port())
+                format!("{}://127.0.0.1:{}", self.scheme(), self.listen.port())
             }
-            None => format!("http://{}", self.listen),
+            None => format!("{}://{}", self.scheme(), self.listen),
+        }
+    }
+
+    /// `https` when the listener serves TLS itself, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.paths().is_some() {
+            "https"
+        } else {
+            "http"
         }
     }
 

@@ -6,7 +6,10 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
-use super::{AgentStatus, AgentVersion, ConfigAccepted, ConfigPayload, ConsoleCommand};
+use super::{
+    AgentStatus, AgentVersion, ConfigAccepted, ConfigPayload, ConsoleCommand, UpgradeRequest,
+    UpgradeStatus,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentClientError {
@@ -254,6 +257,42 @@ impl AgentClient {
             )
             .await?;
         self.decode(&b, "reading version")
+    }
+
+    /// `POST /upgrade` (additive): the agent downloads, verifies and restarts into the
+    /// binary. An agent without it answers 404 (`Status { status: 404, .. }`).
+    pub async fn upgrade(&self, req: &UpgradeRequest) -> Result<UpgradeStatus, AgentClientError> {
+        let body = serde_json::to_value(req).map_err(|e| AgentClientError::Decode {
+            agent: self.agent(),
+            what: "starting an upgrade",
+            reason: e.to_string(),
+        })?;
+        let (_, b) = self
+            .send(
+                Method::POST,
+                "/upgrade",
+                Some(&body),
+                "starting an upgrade",
+                Duration::from_secs(30),
+                false,
+            )
+            .await?;
+        self.decode(&b, "starting an upgrade")
+    }
+
+    /// `GET /upgrade`: how the agent's self-upgrade is going.
+    pub async fn upgrade_status(&self) -> Result<UpgradeStatus, AgentClientError> {
+        let (_, b) = self
+            .send(
+                Method::GET,
+                "/upgrade",
+                None,
+                "reading the upgrade status",
+                Duration::from_secs(10),
+                true,
+            )
+            .await?;
+        self.decode(&b, "reading the upgrade status")
     }
 
     /// `POST /config`: idempotent by `install_id`, so it is retried.

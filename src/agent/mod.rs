@@ -256,6 +256,51 @@ pub struct ConsoleTail {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentVersion {
     pub version: String,
+    /// The build's git commit (additive: the original agent has none). Two builds of one
+    /// version differ here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+impl AgentVersion {
+    /// This build, as `version (commit …)`: what an agent must report to count as
+    /// up to date.
+    pub fn this_build() -> AgentVersion {
+        AgentVersion {
+            version: crate::VERSION.to_string(),
+            commit: Some(crate::GIT_COMMIT.to_string()),
+        }
+    }
+
+    /// `0.1.0 (commit abc)`, or the bare version of an agent that names no commit.
+    pub fn label(&self) -> String {
+        match &self.commit {
+            Some(c) => format!("{} (commit {c})", self.version),
+            None => self.version.clone(),
+        }
+    }
+}
+
+/// `POST /upgrade` body (additive endpoint): where the new binary is, its digest and
+/// the version it reports once running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeRequest {
+    pub url: String,
+    pub sha256: String,
+    pub version: String,
+}
+
+/// `GET /upgrade` (and the 202 answer of `POST /upgrade`): the agent's self-upgrade.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct UpgradeStatus {
+    /// `idle`, `downloading`, `waiting`, `restarting` or `failed`.
+    pub state: String,
+    /// What it is doing or why it failed (e.g. "waiting: 1 player online").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The version the upgrade installs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 /// Compares two secrets in time independent of where they differ.

@@ -37,6 +37,11 @@ pub(crate) enum Op {
         run_id: u64,
     },
     Shutdown(oneshot::Sender<()>),
+    /// Stops the game for a self-upgrade, keeping its desired state (the upgraded agent
+    /// restores it); answers the game's process id it stopped, if any.
+    Suspend(oneshot::Sender<Option<i32>>),
+    /// Undoes a [`Op::Suspend`] whose upgrade failed: the game runs again if wanted.
+    Resume,
 }
 
 /// What survives an agent restart besides the payload.
@@ -208,6 +213,22 @@ impl Manager {
                     self.stop_game().await;
                     let _ = reply.send(());
                     break;
+                }
+                Op::Suspend(reply) => {
+                    let pid = self.game.as_ref().map(|g| g.pid);
+                    self.restart_at = None;
+                    self.cancel_install();
+                    self.stop_game().await;
+                    // The upgrade task waits for this answer; gone means it gave up.
+                    let _ = reply.send(pid);
+                }
+                Op::Resume => {
+                    if self.persisted.desired_running
+                        && self.game.is_none()
+                        && let Err(e) = self.start().await
+                    {
+                        self.fail(e);
+                    }
                 }
             }
         }

@@ -5,6 +5,7 @@ mod console;
 pub mod install;
 mod manager;
 mod sandbox;
+mod upgrade;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -24,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::{
     AgentState, AgentStatus, AgentVersion, ConfigAccepted, ConfigPayload, ConsoleCommand,
-    LastCrash, constant_time_eq,
+    LastCrash, UpgradeRequest, UpgradeStatus, constant_time_eq,
 };
 use console::Console;
 use manager::{Manager, Op};
@@ -53,6 +54,10 @@ pub struct AgentOptions {
     /// The unprivileged user the game runs as when the agent is root (created if
     /// missing); `None` runs it as the agent's own user.
     pub game_user: Option<String>,
+    /// Where `POST /upgrade` puts the new binary before restarting from it (default:
+    /// the running executable). A local node's agents run the control plane's own
+    /// binary, so they get a copy in their directory instead.
+    pub upgrade_path: Option<PathBuf>,
 }
 
 impl Default for AgentOptions {
@@ -77,6 +82,7 @@ impl Default for AgentOptions {
             },
             max_streams: 16,
             game_user: Some(sandbox::GAME_USER.to_string()),
+            upgrade_path: None,
         }
     }
 }
@@ -125,6 +131,8 @@ pub(crate) struct Shared {
     pub status: Mutex<Status>,
     pub console: Console,
     pub ops: mpsc::UnboundedSender<Op>,
+    /// The self-upgrade in progress, if any (`GET /upgrade`).
+    pub upgrade: Mutex<UpgradeStatus>,
 }
 
 impl Shared {
@@ -205,6 +213,10 @@ pub async fn run(
             run_id: 0,
         }),
         ops: ops_tx,
+        upgrade: Mutex::new(UpgradeStatus {
+            state: "idle".into(),
+            ..Default::default()
+        }),
     });
     let manager = Manager::restore(shared.clone());
     let manager_task = tokio::spawn(manager.run(ops_rx));
@@ -216,7 +228,7 @@ pub async fn run(
     let app = app.layer(middleware::from_fn(move |req, next| {
         crate::util::listener::request_timeout(limits.request_timeout, req, next)
     }));
-    let result = crate::util::listener::serve(listener, app, limits, shutdown)
+    let result = crate::util::listener::serve(listener, app, limits, None, shutdown)
         .await
         .map_err(AgentError::Http);
     let (tx, rx) = oneshot::channel();
@@ -243,6 +255,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/console/stream", get(console_stream))
         .route("/console/tail", get(console_tail))
         .route("/version", get(version))
+        .route("/upgrade", get(upgrade_status).post(upgrade_start))
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             require_token,
@@ -283,9 +296,60 @@ async fn health() -> &'static str {
 }
 
 async fn version() -> Json<AgentVersion> {
-    Json(AgentVersion {
-        version: env!("CARGO_PKG_VERSION").to_string(),
-    })
+    Json(AgentVersion::this_build())
+}
+
+async fn upgrade_status(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.upgrade.lock() {
+        Ok(u) => Json(u.clone()).into_response(),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "upgrade status unavailable",
+        ),
+    }
+}
+
+/// Starts a self-upgrade (202 with its status); one at a time (409 while one runs).
+async fn upgrade_start(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<UpgradeRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid", e.body_text()),
+    };
+    if let Err((field, message)) = upgrade::validate(&req) {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"error": {"code": "invalid", "message": format!("{field}: {message}"), "field": field}})),
+        )
+            .into_response();
+    }
+    let status = {
+        let Ok(mut u) = shared.upgrade.lock() else {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "upgrade status unavailable",
+            );
+        };
+        if matches!(u.state.as_str(), "downloading" | "waiting" | "restarting") {
+            return (
+                StatusCode::CONFLICT,
+                Json(json!({"error": {"code": "conflict", "message": "an upgrade is already under way", "upgrade": u.clone()}})),
+            )
+                .into_response();
+        }
+        *u = UpgradeStatus {
+            state: "downloading".into(),
+            message: Some(req.url.clone()),
+            target: Some(req.version.clone()),
+        };
+        u.clone()
+    };
+    tokio::spawn(upgrade::run(shared.clone(), req));
+    (StatusCode::ACCEPTED, Json(status)).into_response()
 }
 
 fn to_wire(s: Status) -> AgentStatus {

@@ -191,6 +191,10 @@ pub struct AgentArgs {
     /// data dir is private to `zlh serve`'s user, so run that as an unprivileged one).
     #[arg(long, conflicts_with = "game_user")]
     pub game_as_agent_user: bool,
+    /// Where `POST /upgrade` installs the new binary before restarting from it
+    /// (default: this executable, replaced atomically).
+    #[arg(long, value_name = "FILE")]
+    pub upgrade_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -838,6 +842,7 @@ fn agent(args: &AgentArgs) -> Result<(), CliError> {
         },
         max_streams: args.max_streams,
         game_user: (!args.game_as_agent_user).then(|| args.game_user.clone()),
+        upgrade_path: args.upgrade_path.clone(),
     };
     let listen = args.listen;
     runtime()?.block_on(async move {

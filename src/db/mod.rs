@@ -53,6 +53,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0006_worlds.sql"),
     include_str!("../../migrations/0007_alerts_quotas.sql"),
     include_str!("../../migrations/0008_enrollments.sql"),
+    include_str!("../../migrations/0009_agent_versions.sql"),
 ];
 
 fn migrations() -> Migrations<'static> {

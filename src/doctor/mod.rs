@@ -94,6 +94,7 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
         world,
         stuck(svc, opts).await?,
         agent_drift(&live),
+        agent_versions(svc).await?,
         velocity_drift(svc, opts).await?,
         failed_edge(svc).await?,
     ] {
@@ -115,6 +116,40 @@ pub async fn run(svc: &Services, opts: &Options) -> Result<Report, DomainError> 
         findings,
         fixed,
         server,
+    })
+}
+
+/// Agents that last reported another build than this zlh (the reconciler asks each
+/// agent's `/version`): they run, but miss what this version fixed.
+async fn agent_versions(svc: &Services) -> Result<Checked, DomainError> {
+    let current = crate::agent::AgentVersion::this_build().label();
+    let cur = current.clone();
+    let rows = svc
+        .db
+        .call(move |c| crate::domain::upgrades::outdated(c, &cur, None))
+        .await?;
+    let findings = rows
+        .into_iter()
+        .map(|r| {
+            finding(
+                "agent_version",
+                Verdict::Warn,
+                format!("server {} ({}) on node {}", r.server_id, r.server, r.node),
+                format!(
+                    "its agent runs {}; this zlh is {current}",
+                    r.version.unwrap_or_default()
+                ),
+                &format!(
+                    "upgrade it: \"Upgrade agents\" on the node's or server's page, or \
+                     POST /api/v1/nodes/{}/agents/upgrade",
+                    r.node_id
+                ),
+            )
+        })
+        .collect();
+    Ok(Checked {
+        findings,
+        fixed: Vec::new(),
     })
 }
 

@@ -11,6 +11,7 @@ pub mod schedules;
 pub mod servers;
 pub mod sessions;
 pub mod templates;
+pub mod upgrades;
 pub mod users;
 
 /// A domain rule broken by a request: names the field.

@@ -22,6 +22,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/install/pve-node.sh", get(script))
         .route("/install/zlh", get(binary))
+        .route("/install/zlh.json", get(binary_info))
         .route("/install/pve-node/check", post(check))
         .route("/install/pve-node/register", post(register))
 }
@@ -40,9 +41,26 @@ struct TokenQuery {
     token: String,
 }
 
-/// This very binary: what the base template runs as its agent.
+/// This very binary: what the base template runs as its agent, and what agents
+/// upgrade to.
 fn own_binary() -> Result<std::path::PathBuf, AppError> {
-    std::env::current_exe().map_err(|e| AppError::Internal(format!("finding this binary: {e}")))
+    crate::shipping::enroll::own_binary()
+        .map_err(|e| AppError::Internal(format!("finding this binary: {e}")))
+}
+
+/// What `/install/zlh` serves: its version (as agents report it at `/version`) and
+/// sha256, for an agent's `POST /upgrade`.
+async fn binary_info(State(st): State<AppState>) -> Result<Json<Value>, AppError> {
+    let sha256 = tokio::task::spawn_blocking(crate::shipping::enroll::own_sha256)
+        .await
+        .map_err(|e| AppError::Internal(format!("hashing this binary: {e}")))?
+        .map_err(|e| AppError::Internal(format!("hashing this binary: {e}")))?;
+    let v = crate::agent::AgentVersion::this_build();
+    Ok(Json(json!({
+        "url": format!("{}/install/zlh", st.config.advertised()),
+        "version": v.label(),
+        "sha256": sha256,
+    })))
 }
 
 async fn script(
@@ -57,8 +75,7 @@ async fn script(
             .await
             .map_err(enrollment_error)?
     };
-    let path = own_binary()?;
-    let sha256 = tokio::task::spawn_blocking(move || crate::shipping::enroll::file_sha256(&path))
+    let sha256 = tokio::task::spawn_blocking(crate::shipping::enroll::own_sha256)
         .await
         .map_err(|e| AppError::Internal(format!("hashing this binary: {e}")))?
         .map_err(|e| AppError::Internal(format!("hashing this binary: {e}")))?;

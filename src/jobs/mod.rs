@@ -4,6 +4,7 @@ pub mod edge;
 pub mod reconcile;
 pub mod servers;
 pub mod services;
+pub mod upgrade;
 pub mod worlds;
 
 use std::sync::Arc;

@@ -75,6 +75,11 @@ async fn poll_agents(svc: &Services) -> Result<(), DomainError> {
             format!("agent of server {} ({})", w.id, w.name),
         );
         let seen = client.status().await;
+        // Which build it runs, so the UI and doctor can name agents older than zlh.
+        let version = match &seen {
+            Ok(_) => client.version().await.ok().map(|v| v.label()),
+            Err(_) => None,
+        };
         if seen.is_err() {
             svc.reconcile
                 .agents_unreachable
@@ -103,6 +108,9 @@ async fn poll_agents(svc: &Services) -> Result<(), DomainError> {
                     _ => None,
                 };
                 servers::record_agent_view(tx, id, &agent_state, ready, crashes)?;
+                if let Some(v) = &version {
+                    crate::domain::upgrades::record_version(tx, id, v)?;
+                }
                 // Report changes once, not every minute.
                 if decision.is_none() && state_before.as_deref() != Some(agent_state.as_str()) {
                     let message = match &seen {

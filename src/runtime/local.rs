@@ -199,6 +199,11 @@ impl Runtime for LocalRuntime {
             // The data dir is private to our user: a game of another user could not
             // even reach its own directory.
             .arg("--game-as-agent-user")
+            // An upgrade must not replace `zlh serve`'s own binary, which this agent
+            // runs: it gets a copy of its own (the next start runs zlh's binary again,
+            // which is at least as new).
+            .arg("--upgrade-path")
+            .arg(dir.join("zlh"))
             // Nothing of `zlh serve`'s environment (edge tokens, the forwarding
             // secret …) but what any process needs.
             .env_clear()

@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 /// Prints the setup URL and token as a framed block when stdout is a terminal: the log
 /// line on stderr scrolls away among the others, and a newcomer looks for this first.
 /// Under systemd or a pipe stdout is no terminal and the log line is all there is.
-pub fn print_setup_banner(addr: &SocketAddr, token: &str) {
+pub fn print_setup_banner(scheme: &str, addr: &SocketAddr, token: &str) {
     let mut out = std::io::stdout();
     if !out.is_terminal() {
         return;
     }
     if let Err(e) = out
-        .write_all(render(addr, token).as_bytes())
+        .write_all(render(scheme, addr, token).as_bytes())
         .and_then(|()| out.flush())
     {
         tracing::warn!(error = %e, "printing the first-run banner to stdout");
@@ -20,11 +20,11 @@ pub fn print_setup_banner(addr: &SocketAddr, token: &str) {
 }
 
 /// The framed block (a box of ASCII, so any terminal shows it).
-pub fn render(addr: &SocketAddr, token: &str) -> String {
+pub fn render(scheme: &str, addr: &SocketAddr, token: &str) -> String {
     let lines = [
         "zlh first-run setup: no account can sign in yet.".to_string(),
         String::new(),
-        format!("  open         http://{addr}/setup"),
+        format!("  open         {scheme}://{addr}/setup"),
         format!("  setup token  {token}"),
         String::new(),
         "A new token is made at every start until setup is done.".to_string(),
@@ -49,7 +49,7 @@ mod tests {
     #[test]
     fn every_line_of_the_frame_is_as_wide() {
         let addr: SocketAddr = "127.0.0.1:8080".parse().expect("an address");
-        let s = render(&addr, "abc");
+        let s = render("http", &addr, "abc");
         let widths: Vec<usize> = s
             .lines()
             .filter(|l| !l.is_empty())

@@ -59,6 +59,9 @@ pub enum NodeCommand {
         #[arg(long, default_value = "1h", value_parser = crate::util::parse_duration)]
         ttl: std::time::Duration,
     },
+    /// Upgrade every agent on the node NAME to this zlh's binary: one job per server
+    /// (the running `zlh serve` carries them out; see `/api/v1/nodes/{id}/agents/upgrade`).
+    UpgradeAgents { name: String },
 }
 
 /// Runs a `zlh node` command; returns what to print.
@@ -88,5 +91,43 @@ pub fn run(
             }
             Ok(out)
         }
+        NodeCommand::UpgradeAgents { name } => {
+            let mut conn = db.conn()?;
+            let jobs = crate::db::write_tx(&mut conn, |tx| {
+                let node = crate::domain::nodes::get_by_name(tx, name)?
+                    .ok_or_else(|| crate::domain::DomainError::NotFound(format!("node {name}")))?;
+                crate::domain::upgrades::request_node(tx, "cli", node.id)
+            })?;
+            let mut out = format!(
+                "{} agent upgrade job(s) queued on node '{name}'{}\n",
+                jobs.len(),
+                if jobs.is_empty() { "" } else { ":" }
+            );
+            for (server, job) in jobs {
+                out.push_str(&format!("  server {server}: job {job}\n"));
+            }
+            Ok(out)
+        }
     }
+}
+
+/// The binary this process runs. On Linux `/proc/self/exe`, which stays readable after
+/// the file on disk was replaced by an upgrade: what is served is what runs.
+pub fn own_binary() -> std::io::Result<std::path::PathBuf> {
+    let proc_exe = std::path::PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() {
+        Ok(proc_exe)
+    } else {
+        std::env::current_exe()
+    }
+}
+
+/// The sha256 of [`own_binary`], read once (the running binary does not change).
+pub fn own_sha256() -> std::io::Result<String> {
+    static DIGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(d) = DIGEST.get() {
+        return Ok(d.clone());
+    }
+    let d = file_sha256(&own_binary()?)?;
+    Ok(DIGEST.get_or_init(|| d).clone())
 }

@@ -5,7 +5,8 @@
 //! included (more wait in the kernel's backlog); a handler gets the request timeout to
 //! start its answer
 //! (streams — SSE bodies, WebSockets, artifact downloads — are not cut by it: they
-//! answer at once and are bounded by their own caps).
+//! answer at once and are bounded by their own caps). With TLS on, the handshake gets the
+//! header timeout too and counts against the same connection cap.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,11 +43,13 @@ pub struct Limits {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, lets
-/// every connection finish its requests, and returns.
+/// every connection finish its requests, and returns. With `tls`, every connection is
+/// HTTPS (no plain HTTP on the same port).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<Arc<crate::util::tls::Tls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
@@ -82,8 +85,23 @@ pub async fn serve(
             permit: Some(permit),
         };
         let running = running.clone();
+        let tls = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
-            connection(io, peer, app, limits, closing).await;
+            match tls {
+                None => connection(io, peer, app, limits, closing, false).await,
+                Some(None) => tracing::error!(%peer, "TLS: no certificate to serve"),
+                Some(Some(acceptor)) => {
+                    // A client that never finishes its handshake holds a slot no longer
+                    // than one that never sends its headers.
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(io)).await {
+                        Ok(Ok(stream)) => {
+                            connection(stream, peer, app, limits, closing, true).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
             drop(running);
         });
     }
@@ -268,13 +286,16 @@ impl tokio::io::AsyncWrite for Lingering {
     }
 }
 
-async fn connection(
-    stream: Lingering,
+async fn connection<S>(
+    stream: S,
     peer: SocketAddr,
     app: Router,
     limits: Limits,
     closing: CancellationToken,
-) {
+    https: bool,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::default());
     if let Ok(mut since) = activity.idle_since.lock() {
         *since = Some(Instant::now());
@@ -283,6 +304,14 @@ async fn connection(
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let in_flight = tracked.begin();
         req.extensions_mut().insert(ConnectInfo(peer));
+        if https {
+            // Said the way a proxy in front would say it, so cookies get `Secure` by one
+            // rule; a client's own value is replaced, as it must not decide either way.
+            req.headers_mut().insert(
+                "x-forwarded-proto",
+                axum::http::HeaderValue::from_static("https"),
+            );
+        }
         let mut app = app.clone();
         async move {
             let resp = tower_service::Service::call(&mut app, req).await?;

@@ -1,6 +1,7 @@
 //! Small shared helpers, and the HTTP listener of `zlh serve` and `zlh agent`.
 
 pub mod listener;
+pub mod tls;
 pub mod url;
 
 /// Milliseconds since the Unix epoch: the one clock of the control plane and the agent.

@@ -401,6 +401,8 @@ async fn every_endpoint_but_health_needs_the_token_and_does_nothing_without_it()
         ("POST", "/console/command"),
         ("GET", "/console/stream"),
         ("GET", "/version"),
+        ("GET", "/upgrade"),
+        ("POST", "/upgrade"),
     ];
     for (method, path) in routes {
         for token in [None, Some("wrong-token"), Some("")] {

@@ -5,6 +5,7 @@
 mod support;
 
 mod agent;
+mod agent_upgrade;
 mod artifacts;
 mod cli;
 mod crash;
@@ -19,5 +20,6 @@ mod queue;
 mod security;
 mod servers;
 mod shipping;
+mod tls;
 mod ui;
 mod worlds;

@@ -579,6 +579,13 @@ fn other_users_servers_are_not_found_and_placement_prefers_free_memory() {
     );
     assert_eq!(as_bob("POST", &format!("/api/v1/servers/{id}/stop")).0, 404);
     assert_eq!(as_bob("DELETE", &format!("/api/v1/servers/{id}")).0, 404);
+    assert_eq!(as_bob("GET", &format!("/api/v1/servers/{id}/agent")).0, 404);
+    assert_eq!(
+        as_bob("POST", &format!("/api/v1/servers/{id}/agent/upgrade")).0,
+        403,
+        "agent upgrades are for admins"
+    );
+    assert_eq!(as_bob("POST", "/api/v1/nodes/1/agents/upgrade").0, 403);
     let (code, list) = as_bob("GET", "/api/v1/servers");
     assert_eq!(code, 200);
     assert_eq!(list["servers"], json!([]));

@@ -67,6 +67,8 @@ pub struct SimOptions {
     pub agent_probe_interval: String,
     /// The agents' `ZLH_LOG`.
     pub agent_log: String,
+    /// The `zlh` the base template carries (default: the one under test).
+    pub agent_binary: Option<std::path::PathBuf>,
 }
 
 impl Default for SimOptions {
@@ -85,6 +87,7 @@ impl Default for SimOptions {
             run_agents: true,
             agent_probe_interval: "100ms".into(),
             agent_log: "info,zlh=debug".into(),
+            agent_binary: None,
         }
     }
 }
@@ -2144,7 +2147,10 @@ fn spawn_agent(shared: &Shared, vmid: i64, ip: Ipv4Addr) -> std::io::Result<Chil
         .create(true)
         .append(true)
         .open(shared.dir.join(format!("ct-{vmid}.log")))?;
-    let mut cmd = Command::new(super::BIN.as_str());
+    let mut cmd = match &shared.opts.agent_binary {
+        Some(b) => Command::new(b),
+        None => Command::new(super::BIN.as_str()),
+    };
     for (k, _) in std::env::vars() {
         if k.starts_with("ZLH_") {
             cmd.env_remove(k);

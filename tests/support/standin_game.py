@@ -7,6 +7,7 @@ Files read in cwd:
   server.properties  server-port (25565), server-ip (127.0.0.1; anything that is not a
                      loopback address is replaced by 127.0.0.1), motd, max-players (20),
                      level-name (world)
+  standin-players    players online in the status ping (default 0), read at every ping
   eula.txt           must hold `eula=true`, else: error line, exit 1 (a missing eula.txt is
                      created with eula=false, as the real server does)
 Files written in cwd:
@@ -291,6 +292,16 @@ def parse_string(buf: bytes, pos: int, max_len: int = 32767):
     return buf[pos:pos + n].decode("utf-8", errors="replace"), pos + n
 
 
+def players_online() -> int:
+    """Players "online": the number in ./standin-players (in the server directory, so a
+    test can change it while the game runs), else 0."""
+    try:
+        with open("standin-players", encoding="utf-8") as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
 class Server:
     def __init__(self, props: dict):
         self.motd = props.get("motd", "A Minecraft Server")
@@ -301,7 +312,7 @@ class Server:
     def status_json(self) -> str:
         return json.dumps({
             "version": {"name": MC_VERSION, "protocol": MC_PROTOCOL},
-            "players": {"max": self.max_players, "online": 0, "sample": []},
+            "players": {"max": self.max_players, "online": players_online(), "sample": []},
             "description": {"text": self.motd},
         }, ensure_ascii=False, separators=(",", ":"))
 

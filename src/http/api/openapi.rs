@@ -143,6 +143,9 @@ pub fn document() -> Value {
                 "get": op("List nodes with free memory (admin)", "200", None),
                 "post": op("Add a node (admin)", "201", Some("NewNode"))
             },
+            "/api/v1/nodes/{id}/agents/upgrade": {"post": with_id(op("Upgrade every agent on the node to this zlh's binary (admin; 202: one job per server, in its lane)", "202", None))},
+            "/api/v1/servers/{id}/agent": {"get": with_id(op("The version the server's agent last reported, and whether it is this zlh's", "200", None))},
+            "/api/v1/servers/{id}/agent/upgrade": {"post": with_id(op("Upgrade the server's agent to this zlh's binary (admin; 202: a job in the server's lane)", "202", None))},
             "/api/v1/servers/{id}/backups": {
                 "get": with_id(op("A server's world backups, newest first, with its retention policy. Query: all (include deleted)", "200", None)),
                 "post": with_id(op("Back up the server's world (202: a job in the server's lane; body optional)", "202", Some("NewBackup")))

@@ -27,6 +27,8 @@ pub fn router() -> Router<AppState> {
             get(console_tail).post(console_command),
         )
         .route("/api/v1/servers/{id}/console/stream", get(console_stream))
+        .route("/api/v1/servers/{id}/agent", get(agent_version))
+        .route("/api/v1/servers/{id}/agent/upgrade", post(agent_upgrade))
         .route("/api/v1/servers/{id}/{action}", post(action))
 }
 
@@ -231,6 +233,49 @@ async fn run_action(
         .await?;
     st.queue.wake();
     Ok(Json(body))
+}
+
+/// The version the server's agent last reported, and whether it is this zlh's.
+async fn agent_version(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let user = caller.0.clone();
+    let version = st
+        .db
+        .call(move |c| {
+            servers::get_visible(c, &user, id)?;
+            crate::domain::upgrades::version_of(c, id)
+        })
+        .await?;
+    let current = crate::agent::AgentVersion::this_build().label();
+    Ok(Json(serde_json::json!({
+        "version": version,
+        "current": current,
+        "outdated": version.as_deref().is_some_and(|v| v != current),
+    })))
+}
+
+/// Enqueues the upgrade of the server's agent to this zlh's binary (admins only).
+async fn agent_upgrade(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, AppError> {
+    super::require_admin(&caller)?;
+    let user = caller.0.clone();
+    let body = st
+        .db
+        .write(move |tx| {
+            let job = crate::domain::upgrades::request_server(tx, &user, id)?;
+            Ok::<_, DomainError>(QueuedJob {
+                job: queue::get(tx, job)?,
+            })
+        })
+        .await?;
+    st.queue.wake();
+    Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
 async fn action(

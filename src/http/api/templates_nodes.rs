@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::Value;
@@ -22,6 +22,37 @@ pub fn router() -> Router<AppState> {
             get(list_templates).post(create_template),
         )
         .route("/api/v1/nodes", get(list_nodes).post(create_node))
+        .route("/api/v1/nodes/{id}/agents/upgrade", post(upgrade_agents))
+}
+
+/// Enqueues one agent upgrade per server on the node (admins only): `{jobs}`, and the
+/// node's agents that reported another version than this zlh before.
+async fn upgrade_agents(
+    State(st): State<AppState>,
+    caller: Caller,
+    super::Path(id): super::Path<i64>,
+) -> Result<impl IntoResponse, AppError> {
+    require_admin(&caller)?;
+    let actor = format!("user:{}", caller.username);
+    let current = crate::agent::AgentVersion::this_build().label();
+    let body = st
+        .db
+        .write(move |tx| {
+            let outdated = crate::domain::upgrades::outdated(tx, &current, Some(id))?;
+            let jobs = crate::domain::upgrades::request_node(tx, &actor, id)?
+                .into_iter()
+                .map(|(server, job)| {
+                    Ok::<_, DomainError>(serde_json::json!({
+                        "server_id": server,
+                        "job": crate::queue::get(tx, job)?,
+                    }))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, DomainError>(serde_json::json!({"jobs": jobs, "outdated": outdated}))
+        })
+        .await?;
+    st.queue.wake();
+    Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
 /// `{templates}`.

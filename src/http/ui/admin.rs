@@ -280,6 +280,9 @@ pub async fn create_template(
 // ---- nodes ----
 
 pub struct NodeRow {
+    pub id: i64,
+    /// "server 3 (alpha): 0.1.0 (commit …)" for each agent older than this zlh.
+    pub outdated: Vec<String>,
     pub name: String,
     pub kind: String,
     pub memory_mb: i64,
@@ -398,6 +401,8 @@ impl NodeForm {
 struct NodesPage {
     page: Page,
     nodes: Vec<NodeRow>,
+    /// This zlh's build, as agents report theirs.
+    current: String,
     form: NodeForm,
     error: String,
     test_result: Option<(bool, String)>,
@@ -412,9 +417,27 @@ async fn nodes_page(
 ) -> Result<NodesPage, UiError> {
     let page = sess.page(st, "nodes", "Nodes").await?;
     let list = st.db.call(|c| nodes::free_memory(c)).await?;
+    let current = crate::agent::AgentVersion::this_build().label();
+    let outdated = st
+        .db
+        .call(move |c| crate::domain::upgrades::outdated(c, &current, None))
+        .await?;
     let nodes = list
         .into_iter()
         .map(|(n, free)| NodeRow {
+            id: n.id,
+            outdated: outdated
+                .iter()
+                .filter(|r| r.node_id == n.id)
+                .map(|r| {
+                    format!(
+                        "server {} ({}): {}",
+                        r.server_id,
+                        r.server,
+                        r.version.as_deref().unwrap_or("?")
+                    )
+                })
+                .collect(),
             settings: n.public()["settings"].to_string(),
             name: n.name,
             kind: n.kind,
@@ -427,10 +450,28 @@ async fn nodes_page(
     Ok(NodesPage {
         page,
         nodes,
+        current: crate::agent::AgentVersion::this_build().label(),
         form,
         error,
         test_result,
     })
+}
+
+/// "Upgrade agents": one upgrade job per server on the node (see `jobs::upgrade`).
+pub async fn upgrade_node_agents(
+    State(st): State<AppState>,
+    sess: Sess,
+    Path(id): Path<i64>,
+) -> Result<Response, UiError> {
+    sess.require_admin()?;
+    let actor = format!("user:{}", sess.user().username);
+    let jobs = st
+        .db
+        .write(move |tx| crate::domain::upgrades::request_node(tx, &actor, id))
+        .await?;
+    st.queue.wake();
+    tracing::info!(node = id, jobs = jobs.len(), user = %sess.user().username, "agent upgrades from the UI");
+    Ok(see_other("/jobs"))
 }
 
 pub async fn nodes(State(st): State<AppState>, sess: Sess) -> Result<Response, UiError> {

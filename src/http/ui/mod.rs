@@ -76,6 +76,8 @@ session_routes! {
     "/nodes" => get(admin::nodes).post(admin::create_node);
     "/nodes/test" => post(admin::test_node);
     "/nodes/enroll" => post(enroll::enroll);
+    "/nodes/{id}/agents/upgrade" => post(admin::upgrade_node_agents);
+    "/servers/{id}/agent/upgrade" => post(servers::upgrade_agent);
     "/users" => get(admin::users).post(admin::create_user);
     "/users/{id}/password" => post(admin::reset_password);
     "/users/{id}/quota" => post(admin::set_quota);

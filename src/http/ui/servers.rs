@@ -587,6 +587,9 @@ struct ServerPage {
     /// it again only when it changed.
     live_html: String,
     live_key: String,
+    /// What the server's agent last reported at `/version`, and this zlh's build.
+    agent_version: Option<String>,
+    current: String,
 }
 
 /// The actions a server's status allows, as (action, label); the same rules as the API.
@@ -649,18 +652,37 @@ pub async fn detail(
         .call(move |c| {
             let snap = super::live::snapshot(c, &user, id, &csrf)?;
             let events = server_events(c, id, 0, 200)?;
-            Ok::<_, UiError>((snap, events))
+            let agent_version = crate::domain::upgrades::version_of(c, id)?;
+            Ok::<_, UiError>((snap, (events, agent_version)))
         })
         .await?;
+    let (events, agent_version) = events;
     let page = sess.page(&st, "servers", &snap.view.row.name).await?;
     render(&ServerPage {
         page,
+        agent_version,
+        current: crate::agent::AgentVersion::this_build().label(),
         last_event_id: events.last().map(|e| e.id).unwrap_or(0),
         live_html: snap.html,
         live_key: snap.key,
         s: snap.view,
         events,
     })
+}
+
+/// "Upgrade agent" (admins): a job in the server's lane (see `jobs::upgrade`).
+pub async fn upgrade_agent(
+    State(st): State<AppState>,
+    sess: Sess,
+    Path(id): Path<i64>,
+) -> Result<Response, UiError> {
+    sess.require_admin()?;
+    let user = sess.user().clone();
+    st.db
+        .write(move |tx| crate::domain::upgrades::request_server(tx, &user, id))
+        .await?;
+    st.queue.wake();
+    Ok(see_other(&format!("/servers/{id}")))
 }
 
 pub async fn action(
