@@ -2,6 +2,7 @@
 //! :18888 in front of one manager task that owns the game's life cycle.
 
 mod console;
+pub mod files;
 pub mod install;
 mod manager;
 mod sandbox;
@@ -53,6 +54,8 @@ pub struct AgentOptions {
     /// The unprivileged user the game runs as when the agent is root (created if
     /// missing); `None` runs it as the agent's own user.
     pub game_user: Option<String>,
+    /// Largest file an upload or write may send, and the most an extraction may unpack.
+    pub max_upload_bytes: u64,
 }
 
 impl Default for AgentOptions {
@@ -77,6 +80,7 @@ impl Default for AgentOptions {
             },
             max_streams: 16,
             game_user: Some(sandbox::GAME_USER.to_string()),
+            max_upload_bytes: DEFAULT_MAX_UPLOAD,
         }
     }
 }
@@ -97,6 +101,9 @@ pub enum AgentError {
     #[error("agent HTTP server: {0}")]
     Http(#[source] std::io::Error),
 }
+
+/// Default of [`AgentOptions::max_upload_bytes`]: 8 GiB (a large world).
+pub const DEFAULT_MAX_UPLOAD: u64 = 8 << 30;
 
 /// The status the HTTP side reads and the manager writes.
 #[derive(Debug, Clone)]
@@ -243,6 +250,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/console/stream", get(console_stream))
         .route("/console/tail", get(console_tail))
         .route("/version", get(version))
+        .merge(files::routes())
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             require_token,

@@ -191,6 +191,10 @@ pub struct AgentArgs {
     /// data dir is private to `zlh serve`'s user, so run that as an unprivileged one).
     #[arg(long, conflicts_with = "game_user")]
     pub game_as_agent_user: bool,
+    /// Largest file an upload may send through the files API (and the most an archive
+    /// extraction may unpack), in bytes.
+    #[arg(long, default_value_t = crate::agentd::DEFAULT_MAX_UPLOAD, value_name = "BYTES")]
+    pub max_upload_bytes: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -838,6 +842,7 @@ fn agent(args: &AgentArgs) -> Result<(), CliError> {
         },
         max_streams: args.max_streams,
         game_user: (!args.game_as_agent_user).then(|| args.game_user.clone()),
+        max_upload_bytes: args.max_upload_bytes,
     };
     let listen = args.listen;
     runtime()?.block_on(async move {
