@@ -267,9 +267,23 @@ fn walk_beneath(root: BorrowedFd<'_>, path: &RelPath, flags: OFlags) -> Result<O
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(err)?;
+        .map_err(|e| match e {
+            // O_DIRECTORY answers ENOTDIR for a symlink too.
+            Errno::NOTDIR if is_symlink(dir.as_fd(), part) => err(Errno::LOOP),
+            e => err(e),
+        })?;
     }
-    rustix::fs::openat(&dir, last.as_str(), flags | OFlags::NOFOLLOW, Mode::empty()).map_err(err)
+    rustix::fs::openat(&dir, last.as_str(), flags | OFlags::NOFOLLOW, Mode::empty()).map_err(|e| {
+        match e {
+            Errno::NOTDIR if is_symlink(dir.as_fd(), last) => err(Errno::LOOP),
+            e => err(e),
+        }
+    })
+}
+
+fn is_symlink(dir: BorrowedFd<'_>, name: &str) -> bool {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
 }
 
 /// The parent directory of `path` (opened beneath the root) and its last name.
@@ -383,6 +397,12 @@ fn mkdir_walk(base: BorrowedFd<'_>, path: &RelPath) -> Result<OwnedFd, FileError
             Mode::empty(),
         )
         .map_err(|e| match e {
+            // O_DIRECTORY answers ENOTDIR for a symlink too: say which it is.
+            Errno::NOTDIR | Errno::LOOP
+                if is_symlink(dir.as_fd(), part) =>
+            {
+                FileError::Refused(format!("{joined}: '{part}' is a symlink, not followed here"))
+            }
             Errno::NOTDIR => FileError::Conflict(format!("{joined}: '{part}' exists and is not a directory")),
             e => err(e),
         })?;
