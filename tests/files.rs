@@ -9,6 +9,8 @@ mod support;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::api::Api;
@@ -478,4 +480,86 @@ fn a_2_gib_upload_and_download_stream_with_both_processes_under_64_mib() {
     assert!(after.0 < 64 * 1024, "zlh serve peaked at {} KiB", after.0);
     assert!(after.1 < 64 * 1024, "the agent peaked at {} KiB", after.1);
     std::fs::remove_file(dir.join("big.bin")).unwrap();
+}
+
+#[test]
+fn browser_files_tab_lists_edits_uploads_and_deletes_with_confirmation() {
+    use support::browser::Browser;
+    let tmp = tempfile::tempdir().unwrap();
+    let api = Api::start(tmp.path());
+    let (id, dir) = running_server(&api, "filesui");
+    std::fs::create_dir_all(dir.join("world/datapacks")).unwrap();
+    std::fs::write(dir.join("world/level.dat"), [0u8, 1, 2, 3, 255]).unwrap();
+    std::fs::write(dir.join("notes.txt"), "first line\n").unwrap();
+    let added = support::add_admin(&api.served, "files-admin", "files-admin-password");
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let b = Browser::start(&shots);
+    let long = Duration::from_secs(30);
+    b.goto(&api.served.url("/login"));
+    b.find("#username").send_keys("files-admin");
+    b.find("#password").send_keys("files-admin-password");
+    b.find("form.stack button").click();
+    b.wait_text("h1", "Dashboard", long);
+
+    // The tab from the server's page; folders first, breadcrumbs.
+    b.goto(&api.served.url(&format!("/servers/{id}")));
+    b.find("nav.tabs a[href$='/files']").click();
+    b.wait_text("#files-crumbs", "server", long);
+    let listing = b.find("table.files").text();
+    assert!(listing.contains("world/") && listing.contains("notes.txt"), "{listing}");
+    assert!(listing.find("world/").unwrap() < listing.find("notes.txt").unwrap());
+    b.screenshot("server-files");
+
+    // Into a folder and back by the breadcrumbs.
+    b.find("table.files a[href*='path=world']").click();
+    b.wait_text("#files-crumbs", "world", long);
+    assert!(b.find("table.files").text().contains("level.dat"));
+    // A binary file does not open in the editor: it is download-only.
+    b.find("table.files a[href*='/files/edit?path=world/level.dat']").click();
+    b.wait_text("main", "not a text file: download it instead", long);
+    b.back();
+    b.wait_text("#files-crumbs", "world", long);
+    b.find("#files-crumbs a").click();
+    b.wait_until("the top folder", long, |b| {
+        (!b.find("#files-crumbs").text().contains("world")).then_some(())
+    });
+
+    // The editor: a text file in a textarea, saved atomically.
+    b.find("table.files a[href*='/files/edit?path=notes.txt']").click();
+    b.wait_until("the editor", long, |b| b.try_find("#file-text").map(|_| ()));
+    b.screenshot("server-file-edit");
+    b.find("#file-text").clear();
+    b.find("#file-text").send_keys("edited in the browser\nsecond line\n");
+    b.find(".file-editor button[type=submit]").click();
+    b.wait_until("the listing after saving", long, |b| b.try_find("table.files").map(|_| ()));
+    support::wait_for("the saved file", long, || {
+        std::fs::read_to_string(dir.join("notes.txt"))
+            .ok()
+            .filter(|t| t == "edited in the browser\nsecond line\n")
+    });
+
+    // Upload through the plain form.
+    let local = tmp.path().join("whitelist.json");
+    std::fs::write(&local, "[]\n").unwrap();
+    b.find("#upload-file").send_keys(local.to_str().unwrap());
+    b.find("#upload-form button").click();
+    b.wait_text("table.files", "whitelist.json", long);
+    assert_eq!(std::fs::read(dir.join("whitelist.json")).unwrap(), b"[]\n");
+
+    // New folder, rename, delete with a confirmation step.
+    b.find("#new-folder").send_keys("datapacks");
+    b.find("form[action$='/files/mkdir'] button").click();
+    b.wait_text("table.files", "datapacks/", long);
+    assert!(dir.join("datapacks").is_dir());
+    b.find("table.files a[href*='delete=whitelist.json']").click();
+    b.wait_until("the confirmation", long, |b| b.try_find("#confirm-delete").map(|_| ()));
+    assert!(dir.join("whitelist.json").exists(), "nothing deleted before confirming");
+    b.screenshot("server-files-delete-confirm");
+    b.find("#confirm-delete-button").click();
+    support::wait_for("the deleted file", long, || {
+        (!dir.join("whitelist.json").exists()).then_some(())
+    });
 }
