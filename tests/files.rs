@@ -549,11 +549,26 @@ fn browser_files_tab_lists_edits_uploads_and_deletes_with_confirmation() {
     b.wait_text("table.files", "whitelist.json", long);
     assert_eq!(std::fs::read(dir.join("whitelist.json")).unwrap(), b"[]\n");
 
+    // A world zip, uploaded and extracted from the tab.
+    let world_zip = tmp.path().join("myworld.zip");
+    std::fs::write(&world_zip, zip_of(&[("level.dat", b"lvl"), ("region/r.0.0.mca", b"mca")])).unwrap();
+    b.find("#upload-file").send_keys(world_zip.to_str().unwrap());
+    b.find("#upload-form button").click();
+    b.wait_text("table.files", "myworld.zip", long);
+    b.find("table.files form[action$='/files/extract'] button").click();
+    b.wait_text("table.files", "myworld/", long);
+    assert_eq!(std::fs::read(dir.join("myworld/region/r.0.0.mca")).unwrap(), b"mca");
+
     // New folder, rename, delete with a confirmation step.
     b.find("#new-folder").send_keys("datapacks");
     b.find("form[action$='/files/mkdir'] button").click();
     b.wait_text("table.files", "datapacks/", long);
     assert!(dir.join("datapacks").is_dir());
+    b.find("#rename-1").clear();
+    b.find("#rename-1").send_keys("packs");
+    b.find("#rename-1 + button").click();
+    b.wait_text("table.files", "packs/", long);
+    assert!(dir.join("packs").is_dir() && !dir.join("datapacks").exists());
     b.find("table.files a[href*='delete=whitelist.json']").click();
     b.wait_until("the confirmation", long, |b| b.try_find("#confirm-delete").map(|_| ()));
     assert!(dir.join("whitelist.json").exists(), "nothing deleted before confirming");

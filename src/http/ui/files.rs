@@ -44,6 +44,7 @@ struct Row {
     size: String,
     mtime: String,
     editable: bool,
+    archive: bool,
 }
 
 #[derive(Template)]
@@ -128,6 +129,21 @@ fn join(dir: &str, name: &str) -> String {
     }
 }
 
+/// `world.zip` → `world`, `pack.tar.gz` → `pack`.
+fn archive_stem(name: &str) -> &str {
+    let lower = name.to_ascii_lowercase();
+    for ext in [".tar.gz", ".tgz", ".zip"] {
+        if lower.ends_with(ext) && name.len() > ext.len() {
+            return &name[..name.len() - ext.len()];
+        }
+    }
+    name
+}
+
+fn is_archive(name: &str) -> bool {
+    archive_stem(name) != name
+}
+
 fn human(n: u64) -> String {
     match n {
         0..1024 => format!("{n} B"),
@@ -193,6 +209,7 @@ pub async fn tab(
             },
             mtime: e.mtime.clone(),
             editable: e.kind == FileKind::File && e.size <= EDIT_LIMIT,
+            archive: e.kind == FileKind::File && is_archive(&e.name),
         })
         .collect();
     let confirm_delete = q.delete.as_ref().and_then(|name| {
@@ -204,6 +221,7 @@ pub async fn tab(
             size: r.size.clone(),
             mtime: r.mtime.clone(),
             editable: false,
+            archive: false,
         })
     });
     let page = sess
@@ -371,6 +389,8 @@ pub async fn operation(
         "mkdir" => serde_json::json!({"path": join(&f.dir, &f.name)}),
         "rename" => serde_json::json!({"from": join(&f.dir, &f.from), "to": join(&f.dir, &f.name)}),
         "delete" => serde_json::json!({"path": join(&f.dir, &f.name), "recursive": true}),
+        // Into a folder named after the archive, beside it.
+        "extract" => serde_json::json!({"path": join(&f.dir, &f.name), "to": join(&f.dir, archive_stem(&f.name))}),
         _ => return Err(UiError::NotFound(format!("no file operation '{op}'"))),
     };
     let (_, client) = server_and_agent(&st, &sess, id).await?;
