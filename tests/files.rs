@@ -117,17 +117,29 @@ fn upload_extract_list_edit_download_rename_delete_and_a_hostile_matrix() {
 
     // A world zip: uploaded raw, extracted into a folder, listed.
     let level = b"level.dat bytes \x00\x01\x02".repeat(100);
-    let region = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect::<Vec<_>>();
+    let region = (0..200_000u32)
+        .flat_map(|i| i.to_le_bytes())
+        .collect::<Vec<_>>();
     let world = zip_of(&[
         ("world/", b""),
         ("world/level.dat", &level),
         ("world/region/r.0.0.mca", &region),
         ("world/datapacks/pack/pack.mcmeta", b"{\"pack\":{}}"),
     ]);
-    let (code, body) = raw(&api, "POST", &f("/upload?path=uploads.zip"), Some(world.clone()), &[]);
+    let (code, body) = raw(
+        &api,
+        "POST",
+        &f("/upload?path=uploads.zip"),
+        Some(world.clone()),
+        &[],
+    );
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(std::fs::read(dir.join("uploads.zip")).unwrap(), world);
-    let (code, body) = api.call("POST", &f("/extract"), Some(json!({"path": "uploads.zip", "to": "imported"})));
+    let (code, body) = api.call(
+        "POST",
+        &f("/extract"),
+        Some(json!({"path": "uploads.zip", "to": "imported"})),
+    );
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["files"], 3);
     let (code, list) = api.call("GET", &f("?path=imported/world"), None);
@@ -136,7 +148,12 @@ fn upload_extract_list_edit_download_rename_delete_and_a_hostile_matrix() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["name"].as_str().unwrap().to_string(), e["kind"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["kind"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(
         entries,
@@ -153,25 +170,66 @@ fn upload_extract_list_edit_download_rename_delete_and_a_hostile_matrix() {
     // A text file: written atomically, read back whole and by range, edited.
     let (code, body) = api.call("POST", &f("/mkdir"), Some(json!({"path": "config/zlh"})));
     assert_eq!(code, 204, "{body}");
-    let (code, _) = raw(&api, "PUT", &f("/content?path=config/zlh/motd.txt"), Some(b"hello world\n".to_vec()), &[]);
+    let (code, _) = raw(
+        &api,
+        "PUT",
+        &f("/content?path=config/zlh/motd.txt"),
+        Some(b"hello world\n".to_vec()),
+        &[],
+    );
     assert_eq!(code, 200);
-    let (code, text) = raw(&api, "GET", &f("/content?path=config/zlh/motd.txt"), None, &[]);
+    let (code, text) = raw(
+        &api,
+        "GET",
+        &f("/content?path=config/zlh/motd.txt"),
+        None,
+        &[],
+    );
     assert_eq!((code, text.as_slice()), (200, &b"hello world\n"[..]));
-    let (code, part) = raw(&api, "GET", &f("/content?path=config/zlh/motd.txt"), None, &[("Range", "bytes=6-10")]);
+    let (code, part) = raw(
+        &api,
+        "GET",
+        &f("/content?path=config/zlh/motd.txt"),
+        None,
+        &[("Range", "bytes=6-10")],
+    );
     assert_eq!((code, part.as_slice()), (206, &b"world"[..]));
-    let (code, _) = raw(&api, "GET", &f("/content?path=config/zlh/motd.txt"), None, &[("Range", "bytes=99-")]);
+    let (code, _) = raw(
+        &api,
+        "GET",
+        &f("/content?path=config/zlh/motd.txt"),
+        None,
+        &[("Range", "bytes=99-")],
+    );
     assert_eq!(code, 416);
-    let (code, _) = raw(&api, "PUT", &f("/content?path=config/zlh/motd.txt"), Some(b"edited\n".to_vec()), &[]);
+    let (code, _) = raw(
+        &api,
+        "PUT",
+        &f("/content?path=config/zlh/motd.txt"),
+        Some(b"edited\n".to_vec()),
+        &[],
+    );
     assert_eq!(code, 200);
-    assert_eq!(std::fs::read(dir.join("config/zlh/motd.txt")).unwrap(), b"edited\n");
+    assert_eq!(
+        std::fs::read(dir.join("config/zlh/motd.txt")).unwrap(),
+        b"edited\n"
+    );
     assert!(
-        !names(&dir.join("config/zlh")).iter().any(|n| n.contains("zlh-tmp")),
+        !names(&dir.join("config/zlh"))
+            .iter()
+            .any(|n| n.contains("zlh-tmp")),
         "no temp file left behind"
     );
 
     // A multipart upload (the UI's plain form) lands in the folder under its own name.
     let form_body = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"ops.json\"\r\nContent-Type: application/json\r\n\r\n[]\r\n--XyZ--\r\n".to_vec();
-    let (code, body) = raw(&api, "POST", &f("/upload?path=config"), Some(form_body), &[("Content-Type", "multipart/form-data; boundary=XyZ")]);
+    let (code, body) = raw(
+        &api,
+        "POST",
+        &f("/upload?path=config"),
+        Some(form_body),
+        &[("Content-Type", "multipart/form-data; boundary=XyZ")],
+    );
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(std::fs::read(dir.join("config/ops.json")).unwrap(), b"[]");
 
@@ -179,24 +237,55 @@ fn upload_extract_list_edit_download_rename_delete_and_a_hostile_matrix() {
     let (code, tgz) = raw(&api, "GET", &f("/download?path=imported"), None, &[]);
     assert_eq!(code, 200);
     let out = tmp.path().join("unpacked");
-    tar::Archive::new(flate2::read::GzDecoder::new(tgz.as_slice())).unpack(&out).unwrap();
+    tar::Archive::new(flate2::read::GzDecoder::new(tgz.as_slice()))
+        .unpack(&out)
+        .unwrap();
     assert_eq!(std::fs::read(out.join("world/level.dat")).unwrap(), level);
-    assert_eq!(std::fs::read(out.join("world/region/r.0.0.mca")).unwrap(), region);
-    assert_eq!(std::fs::read(out.join("world/datapacks/pack/pack.mcmeta")).unwrap(), b"{\"pack\":{}}");
+    assert_eq!(
+        std::fs::read(out.join("world/region/r.0.0.mca")).unwrap(),
+        region
+    );
+    assert_eq!(
+        std::fs::read(out.join("world/datapacks/pack/pack.mcmeta")).unwrap(),
+        b"{\"pack\":{}}"
+    );
     // A file downloads as itself.
-    let (code, got) = raw(&api, "GET", &f("/download?path=imported/world/level.dat"), None, &[]);
+    let (code, got) = raw(
+        &api,
+        "GET",
+        &f("/download?path=imported/world/level.dat"),
+        None,
+        &[],
+    );
     assert_eq!((code, got), (200, level.clone()));
 
     // Rename / move (never over an existing file), delete (a folder only recursively).
-    let (code, body) = api.call("POST", &f("/rename"), Some(json!({"from": "config/zlh/motd.txt", "to": "config/motd.txt"})));
+    let (code, body) = api.call(
+        "POST",
+        &f("/rename"),
+        Some(json!({"from": "config/zlh/motd.txt", "to": "config/motd.txt"})),
+    );
     assert_eq!(code, 204, "{body}");
     assert!(dir.join("config/motd.txt").is_file() && !dir.join("config/zlh/motd.txt").exists());
-    let (code, body) = api.call("POST", &f("/rename"), Some(json!({"from": "config/ops.json", "to": "config/motd.txt"})));
+    let (code, body) = api.call(
+        "POST",
+        &f("/rename"),
+        Some(json!({"from": "config/ops.json", "to": "config/motd.txt"})),
+    );
     assert_eq!(code, 409, "{body}");
     let (code, body) = api.call("POST", &f("/delete"), Some(json!({"path": "config"})));
     assert_eq!(code, 409, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("recursive"));
-    let (code, body) = api.call("POST", &f("/delete"), Some(json!({"path": "config", "recursive": true})));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("recursive")
+    );
+    let (code, body) = api.call(
+        "POST",
+        &f("/delete"),
+        Some(json!({"path": "config", "recursive": true})),
+    );
     assert_eq!(code, 204, "{body}");
     assert!(!dir.join("config").exists());
     let (code, body) = api.call("POST", &f("/delete"), Some(json!({"path": "config"})));
@@ -215,30 +304,72 @@ fn upload_extract_list_edit_download_rename_delete_and_a_hostile_matrix() {
     // Hostile archives, uploaded (an upload is just bytes in a file) then extracted.
     let symlink_zip = {
         let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-        w.add_symlink("link", "/etc/passwd", zip::write::SimpleFileOptions::default()).unwrap();
+        w.add_symlink(
+            "link",
+            "/etc/passwd",
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
         w.finish().unwrap().into_inner()
     };
     let archives: Vec<(&str, Vec<u8>)> = vec![
-        ("dotdot.zip", zip_of(&[("ok.txt", b"fine"), ("../evil.txt", b"evil")])),
+        (
+            "dotdot.zip",
+            zip_of(&[("ok.txt", b"fine"), ("../evil.txt", b"evil")]),
+        ),
         ("deep.zip", zip_of(&[("a/../../evil.txt", b"evil")])),
         ("abs.zip", zip_of(&[("/tmp/zlh-evil.txt", b"evil")])),
         ("backslash.zip", zip_of(&[("..\\evil.txt", b"evil")])),
         ("link.zip", symlink_zip),
-        ("dotdot.tar.gz", tar_gz_with("../evil.txt", tar::EntryType::Regular, None, b"evil")),
-        ("abs.tar.gz", tar_gz_with("/tmp/zlh-evil.txt", tar::EntryType::Regular, None, b"evil")),
-        ("symlink.tar.gz", tar_gz_with("link", tar::EntryType::Symlink, Some("/etc/passwd"), b"")),
-        ("hardlink.tar.gz", tar_gz_with("hard", tar::EntryType::Link, Some("/etc/passwd"), b"")),
-        ("fifo.tar.gz", tar_gz_with("fifo", tar::EntryType::Fifo, None, b"")),
-        ("device.tar.gz", tar_gz_with("dev", tar::EntryType::Char, None, b"")),
+        (
+            "dotdot.tar.gz",
+            tar_gz_with("../evil.txt", tar::EntryType::Regular, None, b"evil"),
+        ),
+        (
+            "abs.tar.gz",
+            tar_gz_with("/tmp/zlh-evil.txt", tar::EntryType::Regular, None, b"evil"),
+        ),
+        (
+            "symlink.tar.gz",
+            tar_gz_with("link", tar::EntryType::Symlink, Some("/etc/passwd"), b""),
+        ),
+        (
+            "hardlink.tar.gz",
+            tar_gz_with("hard", tar::EntryType::Link, Some("/etc/passwd"), b""),
+        ),
+        (
+            "fifo.tar.gz",
+            tar_gz_with("fifo", tar::EntryType::Fifo, None, b""),
+        ),
+        (
+            "device.tar.gz",
+            tar_gz_with("dev", tar::EntryType::Char, None, b""),
+        ),
     ];
     for (name, bytes) in &archives {
-        let (code, body) = raw(&api, "POST", &f(&format!("/upload?path=hostile/{name}")), Some(bytes.clone()), &[]);
-        assert!(code == 200 || code == 404, "{name}: {code} {}", String::from_utf8_lossy(&body));
+        let (code, body) = raw(
+            &api,
+            "POST",
+            &f(&format!("/upload?path=hostile/{name}")),
+            Some(bytes.clone()),
+            &[],
+        );
+        assert!(
+            code == 200 || code == 404,
+            "{name}: {code} {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     // The folder did not exist: create it, upload again.
     api.call("POST", &f("/mkdir"), Some(json!({"path": "hostile"})));
     for (name, bytes) in &archives {
-        let (code, body) = raw(&api, "POST", &f(&format!("/upload?path=hostile/{name}")), Some(bytes.clone()), &[]);
+        let (code, body) = raw(
+            &api,
+            "POST",
+            &f(&format!("/upload?path=hostile/{name}")),
+            Some(bytes.clone()),
+            &[],
+        );
         assert_eq!(code, 200, "{name}: {}", String::from_utf8_lossy(&body));
     }
     std::fs::write(dir.join("fine.zip"), zip_of(&[("x.txt", b"x")])).unwrap();
@@ -273,21 +404,62 @@ fn upload_extract_list_edit_download_rename_delete_and_a_hostile_matrix() {
         (put(&f("/content?path=../evil.txt")), 400),
         (put(&f("/content?path=pipe")), 403),
         (put(&f("/content?path=%2Ftmp%2Fzlh-evil.txt")), 400),
-        (("POST", f("/upload?path=out/evil.bin"), None, Some(b"evil".to_vec())), 403),
+        (
+            (
+                "POST",
+                f("/upload?path=out/evil.bin"),
+                None,
+                Some(b"evil".to_vec()),
+            ),
+            403,
+        ),
         (post(&f("/mkdir"), json!({"path": "out/evil"})), 403),
         (post(&f("/mkdir"), json!({"path": "../evil"})), 400),
-        (post(&f("/rename"), json!({"from": "passwd", "to": "../stolen"})), 400),
-        (post(&f("/rename"), json!({"from": "out/canary.txt", "to": "stolen.txt"})), 403),
-        (post(&f("/rename"), json!({"from": "fine.zip", "to": "out/fine.zip"})), 403),
+        (
+            post(&f("/rename"), json!({"from": "passwd", "to": "../stolen"})),
+            400,
+        ),
+        (
+            post(
+                &f("/rename"),
+                json!({"from": "out/canary.txt", "to": "stolen.txt"}),
+            ),
+            403,
+        ),
+        (
+            post(
+                &f("/rename"),
+                json!({"from": "fine.zip", "to": "out/fine.zip"}),
+            ),
+            403,
+        ),
         (post(&f("/delete"), json!({"path": "out/canary.txt"})), 403),
-        (post(&f("/delete"), json!({"path": "..", "recursive": true})), 400),
-        (post(&f("/delete"), json!({"path": "", "recursive": true})), 400),
-        (post(&f("/extract"), json!({"path": "fine.zip", "to": "out"})), 403),
-        (post(&f("/extract"), json!({"path": "fine.zip", "to": "../evil"})), 400),
+        (
+            post(&f("/delete"), json!({"path": "..", "recursive": true})),
+            400,
+        ),
+        (
+            post(&f("/delete"), json!({"path": "", "recursive": true})),
+            400,
+        ),
+        (
+            post(&f("/extract"), json!({"path": "fine.zip", "to": "out"})),
+            403,
+        ),
+        (
+            post(&f("/extract"), json!({"path": "fine.zip", "to": "../evil"})),
+            400,
+        ),
         (post(&f("/extract"), json!({"path": "out/x.zip"})), 403),
     ];
     for (name, _) in &archives {
-        cases.push((post(&f("/extract"), json!({"path": format!("hostile/{name}"), "to": "unpacked"})), 422));
+        cases.push((
+            post(
+                &f("/extract"),
+                json!({"path": format!("hostile/{name}"), "to": "unpacked"}),
+            ),
+            422,
+        ));
     }
     assert!(cases.len() >= 25);
     for ((method, path, json_body, raw_body), want) in &cases {
@@ -307,20 +479,45 @@ fn upload_extract_list_edit_download_rename_delete_and_a_hostile_matrix() {
             !v["error"]["message"].as_str().unwrap_or("").is_empty(),
             "{method} {path}: a clear message: {body}"
         );
-        assert!(!body.contains("root:x:0:0"), "{method} {path}: /etc/passwd leaked");
+        assert!(
+            !body.contains("root:x:0:0"),
+            "{method} {path}: /etc/passwd leaked"
+        );
     }
     // Nothing read or written outside; nothing left of the refused writes inside.
-    assert_eq!(std::fs::read(&canary).unwrap(), b"outside: never read, never written");
-    assert_eq!(names(&agent_dir), before_agent, "the agent dir (the parent) is unchanged");
-    assert_eq!(names(&dir), before_server, "refused requests left nothing behind");
-    assert!(!dir.join("unpacked").exists(), "a refused archive writes nothing");
+    assert_eq!(
+        std::fs::read(&canary).unwrap(),
+        b"outside: never read, never written"
+    );
+    assert_eq!(
+        names(&agent_dir),
+        before_agent,
+        "the agent dir (the parent) is unchanged"
+    );
+    assert_eq!(
+        names(&dir),
+        before_server,
+        "refused requests left nothing behind"
+    );
+    assert!(
+        !dir.join("unpacked").exists(),
+        "a refused archive writes nothing"
+    );
     assert!(!Path::new("/tmp/zlh-evil.txt").exists());
     assert!(!dir.parent().unwrap().join("evil.txt").exists());
-    assert_eq!(std::fs::read(Path::new("/etc/passwd")).unwrap(), before_passwd);
+    assert_eq!(
+        std::fs::read(Path::new("/etc/passwd")).unwrap(),
+        before_passwd
+    );
     // The planted links are listed as links, and deleting one removes the link only.
     let (_, list) = api.call("GET", &f(""), None);
     let kind = |n: &str| {
-        list["entries"].as_array().unwrap().iter().find(|e| e["name"] == n).map(|e| e["kind"].clone())
+        list["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == n)
+            .map(|e| e["kind"].clone())
     };
     assert_eq!(kind("passwd"), Some(json!("symlink")));
     assert_eq!(kind("pipe"), Some(json!("special")));
@@ -342,7 +539,11 @@ fn another_users_server_is_not_found_on_every_file_route() {
             .arg(&api.served.data_dir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     run(&["user", "add", "bob"]);
@@ -356,8 +557,16 @@ fn another_users_server_is_not_found_on_every_file_route() {
         ("POST", f("/upload?path=bob.txt"), Some(b"bob".to_vec())),
         ("GET", f("/download?path="), None),
         ("POST", f("/mkdir"), Some(br#"{"path":"bob"}"#.to_vec())),
-        ("POST", f("/rename"), Some(br#"{"from":"secret.txt","to":"b.txt"}"#.to_vec())),
-        ("POST", f("/delete"), Some(br#"{"path":"secret.txt"}"#.to_vec())),
+        (
+            "POST",
+            f("/rename"),
+            Some(br#"{"from":"secret.txt","to":"b.txt"}"#.to_vec()),
+        ),
+        (
+            "POST",
+            f("/delete"),
+            Some(br#"{"path":"secret.txt"}"#.to_vec()),
+        ),
         ("POST", f("/extract"), Some(br#"{"path":"x.zip"}"#.to_vec())),
     ];
     for (method, path, body) in routes {
@@ -378,7 +587,11 @@ fn another_users_server_is_not_found_on_every_file_route() {
         // The same answer as for a server that does not exist.
         let missing = path.replace(&format!("/servers/{id}/"), "/servers/999999/");
         let code2 = api.http.rt.block_on(async {
-            let mut r = api.http.inner.request(method.parse().unwrap(), api.served.url(&missing)).bearer_auth(&bob);
+            let mut r = api
+                .http
+                .inner
+                .request(method.parse().unwrap(), api.served.url(&missing))
+                .bearer_auth(&bob);
             if method != "GET" {
                 r = r.header("content-type", "application/json").body("{}");
             }
@@ -407,11 +620,12 @@ fn a_2_gib_upload_and_download_stream_with_both_processes_under_64_mib() {
     let tmp = tempfile::tempdir().unwrap();
     let api = Api::start(tmp.path());
     let (id, dir) = running_server(&api, "big");
-    let agent_pid: u32 = std::fs::read_to_string(dir.parent().unwrap().parent().unwrap().join("agent.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let agent_pid: u32 =
+        std::fs::read_to_string(dir.parent().unwrap().parent().unwrap().join("agent.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
     let serve_pid = api.served.pid();
     let before = (peak_rss_kib(serve_pid), peak_rss_kib(agent_pid));
 
@@ -428,7 +642,10 @@ fn a_2_gib_upload_and_download_stream_with_both_processes_under_64_mib() {
         let r = api
             .http
             .inner
-            .post(api.served.url(&format!("/api/v1/servers/{id}/files/upload?path=big.bin")))
+            .post(
+                api.served
+                    .url(&format!("/api/v1/servers/{id}/files/upload?path=big.bin")),
+            )
             .bearer_auth(&api.token)
             .header("content-length", SIZE)
             .body(reqwest::Body::wrap_stream(body))
@@ -457,7 +674,10 @@ fn a_2_gib_upload_and_download_stream_with_both_processes_under_64_mib() {
         let r = api
             .http
             .inner
-            .get(api.served.url(&format!("/api/v1/servers/{id}/files/download?path=big.bin")))
+            .get(
+                api.served
+                    .url(&format!("/api/v1/servers/{id}/files/download?path=big.bin")),
+            )
             .bearer_auth(&api.token)
             .send()
             .await
@@ -492,7 +712,11 @@ fn browser_files_tab_lists_edits_uploads_and_deletes_with_confirmation() {
     std::fs::write(dir.join("world/level.dat"), [0u8, 1, 2, 3, 255]).unwrap();
     std::fs::write(dir.join("notes.txt"), "first line\n").unwrap();
     let added = support::add_admin(&api.served, "files-admin", "files-admin-password");
-    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
 
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
@@ -509,7 +733,10 @@ fn browser_files_tab_lists_edits_uploads_and_deletes_with_confirmation() {
     b.find("nav.tabs a[href$='/files']").click();
     b.wait_text("#files-crumbs", "server", long);
     let listing = b.find("table.files").text();
-    assert!(listing.contains("world/") && listing.contains("notes.txt"), "{listing}");
+    assert!(
+        listing.contains("world/") && listing.contains("notes.txt"),
+        "{listing}"
+    );
     assert!(listing.find("world/").unwrap() < listing.find("notes.txt").unwrap());
     b.screenshot("server-files");
 
@@ -518,7 +745,8 @@ fn browser_files_tab_lists_edits_uploads_and_deletes_with_confirmation() {
     b.wait_text("#files-crumbs", "world", long);
     assert!(b.find("table.files").text().contains("level.dat"));
     // A binary file does not open in the editor: it is download-only.
-    b.find("table.files a[href*='/files/edit?path=world/level.dat']").click();
+    b.find("table.files a[href*='/files/edit?path=world/level.dat']")
+        .click();
     b.wait_text("main", "not a text file: download it instead", long);
     b.back();
     b.wait_text("#files-crumbs", "world", long);
@@ -528,13 +756,17 @@ fn browser_files_tab_lists_edits_uploads_and_deletes_with_confirmation() {
     });
 
     // The editor: a text file in a textarea, saved atomically.
-    b.find("table.files a[href*='/files/edit?path=notes.txt']").click();
+    b.find("table.files a[href*='/files/edit?path=notes.txt']")
+        .click();
     b.wait_until("the editor", long, |b| b.try_find("#file-text").map(|_| ()));
     b.screenshot("server-file-edit");
     b.find("#file-text").clear();
-    b.find("#file-text").send_keys("edited in the browser\nsecond line\n");
+    b.find("#file-text")
+        .send_keys("edited in the browser\nsecond line\n");
     b.find(".file-editor button[type=submit]").click();
-    b.wait_until("the listing after saving", long, |b| b.try_find("table.files").map(|_| ()));
+    b.wait_until("the listing after saving", long, |b| {
+        b.try_find("table.files").map(|_| ())
+    });
     support::wait_for("the saved file", long, || {
         std::fs::read_to_string(dir.join("notes.txt"))
             .ok()
@@ -551,13 +783,22 @@ fn browser_files_tab_lists_edits_uploads_and_deletes_with_confirmation() {
 
     // A world zip, uploaded and extracted from the tab.
     let world_zip = tmp.path().join("myworld.zip");
-    std::fs::write(&world_zip, zip_of(&[("level.dat", b"lvl"), ("region/r.0.0.mca", b"mca")])).unwrap();
-    b.find("#upload-file").send_keys(world_zip.to_str().unwrap());
+    std::fs::write(
+        &world_zip,
+        zip_of(&[("level.dat", b"lvl"), ("region/r.0.0.mca", b"mca")]),
+    )
+    .unwrap();
+    b.find("#upload-file")
+        .send_keys(world_zip.to_str().unwrap());
     b.find("#upload-form button").click();
     b.wait_text("table.files", "myworld.zip", long);
-    b.find("table.files form[action$='/files/extract'] button").click();
+    b.find("table.files form[action$='/files/extract'] button")
+        .click();
     b.wait_text("table.files", "myworld/", long);
-    assert_eq!(std::fs::read(dir.join("myworld/region/r.0.0.mca")).unwrap(), b"mca");
+    assert_eq!(
+        std::fs::read(dir.join("myworld/region/r.0.0.mca")).unwrap(),
+        b"mca"
+    );
 
     // New folder, rename, delete with a confirmation step.
     b.find("#new-folder").send_keys("datapacks");
@@ -569,9 +810,15 @@ fn browser_files_tab_lists_edits_uploads_and_deletes_with_confirmation() {
     b.find("#rename-1 + button").click();
     b.wait_text("table.files", "packs/", long);
     assert!(dir.join("packs").is_dir() && !dir.join("datapacks").exists());
-    b.find("table.files a[href*='delete=whitelist.json']").click();
-    b.wait_until("the confirmation", long, |b| b.try_find("#confirm-delete").map(|_| ()));
-    assert!(dir.join("whitelist.json").exists(), "nothing deleted before confirming");
+    b.find("table.files a[href*='delete=whitelist.json']")
+        .click();
+    b.wait_until("the confirmation", long, |b| {
+        b.try_find("#confirm-delete").map(|_| ())
+    });
+    assert!(
+        dir.join("whitelist.json").exists(),
+        "nothing deleted before confirming"
+    );
     b.screenshot("server-files-delete-confirm");
     b.find("#confirm-delete-button").click();
     support::wait_for("the deleted file", long, || {

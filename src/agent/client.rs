@@ -185,11 +185,14 @@ impl AgentClient {
         if let Some(b) = body {
             req = req.body(b);
         }
-        let resp = req.send().await.map_err(|e| AgentClientError::Unreachable {
-            agent: self.agent(),
-            what: WHAT,
-            reason: e.to_string(),
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| AgentClientError::Unreachable {
+                agent: self.agent(),
+                what: WHAT,
+                reason: e.to_string(),
+            })?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(AgentClientError::Unauthorized {
                 agent: self.agent(),

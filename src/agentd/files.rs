@@ -84,7 +84,9 @@ impl FileError {
                 "{shown}: a symlink on the way is not followed here"
             )),
             Errno::NOENT => FileError::NotFound(format!("{shown}: no such file or directory")),
-            Errno::NOTDIR => FileError::Conflict(format!("{shown}: a part of it is not a directory")),
+            Errno::NOTDIR => {
+                FileError::Conflict(format!("{shown}: a part of it is not a directory"))
+            }
             Errno::ISDIR => FileError::Conflict(format!("{shown}: is a directory")),
             Errno::EXIST => FileError::Conflict(format!("{shown}: already exists")),
             Errno::NOTEMPTY => FileError::Conflict(format!("{shown}: directory not empty")),
@@ -157,7 +159,10 @@ impl RelPath {
 /// past a check).
 pub fn parse(field: &'static str, raw: &str) -> Result<RelPath, FileError> {
     if raw.len() > MAX_PATH {
-        return Err(FileError::bad(field, format!("longer than {MAX_PATH} bytes")));
+        return Err(FileError::bad(
+            field,
+            format!("longer than {MAX_PATH} bytes"),
+        ));
     }
     if raw.contains('\0') {
         return Err(FileError::bad(field, "contains a NUL byte"));
@@ -166,7 +171,10 @@ pub fn parse(field: &'static str, raw: &str) -> Result<RelPath, FileError> {
         return Err(FileError::bad(field, "contains a control character"));
     }
     if raw.contains('\\') {
-        return Err(FileError::bad(field, "contains a backslash (use / between folders)"));
+        return Err(FileError::bad(
+            field,
+            "contains a backslash (use / between folders)",
+        ));
     }
     if raw.starts_with('/') {
         return Err(FileError::bad(
@@ -175,7 +183,10 @@ pub fn parse(field: &'static str, raw: &str) -> Result<RelPath, FileError> {
         ));
     }
     let lower = raw.to_ascii_lowercase();
-    if ["%2e", "%2f", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
+    if ["%2e", "%2f", "%5c", "%00"]
+        .iter()
+        .any(|e| lower.contains(e))
+    {
         return Err(FileError::bad(
             field,
             "contains a percent-encoded dot, separator or NUL",
@@ -187,7 +198,10 @@ pub fn parse(field: &'static str, raw: &str) -> Result<RelPath, FileError> {
             "" | "." => {}
             ".." => return Err(FileError::bad(field, "contains '..'")),
             p if p.len() > MAX_NAME => {
-                return Err(FileError::bad(field, format!("a name is longer than {MAX_NAME} bytes")));
+                return Err(FileError::bad(
+                    field,
+                    format!("a name is longer than {MAX_NAME} bytes"),
+                ));
             }
             p => parts.push(p.to_string()),
         }
@@ -231,9 +245,17 @@ impl Root {
 
 /// Opens `path` beneath `root` with `flags`: no component (symlinks included) may lead
 /// out, and magic links (`/proc/self/fd/…`) are never followed.
-pub fn open_beneath(root: BorrowedFd<'_>, path: &RelPath, flags: OFlags) -> Result<OwnedFd, FileError> {
+pub fn open_beneath(
+    root: BorrowedFd<'_>,
+    path: &RelPath,
+    flags: OFlags,
+) -> Result<OwnedFd, FileError> {
     let joined = path.joined();
-    let target = if joined.is_empty() { "." } else { joined.as_str() };
+    let target = if joined.is_empty() {
+        "."
+    } else {
+        joined.as_str()
+    };
     let flags = flags | OFlags::CLOEXEC | OFlags::NOCTTY;
     match rustix::fs::openat2(
         root,
@@ -255,8 +277,13 @@ pub fn open_beneath(root: BorrowedFd<'_>, path: &RelPath, flags: OFlags) -> Resu
 fn walk_beneath(root: BorrowedFd<'_>, path: &RelPath, flags: OFlags) -> Result<OwnedFd, FileError> {
     let joined = path.joined();
     let err = |e| FileError::from_errno("opening", &joined, e);
-    let mut dir = rustix::fs::openat(root, ".", OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(err)?;
+    let mut dir = rustix::fs::openat(
+        root,
+        ".",
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err)?;
     let Some((last, dirs)) = path.0.split_last() else {
         return rustix::fs::openat(root, ".", flags, Mode::empty()).map_err(err);
     };
@@ -288,7 +315,11 @@ fn is_symlink(dir: BorrowedFd<'_>, name: &str) -> bool {
 
 /// The parent directory of `path` (opened beneath the root) and its last name.
 fn parent_of(root: &Root, path: &RelPath) -> Result<(OwnedFd, String), FileError> {
-    let dir = open_beneath(root.fd(), &path.parent(), OFlags::DIRECTORY | OFlags::RDONLY)?;
+    let dir = open_beneath(
+        root.fd(),
+        &path.parent(),
+        OFlags::DIRECTORY | OFlags::RDONLY,
+    )?;
     Ok((dir, path.name().to_string()))
 }
 
@@ -306,7 +337,9 @@ pub fn list(root: &Root, path: &RelPath) -> Result<FileList, FileError> {
     let fd = open_beneath(root.fd(), path, OFlags::DIRECTORY | OFlags::RDONLY)?;
     let joined = path.joined();
     let mut entries = Vec::new();
-    for entry in rustix::fs::Dir::read_from(&fd).map_err(|e| FileError::from_errno("listing", &joined, e))? {
+    for entry in
+        rustix::fs::Dir::read_from(&fd).map_err(|e| FileError::from_errno("listing", &joined, e))?
+    {
         let entry = entry.map_err(|e| FileError::from_errno("listing", &joined, e))?;
         let name = entry.file_name();
         if name == c"." || name == c".." {
@@ -322,12 +355,17 @@ pub fn list(root: &Root, path: &RelPath) -> Result<FileList, FileError> {
         entries.push(FileEntry {
             name: name.to_string_lossy().into_owned(),
             kind,
-            size: if kind == FileKind::File { st.st_size.max(0) as u64 } else { 0 },
+            size: if kind == FileKind::File {
+                st.st_size.max(0) as u64
+            } else {
+                0
+            },
             mtime: crate::util::format_ts(st.st_mtime.saturating_mul(1000)),
         });
     }
     entries.sort_by(|a, b| {
-        (a.kind != FileKind::Dir, a.name.to_lowercase()).cmp(&(b.kind != FileKind::Dir, b.name.to_lowercase()))
+        (a.kind != FileKind::Dir, a.name.to_lowercase())
+            .cmp(&(b.kind != FileKind::Dir, b.name.to_lowercase()))
     });
     Ok(FileList {
         path: joined,
@@ -348,9 +386,14 @@ fn open_regular(root: &Root, path: &RelPath) -> Result<(std::fs::File, u64), Fil
                 "{joined}: is a directory (download it as a tar.gz)"
             )));
         }
-        _ => return Err(FileError::Refused(format!("{joined}: a special file is never read"))),
+        _ => {
+            return Err(FileError::Refused(format!(
+                "{joined}: a special file is never read"
+            )));
+        }
     }
-    let fd_flags = rustix::fs::fcntl_getfl(&fd).map_err(|e| FileError::from_errno("reading", &joined, e))?;
+    let fd_flags =
+        rustix::fs::fcntl_getfl(&fd).map_err(|e| FileError::from_errno("reading", &joined, e))?;
     rustix::fs::fcntl_setfl(&fd, fd_flags - OFlags::NONBLOCK)
         .map_err(|e| FileError::from_errno("reading", &joined, e))?;
     Ok((std::fs::File::from(fd), st.st_size.max(0) as u64))
@@ -365,8 +408,14 @@ fn begin_write(root: &Root, path: &RelPath) -> Result<(AtomicWrite, std::fs::Fil
     match rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => match FileType::from_raw_mode(st.st_mode) {
             FileType::RegularFile | FileType::Symlink => {}
-            FileType::Directory => return Err(FileError::Conflict(format!("{joined}: is a directory"))),
-            _ => return Err(FileError::Refused(format!("{joined}: a special file is never written"))),
+            FileType::Directory => {
+                return Err(FileError::Conflict(format!("{joined}: is a directory")));
+            }
+            _ => {
+                return Err(FileError::Refused(format!(
+                    "{joined}: a special file is never written"
+                )));
+            }
         },
         Err(Errno::NOENT) => {}
         Err(e) => return Err(FileError::from_errno("writing", &joined, e)),
@@ -383,8 +432,13 @@ fn begin_write(root: &Root, path: &RelPath) -> Result<(AtomicWrite, std::fs::Fil
 fn mkdir_walk(base: BorrowedFd<'_>, path: &RelPath) -> Result<OwnedFd, FileError> {
     let joined = path.joined();
     let err = |e| FileError::from_errno("creating", &joined, e);
-    let mut dir = rustix::fs::openat(base, ".", OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(err)?;
+    let mut dir = rustix::fs::openat(
+        base,
+        ".",
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err)?;
     for part in &path.0 {
         match rustix::fs::mkdirat(&dir, part.as_str(), Mode::from_raw_mode(0o755)) {
             Ok(()) | Err(Errno::EXIST) => {}
@@ -398,12 +452,12 @@ fn mkdir_walk(base: BorrowedFd<'_>, path: &RelPath) -> Result<OwnedFd, FileError
         )
         .map_err(|e| match e {
             // O_DIRECTORY answers ENOTDIR for a symlink too: say which it is.
-            Errno::NOTDIR | Errno::LOOP
-                if is_symlink(dir.as_fd(), part) =>
-            {
-                FileError::Refused(format!("{joined}: '{part}' is a symlink, not followed here"))
+            Errno::NOTDIR | Errno::LOOP if is_symlink(dir.as_fd(), part) => FileError::Refused(
+                format!("{joined}: '{part}' is a symlink, not followed here"),
+            ),
+            Errno::NOTDIR => {
+                FileError::Conflict(format!("{joined}: '{part}' exists and is not a directory"))
             }
-            Errno::NOTDIR => FileError::Conflict(format!("{joined}: '{part}' exists and is not a directory")),
             e => err(e),
         })?;
     }
@@ -429,7 +483,9 @@ pub fn rename(root: &Root, from: &RelPath, to: &RelPath) -> Result<(), FileError
     )
     .map_err(|e| match e {
         Errno::EXIST => FileError::Conflict(format!("{}: already exists", to.joined())),
-        Errno::NOENT => FileError::NotFound(format!("{}: no such file or directory", from.joined())),
+        Errno::NOENT => {
+            FileError::NotFound(format!("{}: no such file or directory", from.joined()))
+        }
         e => FileError::from_errno("renaming", &from.joined(), e),
     })
 }
@@ -527,7 +583,11 @@ fn tar_folder(dir: OwnedFd, out: ChunkWriter) -> std::io::Result<()> {
     out.flush()
 }
 
-fn add_folder<W: Write>(tar: &mut tar::Builder<W>, dir: BorrowedFd<'_>, prefix: &str) -> std::io::Result<()> {
+fn add_folder<W: Write>(
+    tar: &mut tar::Builder<W>,
+    dir: BorrowedFd<'_>,
+    prefix: &str,
+) -> std::io::Result<()> {
     let mut names = Vec::new();
     for entry in rustix::fs::Dir::read_from(dir)? {
         let entry = entry?;
@@ -565,11 +625,22 @@ fn add_folder<W: Write>(tar: &mut tar::Builder<W>, dir: BorrowedFd<'_>, prefix: 
             FileType::RegularFile => {
                 let size = st.st_size.max(0) as u64;
                 header.set_entry_type(tar::EntryType::Regular);
-                header.set_mode(if st.st_mode & 0o111 != 0 { 0o755 } else { 0o644 });
+                header.set_mode(if st.st_mode & 0o111 != 0 {
+                    0o755
+                } else {
+                    0o644
+                });
                 header.set_size(size);
                 // Exactly the size in the header, even if the game appends meanwhile.
                 let file = std::fs::File::from(fd).take(size);
-                tar.append_data(&mut header, &rel, Padded { inner: file, left: size })?;
+                tar.append_data(
+                    &mut header,
+                    &rel,
+                    Padded {
+                        inner: file,
+                        left: size,
+                    },
+                )?;
             }
             _ => {}
         }
@@ -613,7 +684,10 @@ fn archive_kind(path: &RelPath) -> Result<ArchiveKind, FileError> {
     } else if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
         Ok(ArchiveKind::TarGz)
     } else {
-        Err(FileError::bad("path", "only .zip, .tar.gz and .tgz archives are extracted"))
+        Err(FileError::bad(
+            "path",
+            "only .zip, .tar.gz and .tgz archives are extracted",
+        ))
     }
 }
 
@@ -626,19 +700,30 @@ fn entry_path(raw: &str) -> Result<RelPath, FileError> {
 /// archive is checked first: an entry with `..`, an absolute path, a link (symbolic or
 /// hard) or a special file refuses it before anything is written. Every entry is then
 /// written through the same confined helpers, atomically. Returns the files written.
-pub fn extract(root: &Root, path: &RelPath, into: &RelPath, max_bytes: u64) -> Result<u64, FileError> {
+pub fn extract(
+    root: &Root,
+    path: &RelPath,
+    into: &RelPath,
+    max_bytes: u64,
+) -> Result<u64, FileError> {
     let kind = archive_kind(path)?;
     let (file, _) = open_regular(root, path)?;
     let io = |action| {
         let p = path.joined();
-        move |source| FileError::Io { action, path: p, source }
+        move |source| FileError::Io {
+            action,
+            path: p,
+            source,
+        }
     };
     let bad = |e: &dyn std::fmt::Display| FileError::BadArchive(format!("{}: {e}", path.joined()));
     match kind {
         ArchiveKind::Zip => {
             let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(&e))?;
             if zip.len() > MAX_ARCHIVE_ENTRIES {
-                return Err(FileError::BadArchive(format!("more than {MAX_ARCHIVE_ENTRIES} entries")));
+                return Err(FileError::BadArchive(format!(
+                    "more than {MAX_ARCHIVE_ENTRIES} entries"
+                )));
             }
             let mut total = 0u64;
             let mut plan = Vec::with_capacity(zip.len());
@@ -690,7 +775,9 @@ pub fn extract(root: &Root, path: &RelPath, into: &RelPath, max_bytes: u64) -> R
                     total = total.saturating_add(entry.header().size().unwrap_or(0));
                     count += 1;
                     if count > MAX_ARCHIVE_ENTRIES {
-                        return Err(FileError::BadArchive(format!("more than {MAX_ARCHIVE_ENTRIES} entries")));
+                        return Err(FileError::BadArchive(format!(
+                            "more than {MAX_ARCHIVE_ENTRIES} entries"
+                        )));
                     }
                 }
             }
@@ -736,30 +823,47 @@ fn check_tar_entry<R: Read>(entry: &tar::Entry<'_, R>) -> Result<RelPath, FileEr
 
 /// Writes one archive entry beneath `dest` (its folders created on the way), atomically,
 /// counting what it unpacks against `budget`.
-fn write_entry(dest: BorrowedFd<'_>, rel: &RelPath, data: &mut dyn Read, budget: &mut u64) -> Result<(), FileError> {
+fn write_entry(
+    dest: BorrowedFd<'_>,
+    rel: &RelPath,
+    data: &mut dyn Read,
+    budget: &mut u64,
+) -> Result<(), FileError> {
     let parent = mkdir_walk(dest, &rel.parent())?;
     let joined = rel.joined();
     match rustix::fs::statat(&parent, rel.name(), AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
             return Err(FileError::Conflict(format!("{joined}: is a directory")));
         }
-        Ok(st) if !matches!(FileType::from_raw_mode(st.st_mode), FileType::RegularFile | FileType::Symlink) => {
-            return Err(FileError::Refused(format!("{joined}: a special file is never written")));
+        Ok(st)
+            if !matches!(
+                FileType::from_raw_mode(st.st_mode),
+                FileType::RegularFile | FileType::Symlink
+            ) =>
+        {
+            return Err(FileError::Refused(format!(
+                "{joined}: a special file is never written"
+            )));
         }
         _ => {}
     }
-    let (w, mut f) = AtomicWrite::create_in(parent, OsStr::new(rel.name())).map_err(|source| FileError::Io {
-        action: "creating",
-        path: joined.clone(),
-        source,
-    })?;
-    let n = std::io::copy(&mut data.take(budget.saturating_add(1)), &mut f).map_err(|source| FileError::Io {
-        action: "unpacking",
-        path: joined.clone(),
-        source,
+    let (w, mut f) =
+        AtomicWrite::create_in(parent, OsStr::new(rel.name())).map_err(|source| FileError::Io {
+            action: "creating",
+            path: joined.clone(),
+            source,
+        })?;
+    let n = std::io::copy(&mut data.take(budget.saturating_add(1)), &mut f).map_err(|source| {
+        FileError::Io {
+            action: "unpacking",
+            path: joined.clone(),
+            source,
+        }
     })?;
     if n > *budget {
-        return Err(FileError::TooLarge(format!("{joined}: the archive unpacks to more than allowed")));
+        return Err(FileError::TooLarge(format!(
+            "{joined}: the archive unpacks to more than allowed"
+        )));
     }
     *budget -= n;
     w.commit(f).map_err(|source| FileError::Io {
@@ -820,18 +924,23 @@ fn server_dir(shared: &Shared) -> PathBuf {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, FileError> + Send + 'static,
 ) -> Result<T, FileError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| FileError::Io {
-        action: "running",
-        path: String::new(),
-        source: std::io::Error::other(e.to_string()),
-    })?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| FileError::Io {
+            action: "running",
+            path: String::new(),
+            source: std::io::Error::other(e.to_string()),
+        })?
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, FileError> {
     serde_json::from_slice(body).map_err(|e| FileError::bad("body", format!("invalid JSON: {e}")))
 }
 
-async fn list_route(State(shared): State<Arc<Shared>>, Query(q): Query<PathQuery>) -> Result<Response, FileError> {
+async fn list_route(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<PathQuery>,
+) -> Result<Response, FileError> {
     let path = parse("path", &q.path)?;
     let dir = server_dir(&shared);
     let out = blocking(move || list(&Root::open(&dir)?, &path)).await?;
@@ -906,17 +1015,22 @@ async fn file_response(
         None => (StatusCode::OK, 0, size),
     };
     if start > 0 {
-        file.seek(std::io::SeekFrom::Start(start)).await.map_err(|source| FileError::Io {
-            action: "seeking",
-            path: String::new(),
-            source,
-        })?;
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(|source| FileError::Io {
+                action: "seeking",
+                path: String::new(),
+                source,
+            })?;
     }
     let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), CHUNK);
     let mut resp = Response::new(Body::from_stream(stream));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Some((s, e)) = range
@@ -934,7 +1048,13 @@ async fn file_response(
 pub fn content_disposition(name: &str) -> HeaderValue {
     let safe: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-+".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-+".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     HeaderValue::from_str(&format!("attachment; filename=\"{safe}\""))
         .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
@@ -964,7 +1084,11 @@ async fn write_route(
     let joined = path.joined();
     let io = move |action: &'static str, p: &str| {
         let p = p.to_string();
-        move |source| FileError::Io { action, path: p, source }
+        move |source| FileError::Io {
+            action,
+            path: p,
+            source,
+        }
     };
     let mut file = tokio::fs::File::from_std(file);
     let mut stream = body.into_data_stream();
@@ -980,35 +1104,55 @@ async fn write_route(
         if total > cap {
             return Err(too_large(cap));
         }
-        file.write_all(&chunk).await.map_err(io("writing", &joined))?;
+        file.write_all(&chunk)
+            .await
+            .map_err(io("writing", &joined))?;
     }
     let file = file.into_std().await;
     let saving = io("saving", &joined);
     blocking(move || w.commit(file).map_err(saving)).await?;
-    Ok((StatusCode::OK, axum::Json(json!({"path": path.joined(), "size": total}))).into_response())
+    Ok((
+        StatusCode::OK,
+        axum::Json(json!({"path": path.joined(), "size": total})),
+    )
+        .into_response())
 }
 
 fn too_large(cap: u64) -> FileError {
-    FileError::TooLarge(format!("uploads are capped at {cap} bytes (agent --max-upload-bytes)"))
+    FileError::TooLarge(format!(
+        "uploads are capped at {cap} bytes (agent --max-upload-bytes)"
+    ))
 }
 
 /// `GET /files/download?path=`: a file as it is, a folder as a streamed tar.gz.
-async fn download_route(State(shared): State<Arc<Shared>>, Query(q): Query<PathQuery>) -> Result<Response, FileError> {
+async fn download_route(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<PathQuery>,
+) -> Result<Response, FileError> {
     let path = parse("path", &q.path)?;
     let dir = server_dir(&shared);
     let p = path.clone();
     let opened = blocking(move || {
         let root = Root::open(&dir)?;
         let fd = open_beneath(root.fd(), &p, OFlags::RDONLY | OFlags::NONBLOCK)?;
-        let st = rustix::fs::fstat(&fd).map_err(|e| FileError::from_errno("reading", &p.joined(), e))?;
+        let st =
+            rustix::fs::fstat(&fd).map_err(|e| FileError::from_errno("reading", &p.joined(), e))?;
         match FileType::from_raw_mode(st.st_mode) {
             FileType::Directory => Ok(Err(fd)),
             FileType::RegularFile => open_regular(&root, &p).map(Ok),
-            _ => Err(FileError::Refused(format!("{}: a special file is never read", p.joined()))),
+            _ => Err(FileError::Refused(format!(
+                "{}: a special file is never read",
+                p.joined()
+            ))),
         }
     })
     .await?;
-    let base = if path.is_root() { "server" } else { path.name() }.to_string();
+    let base = if path.is_root() {
+        "server"
+    } else {
+        path.name()
+    }
+    .to_string();
     match opened {
         Ok((file, size)) => file_response(file, size, None, Some(&base)).await,
         Err(dir_fd) => {
@@ -1029,10 +1173,14 @@ async fn download_route(State(shared): State<Arc<Shared>>, Query(q): Query<PathQ
             });
             let stream = tokio_stream_from(rx);
             let mut resp = Response::new(Body::from_stream(stream));
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/gzip"));
-            resp.headers_mut()
-                .insert(header::CONTENT_DISPOSITION, content_disposition(&format!("{base}.tar.gz")));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/gzip"),
+            );
+            resp.headers_mut().insert(
+                header::CONTENT_DISPOSITION,
+                content_disposition(&format!("{base}.tar.gz")),
+            );
             Ok(resp)
         }
     }
@@ -1044,7 +1192,10 @@ fn tokio_stream_from(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-async fn mkdir_route(State(shared): State<Arc<Shared>>, body: bytes::Bytes) -> Result<Response, FileError> {
+async fn mkdir_route(
+    State(shared): State<Arc<Shared>>,
+    body: bytes::Bytes,
+) -> Result<Response, FileError> {
     let b: PathBody = json_body(&body)?;
     let path = parse("path", &b.path)?;
     let dir = server_dir(&shared);
@@ -1052,7 +1203,10 @@ async fn mkdir_route(State(shared): State<Arc<Shared>>, body: bytes::Bytes) -> R
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn rename_route(State(shared): State<Arc<Shared>>, body: bytes::Bytes) -> Result<Response, FileError> {
+async fn rename_route(
+    State(shared): State<Arc<Shared>>,
+    body: bytes::Bytes,
+) -> Result<Response, FileError> {
     let b: RenameBody = json_body(&body)?;
     let from = parse("from", &b.from)?;
     let to = parse("to", &b.to)?;
@@ -1061,7 +1215,10 @@ async fn rename_route(State(shared): State<Arc<Shared>>, body: bytes::Bytes) -> 
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn delete_route(State(shared): State<Arc<Shared>>, body: bytes::Bytes) -> Result<Response, FileError> {
+async fn delete_route(
+    State(shared): State<Arc<Shared>>,
+    body: bytes::Bytes,
+) -> Result<Response, FileError> {
     let b: PathBody = json_body(&body)?;
     let path = parse("path", &b.path)?;
     let dir = server_dir(&shared);
@@ -1069,7 +1226,10 @@ async fn delete_route(State(shared): State<Arc<Shared>>, body: bytes::Bytes) -> 
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn extract_route(State(shared): State<Arc<Shared>>, body: bytes::Bytes) -> Result<Response, FileError> {
+async fn extract_route(
+    State(shared): State<Arc<Shared>>,
+    body: bytes::Bytes,
+) -> Result<Response, FileError> {
     let b: ExtractBody = json_body(&body)?;
     let path = parse("path", &b.path)?;
     let to = parse("to", &b.to)?;
@@ -1086,13 +1246,25 @@ mod tests {
     #[test]
     fn hostile_paths_are_refused_before_any_open() {
         for bad in [
-            "..", "../x", "a/../../x", "/etc/passwd", "a\\..\\b", "a\0b", "%2e%2e/x", "a%2fb", "A%2Fb",
-            "%5c", "a\nb",
+            "..",
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "a\\..\\b",
+            "a\0b",
+            "%2e%2e/x",
+            "a%2fb",
+            "A%2Fb",
+            "%5c",
+            "a\nb",
         ] {
             assert!(parse("path", bad).is_err(), "{bad:?}");
         }
         assert_eq!(parse("path", "").map(|p| p.is_root()).ok(), Some(true));
-        assert_eq!(parse("path", "./a//b/").map(|p| p.joined()).ok(), Some("a/b".to_string()));
+        assert_eq!(
+            parse("path", "./a//b/").map(|p| p.joined()).ok(),
+            Some("a/b".to_string())
+        );
     }
 
     #[test]

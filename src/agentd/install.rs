@@ -407,7 +407,10 @@ pub async fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), InstallError>
     tokio::fs::create_dir_all(&parent)
         .await
         .map_err(io("creating", &parent))?;
-    let name = dest.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     let bytes = bytes.to_vec();
     let at = dest.to_path_buf();
     let written = tokio::task::spawn_blocking(move || {
@@ -462,7 +465,12 @@ impl AtomicWrite {
     pub fn commit(mut self, file: std::fs::File) -> std::io::Result<()> {
         file.sync_all()?;
         drop(file);
-        rustix::fs::renameat(&self.dir, self.tmp.as_os_str(), &self.dir, self.name.as_os_str())?;
+        rustix::fs::renameat(
+            &self.dir,
+            self.tmp.as_os_str(),
+            &self.dir,
+            self.name.as_os_str(),
+        )?;
         self.done = true;
         rustix::fs::fsync(&self.dir)?;
         Ok(())
@@ -472,8 +480,11 @@ impl AtomicWrite {
 impl Drop for AtomicWrite {
     fn drop(&mut self) {
         if !self.done
-            && let Err(e) =
-                rustix::fs::unlinkat(&self.dir, self.tmp.as_os_str(), rustix::fs::AtFlags::empty())
+            && let Err(e) = rustix::fs::unlinkat(
+                &self.dir,
+                self.tmp.as_os_str(),
+                rustix::fs::AtFlags::empty(),
+            )
         {
             tracing::warn!(file = ?self.tmp, error = %e, "removing an unfinished temp file");
         }

@@ -3,12 +3,12 @@
 //! both ways (nothing is held whole in memory). The agent confines every path and
 //! answers bad ones itself; its 4xx answers reach the client unchanged.
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::Router;
 use futures_util::StreamExt;
 use reqwest::Method;
 use serde::Deserialize;
@@ -123,7 +123,13 @@ async fn download(
 ) -> Result<Response, AppError> {
     let client = agent_for(&st, &caller.0, id).await?;
     let resp = client
-        .files(Method::GET, "/download", Some(&q.path), HeaderMap::new(), None)
+        .files(
+            Method::GET,
+            "/download",
+            Some(&q.path),
+            HeaderMap::new(),
+            None,
+        )
         .await
         .map_err(unreachable)?;
     Ok(relay(resp))
@@ -193,7 +199,9 @@ async fn write(
     body: Body,
 ) -> Result<Response, AppError> {
     let client = agent_for(&st, &caller.0, id).await?;
-    let stream = body.into_data_stream().map(|c| c.map_err(|e| e.to_string()));
+    let stream = body
+        .into_data_stream()
+        .map(|c| c.map_err(|e| e.to_string()));
     let resp = send_file(
         &client,
         &q.path,
@@ -271,7 +279,10 @@ pub async fn multipart_file(
         loop {
             match form.next_field().await {
                 Ok(Some(mut field)) => {
-                    let Some(name) = field.file_name().map(String::from).filter(|n| !n.is_empty())
+                    let Some(name) = field
+                        .file_name()
+                        .map(String::from)
+                        .filter(|n| !n.is_empty())
                     else {
                         continue;
                     };
@@ -308,7 +319,8 @@ pub async fn multipart_file(
                 }
                 Err(e) => {
                     if let Some(t) = name_tx.take()
-                        && t.send(Err(AppError::bad_request("body", e.body_text()))).is_err()
+                        && t.send(Err(AppError::bad_request("body", e.body_text())))
+                            .is_err()
                     {
                         tracing::debug!("upload relay gone");
                     }
@@ -320,7 +332,10 @@ pub async fn multipart_file(
     let name = name_rx
         .await
         .map_err(|_| AppError::bad_request("file", "the form has no file"))??;
-    Ok((name, futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))))
+    Ok((
+        name,
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)),
+    ))
 }
 
 /// `POST …/files/{mkdir|rename|delete|extract}` with the agent's JSON body.

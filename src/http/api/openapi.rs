@@ -115,10 +115,10 @@ pub fn document() -> Value {
         for code in ["403", "413", "422", "502"] {
             v["responses"][code] = json!({"$ref": "#/components/responses/Error"});
         }
-        if body.is_none() {
-            v["parameters"]
-                .as_array_mut()
-                .map(|p| p.push(json!({"name": "path", "in": "query", "required": false, "schema": {"type": "string"}})));
+        if body.is_none()
+            && let Some(p) = v["parameters"].as_array_mut()
+        {
+            p.push(json!({"name": "path", "in": "query", "required": false, "schema": {"type": "string"}}));
         }
         v
     };

@@ -390,7 +390,9 @@ pub async fn operation(
         "rename" => serde_json::json!({"from": join(&f.dir, &f.from), "to": join(&f.dir, &f.name)}),
         "delete" => serde_json::json!({"path": join(&f.dir, &f.name), "recursive": true}),
         // Into a folder named after the archive, beside it.
-        "extract" => serde_json::json!({"path": join(&f.dir, &f.name), "to": join(&f.dir, archive_stem(&f.name))}),
+        "extract" => {
+            serde_json::json!({"path": join(&f.dir, &f.name), "to": join(&f.dir, archive_stem(&f.name))})
+        }
         _ => return Err(UiError::NotFound(format!("no file operation '{op}'"))),
     };
     let (_, client) = server_and_agent(&st, &sess, id).await?;
