@@ -825,3 +825,67 @@ fn browser_files_tab_lists_edits_uploads_and_deletes_with_confirmation() {
         (!dir.join("whitelist.json").exists()).then_some(())
     });
 }
+
+#[test]
+fn uploads_over_the_cap_are_refused_and_leave_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let served = support::Served::start_with_env(
+        tmp.path(),
+        &tmp.path().join("data"),
+        &[],
+        &[
+            ("ZLH_ARTIFACTS_UPSTREAM", "false"),
+            ("ZLH_HTTP_MAX_UPLOAD_BYTES", "100000"),
+        ],
+    );
+    let api = Api::start_on(tmp.path(), served);
+    let (id, dir) = running_server(&api, "capped");
+    let before = names(&dir);
+    let url = |p: &str| api.served.url(&format!("/api/v1/servers/{id}/files{p}"));
+    // Declared too large: refused before a byte is relayed.
+    let (code, body) = raw(
+        &api,
+        "POST",
+        &format!("/api/v1/servers/{id}/files/upload?path=big.bin"),
+        Some(vec![7u8; 100_001]),
+        &[],
+    );
+    assert_eq!(code, 413, "{}", String::from_utf8_lossy(&body));
+    // Streamed without a length: cut once past the cap, the agent's temp file removed.
+    for (method, path) in [
+        ("POST", "/upload?path=big.bin"),
+        ("PUT", "/content?path=big.bin"),
+    ] {
+        let chunks = futures_util::stream::iter(0..40)
+            .map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![7u8; 10_000])));
+        let code = api.http.rt.block_on(async {
+            api.http
+                .inner
+                .request(method.parse().unwrap(), url(path))
+                .bearer_auth(&api.token)
+                .body(reqwest::Body::wrap_stream(chunks))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+        assert_eq!(code, 413, "{method} {path}");
+    }
+    support::wait_for("no temp file left", Duration::from_secs(10), || {
+        (names(&dir) == before).then_some(())
+    });
+    // Within the cap it goes through.
+    let (code, _) = raw(
+        &api,
+        "POST",
+        &format!("/api/v1/servers/{id}/files/upload?path=ok.bin"),
+        Some(vec![7u8; 100_000]),
+        &[],
+    );
+    assert_eq!(code, 200);
+    assert_eq!(
+        std::fs::metadata(dir.join("ok.bin")).unwrap().len(),
+        100_000
+    );
+}

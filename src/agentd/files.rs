@@ -1267,6 +1267,35 @@ mod tests {
         );
     }
 
+    /// The fallback for kernels without openat2: links are never followed, in or out.
+    #[test]
+    fn the_component_walk_never_follows_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root_dir = tmp.path().join("server");
+        std::fs::create_dir_all(root_dir.join("a/b")).unwrap();
+        std::fs::write(root_dir.join("a/b/f.txt"), b"in").unwrap();
+        std::fs::write(tmp.path().join("outside.txt"), b"out").unwrap();
+        std::os::unix::fs::symlink(tmp.path(), root_dir.join("out")).unwrap();
+        std::os::unix::fs::symlink("a", root_dir.join("inner")).unwrap();
+        std::os::unix::fs::symlink("../outside.txt", root_dir.join("up.txt")).unwrap();
+        let root = Root::open(&root_dir).unwrap();
+        let p = |s: &str| parse("path", s).unwrap();
+        let fd = walk_beneath(root.fd(), &p("a/b/f.txt"), OFlags::RDONLY).unwrap();
+        let mut text = String::new();
+        std::fs::File::from(fd).read_to_string(&mut text).unwrap();
+        assert_eq!(text, "in");
+        for bad in ["out/outside.txt", "up.txt", "inner/b/f.txt", "out"] {
+            let e = walk_beneath(root.fd(), &p(bad), OFlags::RDONLY).unwrap_err();
+            assert!(matches!(e, FileError::Refused(_)), "{bad}: {e:?}");
+        }
+        // openat2 refuses the links leading out and follows the one that stays inside.
+        assert!(matches!(
+            open_beneath(root.fd(), &p("out/outside.txt"), OFlags::RDONLY),
+            Err(FileError::Refused(_))
+        ));
+        assert!(open_beneath(root.fd(), &p("inner/b/f.txt"), OFlags::RDONLY).is_ok());
+    }
+
     #[test]
     fn ranges() {
         let mut h = HeaderMap::new();
