@@ -875,6 +875,48 @@ fn uploads_over_the_cap_are_refused_and_leave_nothing_behind() {
     support::wait_for("no temp file left", Duration::from_secs(10), || {
         (names(&dir) == before).then_some(())
     });
+    // The UI's forms need the session's CSRF token: a multipart upload carries it in
+    // the query (its body is streamed, not read to find it).
+    let cookie = support::ui_session(&api.served);
+    let form = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.txt\"\r\n\r\nx\r\n--XyZ--\r\n";
+    for (path, ctype, body) in [
+        (
+            format!("/servers/{id}/files/upload?path="),
+            "multipart/form-data; boundary=XyZ",
+            form.to_vec(),
+        ),
+        (
+            format!("/servers/{id}/files/upload?path=&csrf=wrong"),
+            "multipart/form-data; boundary=XyZ",
+            form.to_vec(),
+        ),
+        (
+            format!("/servers/{id}/files/mkdir"),
+            "application/x-www-form-urlencoded",
+            b"dir=&name=x".to_vec(),
+        ),
+        (
+            format!("/servers/{id}/files/delete"),
+            "application/x-www-form-urlencoded",
+            b"dir=&name=eula.txt".to_vec(),
+        ),
+    ] {
+        let code = api.http.rt.block_on(async {
+            support::ui_client()
+                .post(api.served.url(&path))
+                .header("cookie", &cookie)
+                .header("content-type", ctype)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+        assert_eq!(code, 403, "{path} without the CSRF token");
+    }
+    assert_eq!(names(&dir), before, "nothing written without a CSRF token");
+
     // Within the cap it goes through.
     let (code, _) = raw(
         &api,

@@ -256,7 +256,12 @@ pub fn open_beneath(
     } else {
         joined.as_str()
     };
-    let flags = flags | OFlags::CLOEXEC | OFlags::NOCTTY;
+    // openat2 refuses O_PATH with anything but O_CLOEXEC, O_DIRECTORY and O_NOFOLLOW.
+    let flags = if flags.contains(OFlags::PATH) {
+        flags | OFlags::CLOEXEC
+    } else {
+        flags | OFlags::CLOEXEC | OFlags::NOCTTY
+    };
     match rustix::fs::openat2(
         root,
         target,
@@ -377,26 +382,44 @@ pub fn list(root: &Root, path: &RelPath) -> Result<FileList, FileError> {
 /// `O_NONBLOCK` so a FIFO cannot hang the open).
 fn open_regular(root: &Root, path: &RelPath) -> Result<(std::fs::File, u64), FileError> {
     let joined = path.joined();
+    let probe = probe(root, path)?;
+    if FileType::from_raw_mode(probe.st_mode) == FileType::Directory {
+        return Err(FileError::Conflict(format!(
+            "{joined}: is a directory (download it as a tar.gz)"
+        )));
+    }
     let fd = open_beneath(root.fd(), path, OFlags::RDONLY | OFlags::NONBLOCK)?;
     let st = rustix::fs::fstat(&fd).map_err(|e| FileError::from_errno("reading", &joined, e))?;
-    match FileType::from_raw_mode(st.st_mode) {
-        FileType::RegularFile => {}
-        FileType::Directory => {
-            return Err(FileError::Conflict(format!(
-                "{joined}: is a directory (download it as a tar.gz)"
-            )));
-        }
-        _ => {
-            return Err(FileError::Refused(format!(
-                "{joined}: a special file is never read"
-            )));
-        }
+    if (st.st_dev, st.st_ino) != (probe.st_dev, probe.st_ino)
+        || FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+    {
+        return Err(FileError::Conflict(format!(
+            "{joined}: changed while it was opened: try again"
+        )));
     }
     let fd_flags =
         rustix::fs::fcntl_getfl(&fd).map_err(|e| FileError::from_errno("reading", &joined, e))?;
     rustix::fs::fcntl_setfl(&fd, fd_flags - OFlags::NONBLOCK)
         .map_err(|e| FileError::from_errno("reading", &joined, e))?;
     Ok((std::fs::File::from(fd), st.st_size.max(0) as u64))
+}
+
+/// What `path` is, looked at through an `O_PATH` fd (opening nothing: a device or FIFO
+/// never sees an open). A regular file or a directory passes; anything else is refused.
+fn probe(root: &Root, path: &RelPath) -> Result<rustix::fs::Stat, FileError> {
+    let joined = path.joined();
+    let fd = open_beneath(root.fd(), path, OFlags::PATH)?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| FileError::from_errno("reading", &joined, e))?;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile | FileType::Directory => Ok(st),
+        // Only the component walk gets here (O_PATH | O_NOFOLLOW opens the link itself).
+        FileType::Symlink => Err(FileError::Refused(format!(
+            "{joined}: a symlink on the way is not followed here"
+        ))),
+        _ => Err(FileError::Refused(format!(
+            "{joined}: a special file is never read or written"
+        ))),
+    }
 }
 
 /// Starts an atomic write of `path`: its parent must exist; an existing directory or
@@ -599,7 +622,17 @@ fn add_folder<W: Write>(
     names.sort();
     for n in names {
         let rel = format!("{prefix}{}", n.to_string_lossy());
-        // Opened without following a link; O_NONBLOCK so a FIFO cannot hang us.
+        // Only files and folders are opened (a device or FIFO never sees an open); the
+        // open does not follow a link either, should one have been swapped in meanwhile.
+        match rustix::fs::statat(dir, n.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st)
+                if matches!(
+                    FileType::from_raw_mode(st.st_mode),
+                    FileType::RegularFile | FileType::Directory
+                ) => {}
+            Ok(_) | Err(Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        }
         let fd = match rustix::fs::openat(
             dir,
             n.as_c_str(),
@@ -950,6 +983,10 @@ async fn list_route(
 /// A single `bytes=` range of a file of `size` bytes: `Ok(None)` for none (or several,
 /// which get the whole file), `Err` when it cannot be satisfied.
 fn byte_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
+    // An empty file is sent whole (empty) whatever the range: nothing to cut.
+    if size == 0 {
+        return Ok(None);
+    }
     let Some(v) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
         return Ok(None);
     };
@@ -1134,16 +1171,11 @@ async fn download_route(
     let p = path.clone();
     let opened = blocking(move || {
         let root = Root::open(&dir)?;
-        let fd = open_beneath(root.fd(), &p, OFlags::RDONLY | OFlags::NONBLOCK)?;
-        let st =
-            rustix::fs::fstat(&fd).map_err(|e| FileError::from_errno("reading", &p.joined(), e))?;
-        match FileType::from_raw_mode(st.st_mode) {
-            FileType::Directory => Ok(Err(fd)),
-            FileType::RegularFile => open_regular(&root, &p).map(Ok),
-            _ => Err(FileError::Refused(format!(
-                "{}: a special file is never read",
-                p.joined()
-            ))),
+        match FileType::from_raw_mode(probe(&root, &p)?.st_mode) {
+            FileType::Directory => {
+                open_beneath(root.fd(), &p, OFlags::DIRECTORY | OFlags::RDONLY).map(Err)
+            }
+            _ => open_regular(&root, &p).map(Ok),
         }
     })
     .await?;
