@@ -601,6 +601,21 @@ fn another_users_server_is_not_found_on_every_file_route() {
     }
     assert_eq!(names(&dir), before, "nothing changed");
     assert_eq!(std::fs::read(dir.join("secret.txt")).unwrap(), b"admin's");
+    // The admin rule: another admin reaches every server's files.
+    run(&["user", "add", "second-admin", "--admin"]);
+    let admin2 = run(&["token", "create", "--user", "second-admin"]);
+    let (code, text) = api.http.rt.block_on(async {
+        let r = api
+            .http
+            .inner
+            .get(api.served.url(&f("/content?path=secret.txt")))
+            .bearer_auth(&admin2)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert_eq!((code, text.as_str()), (200, "admin's"));
 }
 
 /// Peak resident memory of a process (`VmHWM`), in KiB.
