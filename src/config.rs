@@ -170,6 +170,9 @@ pub struct HttpConfig {
     pub max_streams_per_session: u32,
     /// Live pages and consoles one user may have open at once (all sessions and tokens).
     pub max_streams_per_user: u32,
+    /// Largest body a file upload or file write may send (the API's other bodies are
+    /// capped at 64 KiB); uploads stream to the agent, so this bounds disk, not memory.
+    pub max_upload_bytes: u64,
 }
 
 impl Default for HttpConfig {
@@ -181,6 +184,7 @@ impl Default for HttpConfig {
             max_connections: 1024,
             max_streams_per_session: 16,
             max_streams_per_user: 64,
+            max_upload_bytes: 8 << 30,
         }
     }
 }
@@ -660,6 +664,7 @@ impl Config {
                 u64::from(h.max_streams_per_user),
                 "http.max_streams_per_user",
             ),
+            (h.max_upload_bytes, "http.max_upload_bytes"),
         ] {
             check(value >= 1, key, "must be at least 1")?;
         }

@@ -261,8 +261,41 @@ function uptimes() {
   setInterval(tick, 1000);
 }
 
+// Files tab: files dropped on the listing are uploaded one by one through the same
+// route as the plain form (which stays the way to upload without JavaScript).
+function filesDrop() {
+  var drop = $("#files-drop");
+  if (!drop) return;
+  var msg = $("#files-msg");
+  drop.addEventListener("dragover", function (e) {
+    e.preventDefault();
+    drop.classList.add("dragging");
+  });
+  drop.addEventListener("dragleave", function () { drop.classList.remove("dragging"); });
+  drop.addEventListener("drop", function (e) {
+    e.preventDefault();
+    drop.classList.remove("dragging");
+    var files = Array.prototype.slice.call(e.dataTransfer.files);
+    var next = function () {
+      var f = files.shift();
+      if (!f) { location.reload(); return; }
+      if (msg) msg.textContent = "Uploading " + f.name + "…";
+      var body = new FormData();
+      body.append("file", f, f.name);
+      fetch(drop.getAttribute("data-upload"), { method: "POST", body: body, credentials: "same-origin" })
+        .then(function (r) {
+          if (r.ok) { next(); return; }
+          if (msg) msg.textContent = f.name + ": upload refused (HTTP " + r.status + ")";
+        })
+        .catch(function (err) { if (msg) msg.textContent = f.name + ": " + err; });
+    };
+    next();
+  });
+}
+
 document.addEventListener("DOMContentLoaded", function () {
   guardDoubleSubmit();
+  filesDrop();
   createForm();
   serverLive();
   if (!$("[data-server-live]")) listsLive();

@@ -164,6 +164,47 @@ impl AgentClient {
         }))
     }
 
+    /// One request of the agent's files API (`/files{endpoint}`), answered as it comes:
+    /// bodies stream both ways (no overall timeout: a 2 GiB download takes what it
+    /// takes) and the agent's own answers, 4xx included, reach the caller unchanged.
+    /// Only an unreachable agent or a refused token is an error here.
+    pub async fn files(
+        &self,
+        method: Method,
+        endpoint: &str,
+        path: Option<&str>,
+        headers: reqwest::header::HeaderMap,
+        body: Option<reqwest::Body>,
+    ) -> Result<reqwest::Response, AgentClientError> {
+        const WHAT: &str = "files";
+        let mut req = self
+            .http
+            .request(method, format!("{}/files{endpoint}", self.base))
+            .bearer_auth(&self.token)
+            .headers(headers);
+        if let Some(p) = path {
+            req = req.query(&[("path", p)]);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| AgentClientError::Unreachable {
+                agent: self.agent(),
+                what: WHAT,
+                reason: e.to_string(),
+            })?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            return Err(AgentClientError::Unauthorized {
+                agent: self.agent(),
+                what: WHAT,
+            });
+        }
+        Ok(resp)
+    }
+
     fn check(
         &self,
         status: StatusCode,

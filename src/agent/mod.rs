@@ -252,6 +252,35 @@ pub struct ConsoleTail {
     pub lines: Vec<String>,
 }
 
+/// What a directory entry is (links are listed, never followed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    /// A FIFO, socket or device: listed, never read or written.
+    Special,
+}
+
+/// One entry of `GET /files?path=`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub name: String,
+    pub kind: FileKind,
+    /// Bytes (files only; 0 otherwise).
+    pub size: u64,
+    /// Last modification, RFC 3339 UTC.
+    pub mtime: String,
+}
+
+/// `GET /files?path=`: a directory of the server, relative to the server directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileList {
+    pub path: String,
+    pub entries: Vec<FileEntry>,
+}
+
 /// `GET /version`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentVersion {

@@ -403,21 +403,92 @@ async fn unpack_java(
 
 /// Writes `bytes` to `dest` through a temp file and a rename (readers never see half a file).
 pub async fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), InstallError> {
-    if let Some(parent) = dest.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(io("creating", parent))?;
+    let parent = dest.parent().unwrap_or(Path::new(".")).to_path_buf();
+    tokio::fs::create_dir_all(&parent)
+        .await
+        .map_err(io("creating", &parent))?;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    let bytes = bytes.to_vec();
+    let at = dest.to_path_buf();
+    let written = tokio::task::spawn_blocking(move || {
+        let dir = std::fs::File::open(&parent)?;
+        let (w, mut f) = AtomicWrite::create_in(dir.into(), &name)?;
+        std::io::Write::write_all(&mut f, &bytes)?;
+        w.commit(f)
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()));
+    written.and_then(|r| r).map_err(io("writing", &at))
+}
+
+/// A file written beside `name` in a directory (by its fd, so nothing on the way can be
+/// swapped for a symlink) under a temp name, fsynced, then renamed over `name`. Dropped
+/// before [`AtomicWrite::commit`], it removes its temp file: `name` is never half written.
+pub struct AtomicWrite {
+    dir: std::os::fd::OwnedFd,
+    name: std::ffi::OsString,
+    tmp: std::ffi::OsString,
+    done: bool,
+}
+
+impl AtomicWrite {
+    /// Creates the temp file (never following a link, never reusing an existing file).
+    pub fn create_in(
+        dir: std::os::fd::OwnedFd,
+        name: &std::ffi::OsStr,
+    ) -> std::io::Result<(AtomicWrite, std::fs::File)> {
+        use rustix::fs::{Mode, OFlags};
+        let mut tmp = std::ffi::OsString::from(".");
+        tmp.push(name);
+        tmp.push(format!(".zlh-tmp-{:08x}", fastrand::u32(..)));
+        let fd = rustix::fs::openat(
+            &dir,
+            tmp.as_os_str(),
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )?;
+        Ok((
+            AtomicWrite {
+                dir,
+                name: name.to_os_string(),
+                tmp,
+                done: false,
+            },
+            std::fs::File::from(fd),
+        ))
     }
-    let tmp = tmp_name(dest);
-    let mut f = tokio::fs::File::create(&tmp)
-        .await
-        .map_err(io("creating", &tmp))?;
-    f.write_all(bytes).await.map_err(io("writing", &tmp))?;
-    f.sync_all().await.map_err(io("syncing", &tmp))?;
-    drop(f);
-    tokio::fs::rename(&tmp, dest)
-        .await
-        .map_err(io("renaming", dest))
+
+    /// Makes `file` durable and puts it in place (then the directory entry too).
+    pub fn commit(mut self, file: std::fs::File) -> std::io::Result<()> {
+        file.sync_all()?;
+        drop(file);
+        rustix::fs::renameat(
+            &self.dir,
+            self.tmp.as_os_str(),
+            &self.dir,
+            self.name.as_os_str(),
+        )?;
+        self.done = true;
+        rustix::fs::fsync(&self.dir)?;
+        Ok(())
+    }
+}
+
+impl Drop for AtomicWrite {
+    fn drop(&mut self) {
+        if !self.done
+            && let Err(e) = rustix::fs::unlinkat(
+                &self.dir,
+                self.tmp.as_os_str(),
+                rustix::fs::AtFlags::empty(),
+            )
+        {
+            tracing::warn!(file = ?self.tmp, error = %e, "removing an unfinished temp file");
+        }
+    }
 }
 
 async fn copy_atomic(src: &Path, dest: &Path) -> Result<(), InstallError> {

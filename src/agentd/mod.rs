@@ -2,6 +2,7 @@
 //! :18888 in front of one manager task that owns the game's life cycle.
 
 mod console;
+pub mod files;
 pub mod install;
 mod manager;
 mod sandbox;
@@ -58,6 +59,8 @@ pub struct AgentOptions {
     /// the running executable). A local node's agents run the control plane's own
     /// binary, so they get a copy in their directory instead.
     pub upgrade_path: Option<PathBuf>,
+    /// Largest file an upload or write may send, and the most an extraction may unpack.
+    pub max_upload_bytes: u64,
 }
 
 impl Default for AgentOptions {
@@ -83,6 +86,7 @@ impl Default for AgentOptions {
             max_streams: 16,
             game_user: Some(sandbox::GAME_USER.to_string()),
             upgrade_path: None,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD,
         }
     }
 }
@@ -103,6 +107,9 @@ pub enum AgentError {
     #[error("agent HTTP server: {0}")]
     Http(#[source] std::io::Error),
 }
+
+/// Default of [`AgentOptions::max_upload_bytes`]: 8 GiB (a large world).
+pub const DEFAULT_MAX_UPLOAD: u64 = 8 << 30;
 
 /// The status the HTTP side reads and the manager writes.
 #[derive(Debug, Clone)]
@@ -256,6 +263,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/console/tail", get(console_tail))
         .route("/version", get(version))
         .route("/upgrade", get(upgrade_status).post(upgrade_start))
+        .merge(files::routes())
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             require_token,

@@ -195,6 +195,10 @@ pub struct AgentArgs {
     /// (default: this executable, replaced atomically).
     #[arg(long, value_name = "FILE")]
     pub upgrade_path: Option<PathBuf>,
+    /// Largest file an upload may send through the files API (and the most an archive
+    /// extraction may unpack), in bytes.
+    #[arg(long, default_value_t = crate::agentd::DEFAULT_MAX_UPLOAD, value_name = "BYTES")]
+    pub max_upload_bytes: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -843,6 +847,7 @@ fn agent(args: &AgentArgs) -> Result<(), CliError> {
         max_streams: args.max_streams,
         game_user: (!args.game_as_agent_user).then(|| args.game_user.clone()),
         upgrade_path: args.upgrade_path.clone(),
+        max_upload_bytes: args.max_upload_bytes,
     };
     let listen = args.listen;
     runtime()?.block_on(async move {

@@ -358,7 +358,14 @@ async fn connection<S>(
 /// 503 (its work is dropped). Artifact downloads may first fill from an upstream and
 /// are exempt; SSE and WebSocket handlers answer at once and stream afterwards.
 pub async fn request_timeout(limit: Duration, req: Request, next: Next) -> Response {
-    if req.uri().path().starts_with("/artifacts/") {
+    // File uploads and extractions answer once the body is stored or the archive
+    // unpacked (size-capped by their own settings, not by time).
+    let path = req.uri().path();
+    if path.starts_with("/artifacts/")
+        || path.ends_with("/files/upload")
+        || path.ends_with("/files/content") && req.method() == axum::http::Method::PUT
+        || path.ends_with("/files/extract")
+    {
         return next.run(req).await;
     }
     let api = req.uri().path().starts_with("/api/");

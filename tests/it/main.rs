@@ -12,6 +12,7 @@ mod crash;
 mod doctor;
 mod edge;
 mod edge_flow;
+mod files;
 mod newcomer;
 mod operations;
 mod provisioning;

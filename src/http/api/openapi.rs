@@ -108,6 +108,20 @@ pub fn document() -> Value {
         v["parameters"] = id_param();
         v
     };
+    // Paths are checked by the agent: 400 (malformed: `..`, absolute, NUL, backslash,
+    // encoded separators), 403 (a link leading out, a special file), 413, 422.
+    let files_op = |summary: &str, ok: &str, body: Option<&str>| {
+        let mut v = with_id(op(summary, ok, body));
+        for code in ["403", "413", "422", "502"] {
+            v["responses"][code] = json!({"$ref": "#/components/responses/Error"});
+        }
+        if body.is_none()
+            && let Some(p) = v["parameters"].as_array_mut()
+        {
+            p.push(json!({"name": "path", "in": "query", "required": false, "schema": {"type": "string"}}));
+        }
+        v
+    };
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -131,6 +145,17 @@ pub fn document() -> Value {
                 "post": with_id(op("Send one line to the game's console (204)", "204", Some("ConsoleCommand")))
             },
             "/api/v1/servers/{id}/console/stream": {"get": with_id(op("WebSocket: recent console lines, then live ones, as text (query raw=1: as the game wrote them)", "101", None))},
+            "/api/v1/servers/{id}/files": {"get": files_op("List a folder of the server directory (`{path, entries: [{name, kind: file|dir|symlink|special, size, mtime}]}`); query path (default: the server directory)", "200", None)},
+            "/api/v1/servers/{id}/files/content": {
+                "get": files_op("Read a file (application/octet-stream); honours one `Range: bytes=` (206)", "200", None),
+                "put": files_op("Write a file atomically from the raw body (temp file, fsync, rename); capped by http.max_upload_bytes (413)", "200", None)
+            },
+            "/api/v1/servers/{id}/files/upload": {"post": files_op("Upload, streamed: a raw body is the file `path`; a multipart form's file field goes into the folder `path` under its own name. Capped by http.max_upload_bytes (413)", "200", None)},
+            "/api/v1/servers/{id}/files/download": {"get": files_op("Download a file, or a folder as a streamed tar.gz (links and special files left out)", "200", None)},
+            "/api/v1/servers/{id}/files/mkdir": {"post": files_op("Create a folder and any missing parents (204)", "204", Some("FilePath"))},
+            "/api/v1/servers/{id}/files/rename": {"post": files_op("Rename or move (204; never replaces: 409 when `to` exists)", "204", Some("FileRename"))},
+            "/api/v1/servers/{id}/files/delete": {"post": files_op("Delete a file or link; a folder only with `recursive: true` (204)", "204", Some("FilePath"))},
+            "/api/v1/servers/{id}/files/extract": {"post": files_op("Extract a .zip, .tar.gz or .tgz into the folder `to` (created if missing). The archive is checked first: entries with `..`, absolute paths, links or special files refuse it whole (422) before anything is written", "200", Some("FileExtract"))},
             "/api/v1/servers/{id}/{action}": {"post": action},
             "/api/v1/jobs": {"get": op("List jobs (admin). Query: state, kind, before, limit", "200", None)},
             "/api/v1/jobs/{id}": {"get": with_id(op("One job with its errors (admin)", "200", None))},
@@ -178,6 +203,18 @@ pub fn document() -> Value {
                 }
             },
             "schemas": {
+                "FilePath": {
+                    "type": "object", "required": ["path"], "additionalProperties": false,
+                    "properties": {"path": {"type": "string", "description": "relative to the server directory"}, "recursive": {"type": "boolean", "default": false}}
+                },
+                "FileRename": {
+                    "type": "object", "required": ["from", "to"], "additionalProperties": false,
+                    "properties": {"from": {"type": "string"}, "to": {"type": "string"}}
+                },
+                "FileExtract": {
+                    "type": "object", "required": ["path"], "additionalProperties": false,
+                    "properties": {"path": {"type": "string", "description": "the archive"}, "to": {"type": "string", "description": "the folder to extract into (default: the server directory)"}}
+                },
                 "ConsoleCommand": {
                     "type": "object", "required": ["command"],
                     "properties": {"command": {"type": "string", "maxLength": 1000}}

@@ -7,6 +7,7 @@ mod admin;
 mod assets;
 mod auth;
 mod enroll;
+mod files;
 mod live;
 mod servers;
 mod session;
@@ -62,6 +63,13 @@ session_routes! {
     "/servers/{id}/delete" => get(servers::delete_form).post(servers::delete);
     "/servers/{id}/console" => get(servers::console_tab).post(servers::console_command);
     "/servers/{id}/console/stream" => get(live::console_stream);
+    "/servers/{id}/files" => get(files::tab);
+    "/servers/{id}/files/edit" => get(files::edit_form)
+        .post(files::save)
+        .layer(DefaultBodyLimit::max(files::EDIT_FORM_LIMIT));
+    "/servers/{id}/files/download" => get(files::download);
+    "/servers/{id}/files/upload" => post(files::upload).layer(DefaultBodyLimit::disable());
+    "/servers/{id}/files/{op}" => post(files::operation);
     "/servers/{id}/actions/{action}" => post(servers::action);
     "/servers/{id}/backups" => get(worlds::backups).post(worlds::create_backup);
     "/servers/{id}/backups/retention" => post(worlds::set_retention);

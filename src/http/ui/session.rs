@@ -410,17 +410,41 @@ async fn check_csrf(req: Request, expected: &str) -> Result<Request, UiError> {
             Err(refused())
         };
     }
+    // A file upload streams its body: its token rides in the query string instead.
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    if multipart {
+        let sent = req
+            .uri()
+            .query()
+            .and_then(|q| form_field(q.as_bytes(), "csrf"))
+            .unwrap_or_default();
+        return if constant_time_eq(sent.as_bytes(), expected.as_bytes()) {
+            Ok(req)
+        } else {
+            Err(refused())
+        };
+    }
+    // The file editor's form carries a whole text file.
+    let limit = if req.uri().path().ends_with("/files/edit") {
+        super::files::EDIT_FORM_LIMIT
+    } else {
+        FORM_LIMIT
+    };
     // Refused before reading a byte when the sender says how large it is.
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > FORM_LIMIT) {
+    if declared.is_some_and(|n| n > limit) {
         return Err(UiError::TooLarge);
     }
     let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, FORM_LIMIT)
+    let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| UiError::TooLarge)?;
     let sent = form_field(&bytes, "csrf").unwrap_or_default();
