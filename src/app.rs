@@ -134,6 +134,8 @@ impl Prepared {
             .chain(crate::jobs::servers::handlers(services.clone()))
             .chain([crate::jobs::reconcile::handler(services.clone())])
             .chain(crate::jobs::worlds::handlers(services.clone()))
+            .chain(crate::jobs::players::handlers(services.clone()))
+            .chain(crate::jobs::version::handlers(services.clone()))
             .chain(options.handlers)
         {
             registry.register_arc(h);

@@ -232,33 +232,21 @@ pub async fn install(
     Ok(Installed { jar, java })
 }
 
-/// Sets `keys` in a `server.properties` text, keeping comments, order and every other key.
+/// Sets `keys` in a `server.properties` text, keeping every other byte (comments,
+/// order, other keys). The motd is only a default: a file that has one keeps it, so
+/// a reinstall (a version change) does not undo the operator's edit.
 pub fn merge_properties(
     existing: &str,
     keys: &std::collections::BTreeMap<String, String>,
 ) -> String {
-    let mut out = Vec::new();
-    let mut done = std::collections::BTreeSet::new();
-    for line in existing.lines() {
-        let trimmed = line.trim_start();
-        if !trimmed.starts_with('#')
-            && let Some((k, _)) = trimmed.split_once('=')
-            && let Some(v) = keys.get(k.trim())
-        {
-            out.push(format!("{}={v}", k.trim()));
-            done.insert(k.trim().to_string());
+    let mut props = crate::agent::properties::Properties::parse(existing);
+    for (k, v) in keys {
+        if k == "motd" && props.get(k).is_some() {
             continue;
         }
-        out.push(line.to_string());
+        props.set(k, v);
     }
-    for (k, v) in keys {
-        if !done.contains(k) {
-            out.push(format!("{k}={v}"));
-        }
-    }
-    let mut text = out.join("\n");
-    text.push('\n');
-    text
+    props.text().to_string()
 }
 
 /// Returns the cached file for `sha`, downloading and verifying it when missing.
@@ -457,6 +445,12 @@ mod tests {
             merge_properties(existing, &keys),
             "#Minecraft server properties\nmotd=old\nonline-mode=false\nserver-port=25565\nmax-players=20\n"
         );
+        keys.insert("motd".to_string(), "default".to_string());
+        assert!(
+            merge_properties(existing, &keys).contains("motd=old\n"),
+            "an existing motd stays"
+        );
+        assert!(merge_properties("", &keys).contains("motd=default\n"));
     }
 
     #[test]

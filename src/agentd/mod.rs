@@ -2,6 +2,7 @@
 //! :18888 in front of one manager task that owns the game's life cycle.
 
 mod console;
+mod game_files;
 pub mod install;
 mod manager;
 mod sandbox;
@@ -115,6 +116,9 @@ pub(crate) struct Status {
     pub error: Option<String>,
     /// Which game run the readiness prober may update.
     pub run_id: u64,
+    /// sha256 of `server.properties` when this run became ready (after the game's
+    /// own rewrite of it): a different file on disk means a restart is needed.
+    pub properties_sha256: Option<String>,
 }
 
 pub(crate) struct Shared {
@@ -125,6 +129,8 @@ pub(crate) struct Shared {
     pub status: Mutex<Status>,
     pub console: Console,
     pub ops: mpsc::UnboundedSender<Op>,
+    /// Serialises `PUT /properties` (read, edit, write).
+    properties_lock: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -203,8 +209,10 @@ pub async fn run(
             last_crash: None,
             error: None,
             run_id: 0,
+            properties_sha256: None,
         }),
         ops: ops_tx,
+        properties_lock: tokio::sync::Mutex::new(()),
     });
     let manager = Manager::restore(shared.clone());
     let manager_task = tokio::spawn(manager.run(ops_rx));
@@ -243,6 +251,11 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/console/stream", get(console_stream))
         .route("/console/tail", get(console_tail))
         .route("/version", get(version))
+        .route(
+            "/properties",
+            get(game_files::get_properties).put(game_files::put_properties),
+        )
+        .route("/players", get(game_files::get_players))
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             require_token,

@@ -1,6 +1,7 @@
 //! The JSON API under `/api/v1` (DESIGN §9). Every route needs a bearer API token.
 
 mod backups;
+mod game;
 mod jobs;
 mod openapi;
 mod servers;
@@ -26,6 +27,7 @@ pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .merge(servers::router())
         .merge(backups::router())
+        .merge(game::router())
         .merge(jobs::router())
         .merge(templates_nodes::router())
         .merge(openapi::router())
