@@ -321,6 +321,15 @@ fn browser_properties_tab() {
     );
     b.find("#restart-needed");
     b.screenshot("server-properties");
+    // The version form on the same tab: a downgrade without the box is named.
+    b.find("#v-version").send_keys("0.1");
+    b.find("#version-form button[type=submit]").click();
+    b.wait_text(
+        "#properties-error",
+        "confirm_downgrade",
+        Duration::from_secs(30),
+    );
+    assert_eq!(api.server(id)["version"], "1.0", "nothing was queued");
     assert!(
         std::fs::read_to_string(properties_path(&api, id))
             .unwrap()
