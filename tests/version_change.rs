@@ -119,6 +119,14 @@ fn an_upgrade_keeps_the_world_and_a_version_that_never_gets_ready_rolls_back() {
     let (code, out) = change(&api, id, json!({"version": "1.0"}));
     assert_eq!(code, 409, "already on 1.0: {out}");
 
+    // The operator's motd survives the reinstall of an upgrade.
+    let (code, out) = api.call(
+        "PUT",
+        &format!("/api/v1/servers/{id}/properties"),
+        Some(json!({"motd": "Our world"})),
+    );
+    assert_eq!(code, 200, "{out}");
+
     // The upgrade: one job in the server's lane; the same request is the same job.
     let (code, out) = change(&api, id, json!({"version": "2.0"}));
     assert_eq!(code, 202, "{out}");
@@ -135,7 +143,12 @@ fn an_upgrade_keeps_the_world_and_a_version_that_never_gets_ready_rolls_back() {
     assert_eq!(done["state"], "completed", "{done}");
     let server = api.wait_status(id, "running");
     assert_eq!(server["version"], "2.0");
-    assert_eq!(slp(port).unwrap()["version"]["name"], "2.0-standin");
+    let status = slp(port).unwrap();
+    assert_eq!(status["version"]["name"], "2.0-standin");
+    assert_eq!(
+        status["description"]["text"], "Our world",
+        "the motd was kept"
+    );
     assert_eq!(
         std::fs::read_to_string(world.join("marker.txt")).unwrap(),
         "built by players"

@@ -233,17 +233,13 @@ pub async fn install(
 }
 
 /// Sets `keys` in a `server.properties` text, keeping every other byte (comments,
-/// order, other keys). The motd is only a default: a file that has one keeps it, so
-/// a reinstall (a version change) does not undo the operator's edit.
+/// order, spacing, other keys).
 pub fn merge_properties(
     existing: &str,
     keys: &std::collections::BTreeMap<String, String>,
 ) -> String {
     let mut props = crate::agent::properties::Properties::parse(existing);
     for (k, v) in keys {
-        if k == "motd" && props.get(k).is_some() {
-            continue;
-        }
         props.set(k, v);
     }
     props.text().to_string()
@@ -445,12 +441,6 @@ mod tests {
             merge_properties(existing, &keys),
             "#Minecraft server properties\nmotd=old\nonline-mode=false\nserver-port=25565\nmax-players=20\n"
         );
-        keys.insert("motd".to_string(), "default".to_string());
-        assert!(
-            merge_properties(existing, &keys).contains("motd=old\n"),
-            "an existing motd stays"
-        );
-        assert!(merge_properties("", &keys).contains("motd=default\n"));
     }
 
     #[test]

@@ -117,8 +117,24 @@ async fn switch_to(
         .map_err(text)?;
     w.server.version = version.to_string();
     w.server.install_id = install_id;
-    let payload = build_payload(w).await.map_err(text)?;
+    let mut payload = build_payload(w).await.map_err(text)?;
     let agent = reach_agent(w, url).await.map_err(text)?;
+    // The template's motd is a default the operator may have edited since: the
+    // reinstall keeps what the file says.
+    if payload.properties.contains_key("motd") {
+        match agent.properties().await {
+            Ok(file) => {
+                if let Some(motd) =
+                    crate::agent::properties::Properties::parse(&file.text).get("motd")
+                {
+                    payload.properties.insert("motd".into(), motd.to_string());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(server = w.server.id, error = %e, "reading the motd before a reinstall")
+            }
+        }
+    }
     agent.configure(&payload).await.map_err(|e| e.to_string())?;
     let stored = serde_json::to_value(&payload)
         .map(|mut v| {
