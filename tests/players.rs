@@ -329,4 +329,15 @@ fn browser_players_tab() {
     );
     b.wait_text("#whitelist", "Alice", Duration::from_secs(10));
     b.screenshot("server-players");
+    // Each row takes its player off the list with one button.
+    b.find("#whitelist button[data-undo=unwhitelist]").click();
+    b.wait_text(
+        "#players-notice",
+        "whitelist remove Alice",
+        Duration::from_secs(30),
+    );
+    assert!(
+        b.try_find("#whitelist").is_none(),
+        "the whitelist is empty again"
+    );
 }

@@ -156,7 +156,8 @@ struct PlayersPage {
     names: Vec<String>,
     actions: Vec<&'static str>,
     pending: Vec<String>,
-    lists: Vec<(&'static str, &'static str, Vec<Row>)>,
+    /// Title, element id, the action that takes someone off the list, rows.
+    lists: Vec<(&'static str, &'static str, &'static str, Vec<Row>)>,
     error: String,
     notice: String,
 }
@@ -196,11 +197,13 @@ async fn players_page(
         (
             "Whitelist",
             "whitelist",
+            "unwhitelist",
             people(&p.whitelist, &|_| String::new()),
         ),
         (
             "Operators",
             "ops",
+            "deop",
             people(&p.ops, &|e| {
                 e.level.map(|l| format!("level {l}")).unwrap_or_default()
             }),
@@ -208,11 +211,13 @@ async fn players_page(
         (
             "Banned players",
             "banned-players",
+            "pardon",
             people(&p.banned_players, &ban),
         ),
         (
             "Banned IPs",
             "banned-ips",
+            "pardon",
             p.banned_ips
                 .iter()
                 .map(|b| Row {
