@@ -254,3 +254,39 @@ fn an_upgrade_keeps_the_world_and_a_version_that_never_gets_ready_rolls_back() {
     assert_eq!(code, 404);
     assert_eq!(api.server(id)["version"], "1.0");
 }
+
+#[test]
+fn a_stopped_server_is_upgraded_and_left_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let api = Api::start(tmp.path());
+    let standin =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(STANDIN)).unwrap();
+    add_version(
+        &api,
+        tmp.path(),
+        "1.1",
+        &standin.replace("MC_VERSION = \"1.21.4\"", "MC_VERSION = \"1.1-standin\""),
+    );
+    let (code, body) = api.call(
+        "POST",
+        "/api/v1/servers",
+        Some(json!({"name": "quiet", "template": "standin", "version": "1.0", "eula": true})),
+    );
+    assert_eq!(code, 202, "{body}");
+    let id = body["server"]["id"].as_i64().unwrap();
+    api.wait_status(id, "running");
+    let (code, _) = api.call("POST", &format!("/api/v1/servers/{id}/stop"), None);
+    assert_eq!(code, 202);
+    api.wait_status(id, "stopped");
+    let (code, out) = change(&api, id, json!({"version": "1.1"}));
+    assert_eq!(code, 202, "{out}");
+    let done = wait_job(&api, &out["job"]["id"]);
+    assert_eq!(done["state"], "completed", "{done}");
+    let server = api.wait_status(id, "stopped");
+    assert_eq!(server["version"], "1.1");
+    // It did come up once on 1.1 (ready is the proof), then went back to stopped.
+    let starts =
+        std::fs::read_to_string(game_dir(&api, id).join("world/standin-starts.log")).unwrap();
+    assert_eq!(starts.lines().count(), 2, "{starts}");
+    assert!(events(&api, id).contains("version changed: 1.0 → 1.1"));
+}
