@@ -156,6 +156,8 @@ impl Prepared {
             .chain([crate::jobs::reconcile::handler(services.clone())])
             .chain(crate::jobs::worlds::handlers(services.clone()))
             .chain(crate::jobs::upgrade::handlers(services.clone()))
+            .chain(crate::jobs::players::handlers(services.clone()))
+            .chain(crate::jobs::version::handlers(services.clone()))
             .chain(options.handlers)
         {
             registry.register_arc(h);

@@ -435,4 +435,60 @@ impl AgentClient {
         .await
         .map(|_| ())
     }
+
+    /// `GET /properties` (additive): the game's `server.properties` and whether the
+    /// running game needs a restart to see it.
+    pub async fn properties(&self) -> Result<super::PropertiesFile, AgentClientError> {
+        let (_, b) = self
+            .send(
+                Method::GET,
+                "/properties",
+                None,
+                "reading server.properties",
+                Duration::from_secs(10),
+                true,
+            )
+            .await?;
+        self.decode(&b, "reading server.properties")
+    }
+
+    /// `PUT /properties` (additive): sets keys, keeping every other byte. Setting the
+    /// same keys twice is harmless, so it is retried.
+    pub async fn set_properties(
+        &self,
+        update: &super::PropertiesUpdate,
+    ) -> Result<super::PropertiesFile, AgentClientError> {
+        let body = serde_json::to_value(update).unwrap_or_default();
+        let (_, b) = self
+            .send(
+                Method::PUT,
+                "/properties",
+                Some(&body),
+                "writing server.properties",
+                Duration::from_secs(10),
+                true,
+            )
+            .await?;
+        self.decode(&b, "writing server.properties")
+    }
+
+    /// `GET /players[?list=1]` (additive): online players and the game's lists.
+    pub async fn players(&self, ask_list: bool) -> Result<super::PlayersView, AgentClientError> {
+        let path = if ask_list {
+            "/players?list=1"
+        } else {
+            "/players"
+        };
+        let (_, b) = self
+            .send(
+                Method::GET,
+                path,
+                None,
+                "reading players",
+                Duration::from_secs(15),
+                !ask_list,
+            )
+            .await?;
+        self.decode(&b, "reading players")
+    }
 }

@@ -5,6 +5,7 @@
 //! ZeroLagHub agent speaks them, so either side can be swapped in.
 
 pub mod client;
+pub mod properties;
 pub mod slp;
 
 use std::collections::BTreeMap;
@@ -336,4 +337,81 @@ pub struct UpgradeStatus {
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     // Length is not secret here (tokens have a fixed format); content is.
     subtle::ConstantTimeEq::ct_eq(a, b).into()
+}
+
+/// `GET /properties` (additive): the game's `server.properties` as it is on disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PropertiesFile {
+    /// The file's text, byte for byte (empty when there is no file yet).
+    pub text: String,
+    pub exists: bool,
+    /// Keys zlh sets itself (ports, addresses, what the payload seeds): read-only.
+    pub managed: Vec<String>,
+    /// The game is running with another version of the file than the one on disk.
+    pub restart_needed: bool,
+}
+
+/// `PUT /properties` (additive): keys to set; every other byte of the file is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PropertiesUpdate {
+    pub set: BTreeMap<String, String>,
+}
+
+/// One entry of the game's `whitelist.json`, `ops.json` or `banned-players.json`,
+/// as the game wrote it (zlh never makes up a UUID).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListedPlayer {
+    #[serde(default)]
+    pub uuid: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `ops.json`: the permission level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<i64>,
+    /// Bans: why, by whom, since when, until when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+/// One entry of `banned-ips.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BannedIp {
+    pub ip: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+/// `GET /players` (additive): who is online and the game's JSON lists (snake_case,
+/// like the control plane's API that passes it on).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlayersView {
+    /// Whether the game answered (online/max/names are empty when it did not).
+    pub running: bool,
+    pub online: Option<u32>,
+    pub max: Option<u32>,
+    /// Names online: the `list` command's answer, else the status ping's sample.
+    pub names: Vec<String>,
+    /// Where `names` came from: `list`, `ping_sample` or absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names_source: Option<String>,
+    pub whitelist: Vec<ListedPlayer>,
+    pub ops: Vec<ListedPlayer>,
+    pub banned_players: Vec<ListedPlayer>,
+    pub banned_ips: Vec<BannedIp>,
+    /// Lists that could not be read (a broken file), with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }

@@ -232,33 +232,17 @@ pub async fn install(
     Ok(Installed { jar, java })
 }
 
-/// Sets `keys` in a `server.properties` text, keeping comments, order and every other key.
+/// Sets `keys` in a `server.properties` text, keeping every other byte (comments,
+/// order, spacing, other keys).
 pub fn merge_properties(
     existing: &str,
     keys: &std::collections::BTreeMap<String, String>,
 ) -> String {
-    let mut out = Vec::new();
-    let mut done = std::collections::BTreeSet::new();
-    for line in existing.lines() {
-        let trimmed = line.trim_start();
-        if !trimmed.starts_with('#')
-            && let Some((k, _)) = trimmed.split_once('=')
-            && let Some(v) = keys.get(k.trim())
-        {
-            out.push(format!("{}={v}", k.trim()));
-            done.insert(k.trim().to_string());
-            continue;
-        }
-        out.push(line.to_string());
-    }
+    let mut props = crate::agent::properties::Properties::parse(existing);
     for (k, v) in keys {
-        if !done.contains(k) {
-            out.push(format!("{k}={v}"));
-        }
+        props.set(k, v);
     }
-    let mut text = out.join("\n");
-    text.push('\n');
-    text
+    props.text().to_string()
 }
 
 /// Returns the cached file for `sha`, downloading and verifying it when missing.

@@ -511,6 +511,7 @@ impl Manager {
             s.install_step = None;
             s.error = None;
             s.run_id = run_id;
+            s.properties_sha256 = None;
         });
         tokio::spawn(probe_readiness(
             self.shared.clone(),
@@ -755,6 +756,22 @@ async fn probe_readiness(
         if cancel.is_cancelled() {
             return;
         }
+        // The file this run is playing with: taken at its first ready.
+        let properties = if result.is_ok()
+            && shared
+                .snapshot()
+                .is_some_and(|s| s.run_id == run_id && s.properties_sha256.is_none())
+        {
+            match super::game_files::properties_hash(&shared.opts.dir.join("server")).await {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, "hashing server.properties");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         shared.update(|s| {
             if s.run_id != run_id || !matches!(s.state, AgentState::Starting | AgentState::Running)
             {
@@ -762,6 +779,9 @@ async fn probe_readiness(
             }
             match &result {
                 Ok(()) => {
+                    if properties.is_some() && s.properties_sha256.is_none() {
+                        s.properties_sha256 = properties.clone();
+                    }
                     s.ready = true;
                     s.ready_error = None;
                     s.last_ready_at = Some(format_ts(crate::util::now_ms()));

@@ -3,6 +3,7 @@
 
 mod console;
 pub mod files;
+mod game_files;
 pub mod install;
 mod manager;
 mod sandbox;
@@ -128,6 +129,9 @@ pub(crate) struct Status {
     pub error: Option<String>,
     /// Which game run the readiness prober may update.
     pub run_id: u64,
+    /// sha256 of `server.properties` when this run became ready (after the game's
+    /// own rewrite of it): a different file on disk means a restart is needed.
+    pub properties_sha256: Option<String>,
 }
 
 pub(crate) struct Shared {
@@ -140,6 +144,8 @@ pub(crate) struct Shared {
     pub ops: mpsc::UnboundedSender<Op>,
     /// The self-upgrade in progress, if any (`GET /upgrade`).
     pub upgrade: Mutex<UpgradeStatus>,
+    /// Serialises `PUT /properties` (read, edit, write).
+    properties_lock: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -218,12 +224,14 @@ pub async fn run(
             last_crash: None,
             error: None,
             run_id: 0,
+            properties_sha256: None,
         }),
         ops: ops_tx,
         upgrade: Mutex::new(UpgradeStatus {
             state: "idle".into(),
             ..Default::default()
         }),
+        properties_lock: tokio::sync::Mutex::new(()),
     });
     let manager = Manager::restore(shared.clone());
     let manager_task = tokio::spawn(manager.run(ops_rx));
@@ -264,6 +272,11 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/version", get(version))
         .route("/upgrade", get(upgrade_status).post(upgrade_start))
         .merge(files::routes())
+        .route(
+            "/properties",
+            get(game_files::get_properties).put(game_files::put_properties),
+        )
+        .route("/players", get(game_files::get_players))
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             require_token,

@@ -7,12 +7,14 @@ pub mod edge;
 pub mod enrollments;
 pub mod follow;
 pub mod nodes;
+pub mod players;
 pub mod schedules;
 pub mod servers;
 pub mod sessions;
 pub mod templates;
 pub mod upgrades;
 pub mod users;
+pub mod versions;
 
 /// A domain rule broken by a request: names the field.
 #[derive(Debug, thiserror::Error)]

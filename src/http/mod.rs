@@ -3,6 +3,7 @@
 pub mod api;
 pub mod artifacts;
 pub mod console;
+pub mod game;
 pub mod install;
 mod ops;
 mod state;

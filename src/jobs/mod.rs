@@ -1,10 +1,12 @@
 //! Built-in job kinds and periodic jobs of the control plane itself.
 
 pub mod edge;
+pub mod players;
 pub mod reconcile;
 pub mod servers;
 pub mod services;
 pub mod upgrade;
+pub mod version;
 pub mod worlds;
 
 use std::sync::Arc;

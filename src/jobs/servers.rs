@@ -713,7 +713,7 @@ pub(crate) async fn reach_agent(w: &Work, url: &str) -> Result<AgentClient, Step
 }
 
 /// The exact payload for the agent, with every artifact's sha256 from the mirror.
-async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
+pub(crate) async fn build_payload(w: &Work) -> Result<ConfigPayload, StepError> {
     let spec = &w.template.spec;
     let s = &w.server;
     let version = s.version.as_str();

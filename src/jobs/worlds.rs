@@ -457,7 +457,7 @@ fn sha256_file(path: &Path) -> Result<(i64, String), String> {
 
 /// Checks a local archive against its recorded checksum and unpacks it into a fresh
 /// `into` (removed again when anything fails).
-async fn unpack_checked(b: &Backup, into: &Path) -> Result<(), String> {
+pub(crate) async fn unpack_checked(b: &Backup, into: &Path) -> Result<(), String> {
     let archive = PathBuf::from(
         b.location
             .clone()
@@ -589,7 +589,7 @@ pub(crate) async fn seed_world(w: &mut Work) -> Result<(), StepError> {
 }
 
 /// `<dir>/server` → `<dir>/server.<suffix>`.
-fn sibling(game_dir: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn sibling(game_dir: &Path, suffix: &str) -> PathBuf {
     let name = game_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -810,7 +810,7 @@ async fn fail_server(w: &Work, message: String) -> String {
 
 /// Removes a leftover directory of a restore or seed (staging, set-aside, failed world).
 /// Cleanup only: a failure is logged and leaves a directory an operator may delete.
-async fn remove_leftover(dir: &Path) {
+pub(crate) async fn remove_leftover(dir: &Path) {
     match tokio::fs::remove_dir_all(dir).await {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -1000,6 +1000,59 @@ async fn safety_copy(w: &mut Work, restoring: i64) -> Result<(i64, String), Stri
     .await
     .map_err(text)?;
     copied.map(|c| (id, c.location))
+}
+
+/// Takes a protected backup of the server's world now (the game paused for a
+/// consistent copy when it runs), noted `note`; returns the completed row. A version
+/// change rolls back from it, so retention never prunes it.
+pub(crate) async fn protected_backup(w: &Work, note: String) -> Result<Backup, String> {
+    let kind = w.node.kind.clone();
+    let b = w
+        .fenced(move |tx, sid, jid| {
+            let id = backups::insert_row(tx, sid, &kind, &note, "system", Some(jid))?;
+            backups::mark_running_protected(tx, id)?;
+            backups::get(tx, id)?.ok_or_else(|| DomainError::NotFound(format!("backup {id}")))
+        })
+        .await
+        .map_err(text)?;
+    let copied = take_backup(w, &b).await;
+    let (id, outcome) = (b.id, copied.clone());
+    let note = b.note.clone();
+    w.fenced(move |tx, sid, jid| match &outcome {
+        Ok(c) => {
+            let detail = (!c.notes.is_empty()).then(|| c.notes.join("; "));
+            backups::mark_completed(
+                tx,
+                id,
+                &c.location,
+                c.storage.as_deref(),
+                c.size,
+                c.sha256.as_deref(),
+                detail.as_deref(),
+            )?;
+            servers::add_event(
+                tx,
+                sid,
+                None,
+                None,
+                Some(jid),
+                "system",
+                &format!(
+                    "world backup {id} ({note}) completed: {} bytes at {}",
+                    c.size, c.location
+                ),
+            )
+        }
+        Err(e) => backups::mark_failed(tx, id, e),
+    })
+    .await
+    .map_err(text)?;
+    copied?;
+    let db = w.svc.db.clone();
+    db.call(move |c| backups::get(c, id))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("backup {id} is gone"))
 }
 
 // ----- schedule firings -------------------------------------------------------------

@@ -13,9 +13,9 @@ use crate::support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::{Value, json};
 use crate::support::api::Api;
 use crate::support::{BIN, Served, wait_for, zlh};
+use serde_json::{Value, json};
 
 /// `zlh --version`'s commit, e.g. "ship0000dev1" from "zlh 0.1.0 (commit ship0000dev1)".
 fn commit_of(bin: &Path) -> String {

@@ -11,9 +11,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::api::Api;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use crate::support::api::Api;
 
 /// A running server of the stand-in game: its id and its directory on disk.
 fn running_server(api: &Api, name: &str) -> (i64, PathBuf) {

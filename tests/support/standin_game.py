@@ -26,7 +26,12 @@ Behaviour:
     typed while the world is loading run once it is done.
       stop            "Stopping the server" ... "Saving worlds" ..., exit 0 after ~200 ms
       say <msg>       "[Server] <msg>"
-      list            "There are 0 of a max of N players online"
+      list            "There are N of a max of M players online: a, b" (STANDIN_PLAYERS online)
+      whitelist add|remove <name>, op|deop <name>, ban <name> [reason],
+      ban-ip <ip> [reason], pardon <name>, pardon-ip <ip>, kick <name> [reason]
+                      vanilla replies; the JSON lists (whitelist.json, ops.json,
+                      banned-players.json, banned-ips.json) are written as vanilla
+                      writes them (offline-mode UUIDs, made by the game)
       save-off/save-on/save-all [flush]   vanilla replies, logged to standin-commands.log
       crash           stack trace on stderr, exit 1 at once
       hang            stops answering pings (readiness goes away), keeps running and
@@ -40,6 +45,7 @@ Env:
   STANDIN_IGNORE_STOP=1    ignore `stop` on stdin (the agent must escalate to a signal)
   STANDIN_REQUIRE_FILES    comma-separated relative paths that must exist before start,
                            else "FATAL missing <path>", exit 3
+  STANDIN_PLAYERS          comma-separated names shown online (status sample and `list`)
   STANDIN_REQUIRE_CONTENT  comma-separated `path=sha256hex`; a mismatch (or a missing file)
                            prints "FATAL content mismatch <path> ..." / "FATAL missing <path>",
                            exit 3
@@ -56,6 +62,7 @@ import struct
 import sys
 import threading
 import time
+import uuid
 
 MC_VERSION = "1.21.4"
 MC_PROTOCOL = 769
@@ -312,7 +319,9 @@ class Server:
     def status_json(self) -> str:
         return json.dumps({
             "version": {"name": MC_VERSION, "protocol": MC_PROTOCOL},
-            "players": {"max": self.max_players, "online": players_online(), "sample": []},
+            "players": {"max": self.max_players,
+                        "online": max(players_online(), len(ONLINE)),
+                        "sample": [{"name": n, "id": offline_uuid(n)} for n in ONLINE]},
             "description": {"text": self.motd},
         }, ensure_ascii=False, separators=(",", ":"))
 
@@ -394,6 +403,131 @@ class Server:
             threading.Thread(target=self.handle, args=(sock,), daemon=True).start()
 
 
+# ---------------------------------------------------------------- players
+
+ONLINE = [n for n in os.environ.get("STANDIN_PLAYERS", "").split(",") if n.strip()]
+
+
+def offline_uuid(name: str) -> str:
+    # What an offline-mode server derives: a v3 UUID of "OfflinePlayer:<name>".
+    digest = bytearray(hashlib.md5(("OfflinePlayer:" + name).encode("utf-8")).digest())
+    digest[6] = (digest[6] & 0x0F) | 0x30
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    return str(uuid.UUID(bytes=bytes(digest)))
+
+
+def load_list(path: str) -> list:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def save_list(path: str, entries: list) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(entries, f, indent=2)
+    os.replace(tmp, path)
+
+
+def ban_time() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S +0000", time.gmtime())
+
+
+def player_command(word: str, rest: str) -> bool:
+    """Vanilla's whitelist/op/ban/kick commands. Returns False for other words."""
+    args = rest.split()
+    sub = ""
+    if word == "whitelist":
+        if len(args) < 2 or args[0] not in ("add", "remove"):
+            return False
+        sub, args = args[0], args[1:]
+    if word in ("whitelist", "op", "deop", "ban", "ban-ip", "pardon", "pardon-ip", "kick") and not args:
+        log("Unknown or incomplete command, see below for error", "ERROR")
+        return True
+    target, reason = (args[0], " ".join(args[1:])) if args else ("", "")
+    key = lambda e: (e.get("name") or "").lower()
+    if word == "whitelist":
+        entries = load_list("whitelist.json")
+        present = any(key(e) == target.lower() for e in entries)
+        if sub == "add":
+            if present:
+                log("Player is already whitelisted")
+            else:
+                entries.append({"uuid": offline_uuid(target), "name": target})
+                save_list("whitelist.json", entries)
+                log(f"Added {target} to the whitelist")
+        else:
+            if not present:
+                log("Player is not whitelisted")
+            else:
+                save_list("whitelist.json", [e for e in entries if key(e) != target.lower()])
+                log(f"Removed {target} from the whitelist")
+    elif word in ("op", "deop"):
+        entries = load_list("ops.json")
+        present = any(key(e) == target.lower() for e in entries)
+        if word == "op":
+            if present:
+                log("Nothing changed. The player already is an operator")
+            else:
+                entries.append({"uuid": offline_uuid(target), "name": target, "level": 4,
+                                "bypassesPlayerLimit": False})
+                save_list("ops.json", entries)
+                log(f"Made {target} a server operator")
+        else:
+            if not present:
+                log("Nothing changed. The player is not an operator")
+            else:
+                save_list("ops.json", [e for e in entries if key(e) != target.lower()])
+                log(f"Made {target} no longer a server operator")
+    elif word == "ban":
+        entries = load_list("banned-players.json")
+        reason = reason or "Banned by an operator."
+        if any(key(e) == target.lower() for e in entries):
+            log("Nothing changed. The player is already banned")
+        else:
+            entries.append({"uuid": offline_uuid(target), "name": target, "created": ban_time(),
+                            "source": "Server", "expires": "forever", "reason": reason})
+            save_list("banned-players.json", entries)
+            log(f"Banned {target}: {reason}")
+            if target in ONLINE:
+                ONLINE.remove(target)
+    elif word == "ban-ip":
+        entries = load_list("banned-ips.json")
+        reason = reason or "Banned by an operator."
+        if any(e.get("ip") == target for e in entries):
+            log("Nothing changed. That IP is already banned")
+        else:
+            entries.append({"ip": target, "created": ban_time(), "source": "Server",
+                            "expires": "forever", "reason": reason})
+            save_list("banned-ips.json", entries)
+            log(f"Banned IP {target}: {reason}")
+    elif word == "pardon":
+        entries = load_list("banned-players.json")
+        if not any(key(e) == target.lower() for e in entries):
+            log("Nothing changed. The player isn't banned")
+        else:
+            save_list("banned-players.json", [e for e in entries if key(e) != target.lower()])
+            log(f"Unbanned {target}")
+    elif word == "pardon-ip":
+        entries = load_list("banned-ips.json")
+        if not any(e.get("ip") == target for e in entries):
+            log("Nothing changed. That IP isn't banned")
+        else:
+            save_list("banned-ips.json", [e for e in entries if e.get("ip") != target])
+            log(f"Unbanned IP {target}")
+    elif word == "kick":
+        if target in ONLINE:
+            ONLINE.remove(target)
+            log(f"Kicked {target}: {reason or 'Kicked by an operator'}")
+        else:
+            log("No player was found", "ERROR")
+    else:
+        return False
+    return True
+
+
 # ---------------------------------------------------------------- game
 
 def level_dir(props: dict) -> str:
@@ -460,7 +594,8 @@ class Console:
         elif word == "say":
             log(f"[Server] {rest}")
         elif word == "list":
-            log(f"There are 0 of a max of {self.server.max_players} players online")
+            log(f"There are {len(ONLINE)} of a max of {self.server.max_players} players online: "
+                + ", ".join(ONLINE))
         elif word == "save-off":
             self.record("save-off")
             log("Automatic saving is now disabled")
@@ -477,6 +612,8 @@ class Console:
             hung.set()
             log("Can't keep up! Is the server overloaded? Running 60000ms or 1200 ticks behind", "WARN",
                 "Server Watchdog")
+        elif player_command(word, rest):
+            pass
         else:
             log("Unknown or incomplete command, see below for error", "ERROR")
             log(f"{cmd}<--[HERE]", "ERROR")

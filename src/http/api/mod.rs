@@ -2,6 +2,7 @@
 
 mod backups;
 pub mod files;
+mod game;
 mod jobs;
 pub mod openapi;
 mod servers;
@@ -28,6 +29,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(servers::router())
         .merge(backups::router())
         .merge(files::router())
+        .merge(game::router())
         .merge(jobs::router())
         .merge(templates_nodes::router())
         .merge(openapi::router())

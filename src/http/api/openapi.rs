@@ -104,6 +104,19 @@ pub fn document() -> Value {
         {"name": "action", "in": "path", "required": true,
          "schema": {"type": "string", "enum": ["retry", "cancel", "release"]}}
     ]);
+    let mut player_action = op(
+        "whitelist | unwhitelist | op | deop | ban | pardon | kick a player (ban and pardon also take an IP). Running: sent to the console and read back from the game's lists (200, outcome applied, confirmed). Otherwise: 202, outcome queued, a job in the server's lane applied once at the next ready (kick needs the game running: 409)",
+        "200",
+        Some("PlayerAction"),
+    );
+    player_action["requestBody"]["required"] = json!(false);
+    player_action["responses"]["202"] = json!({"description": "queued for the next start"});
+    player_action["parameters"] = json!([
+        {"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}},
+        {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}, "description": "player name (1-16 letters, digits, _) or, for ban/pardon, an IP address"},
+        {"name": "action", "in": "path", "required": true,
+         "schema": {"type": "string", "enum": ["whitelist", "unwhitelist", "op", "deop", "ban", "pardon", "kick"]}}
+    ]);
     let with_id = |mut v: Value| {
         v["parameters"] = id_param();
         v
@@ -156,6 +169,13 @@ pub fn document() -> Value {
             "/api/v1/servers/{id}/files/rename": {"post": files_op("Rename or move (204; never replaces: 409 when `to` exists)", "204", Some("FileRename"))},
             "/api/v1/servers/{id}/files/delete": {"post": files_op("Delete a file or link; a folder only with `recursive: true` (204)", "204", Some("FilePath"))},
             "/api/v1/servers/{id}/files/extract": {"post": files_op("Extract a .zip, .tar.gz or .tgz into the folder `to` (created if missing). The archive is checked first: entries with `..`, absolute paths, links or special files refuse it whole (422) before anything is written", "200", Some("FileExtract"))},
+            "/api/v1/servers/{id}/properties": {
+                "get": with_id(op("The server's server.properties: every key in file order, the typed keys of the editor, the read-only keys zlh manages, and restart_needed (the running game started with another file)", "200", None)),
+                "put": with_id(op("Set keys (every other byte of the file kept): typed keys are checked (400 names the key), managed keys are refused (400 names the key); nothing is written when one is refused. A running game needs a restart to see it (restart_needed)", "200", Some("PropertiesEdit")))
+            },
+            "/api/v1/servers/{id}/players": {"get": with_id(op("Players: online count and names (status ping; the list command while running), whitelist, ops, banned players and IPs as the game's JSON lists hold them, and queued actions (pending)", "200", None))},
+            "/api/v1/servers/{id}/players/{name}/{action}": {"post": player_action},
+            "/api/v1/servers/{id}/version": {"post": with_id(op("Change the version the server runs (202 {job, warning}; local nodes): one job in the server's lane takes a protected world backup noted \"before upgrade to X\", installs X keeping the world, starts it and waits for ready; when X is not ready by ready_deadline_secs (or fails), it rolls back automatically (old version and the world from that backup) and the timeline says why. A downgrade needs confirm_downgrade (400 naming it otherwise)", "202", Some("VersionChange")))},
             "/api/v1/servers/{id}/{action}": {"post": action},
             "/api/v1/jobs": {"get": op("List jobs (admin). Query: state, kind, before, limit", "200", None)},
             "/api/v1/jobs/{id}": {"get": with_id(op("One job with its errors (admin)", "200", None))},
@@ -239,6 +259,28 @@ pub fn document() -> Value {
                         "node": {"type": "string", "description": "node name; default: the one with the most free memory"},
                         "eula": {"type": "boolean", "description": "explicit acceptance of the game's EULA: required (400 naming eula without it) by templates with eula_required and by game minecraft templates unless third_party_server"}
                     }
+                },
+                "PropertiesEdit": {
+                    "type": "object",
+                    "description": "server.properties keys to set: typed keys (motd, max-players, difficulty, gamemode, pvp, …) are validated; unknown keys are kept as one-line text",
+                    "additionalProperties": {"type": ["string", "integer", "boolean"]},
+                    "example": {"max-players": 50, "difficulty": "hard"}
+                },
+                "VersionChange": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["version"],
+                    "properties": {
+                        "version": {"type": "string", "example": "1.21.4"},
+                        "loader_version": {"type": "string", "description": "reserved: no built-in template takes a loader version yet (400 when sent)"},
+                        "confirm_downgrade": {"type": "boolean", "default": false, "description": "required to move to an older version: worlds do not convert back"},
+                        "ready_deadline_secs": {"type": "integer", "minimum": 10, "maximum": 3600, "default": 600, "description": "how long the new version gets to become ready before the rollback"}
+                    }
+                },
+                "PlayerAction": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {"reason": {"type": "string", "maxLength": 200, "description": "ban and kick only"}}
                 },
                 "NewBackup": {
                     "type": "object",

@@ -8,6 +8,7 @@ mod assets;
 mod auth;
 mod enroll;
 mod files;
+mod game;
 mod live;
 mod servers;
 mod session;
@@ -74,6 +75,9 @@ session_routes! {
     "/servers/{id}/backups" => get(worlds::backups).post(worlds::create_backup);
     "/servers/{id}/backups/retention" => post(worlds::set_retention);
     "/servers/{id}/schedules" => get(worlds::schedules_tab).post(worlds::add_schedule);
+    "/servers/{id}/properties" => get(game::properties_tab).post(game::save_properties);
+    "/servers/{id}/players" => get(game::players_tab).post(game::player_action);
+    "/servers/{id}/version" => post(game::change_version);
     "/backups/{id}/restore" => post(worlds::restore);
     "/backups/{id}/{action}" => post(worlds::protect);
     "/schedules/{id}/remove" => post(worlds::remove_schedule);
