@@ -31,7 +31,10 @@ pub fn router() -> Router<AppState> {
             post(upload).layer(DefaultBodyLimit::disable()),
         )
         .route("/api/v1/servers/{id}/files/download", get(download))
-        .route("/api/v1/servers/{id}/files/{op}", post(operation))
+        .route("/api/v1/servers/{id}/files/mkdir", post(mkdir))
+        .route("/api/v1/servers/{id}/files/rename", post(rename))
+        .route("/api/v1/servers/{id}/files/delete", post(delete))
+        .route("/api/v1/servers/{id}/files/extract", post(extract))
 }
 
 #[derive(Debug, Deserialize)]
@@ -338,22 +341,55 @@ pub async fn multipart_file(
     ))
 }
 
-/// `POST …/files/{mkdir|rename|delete|extract}` with the agent's JSON body.
+/// `POST …/files/{mkdir|rename|delete|extract}`: one route each (the document and the
+/// router name the same four), one relay of the agent's JSON body.
 async fn operation(
-    State(st): State<AppState>,
+    st: AppState,
     caller: Caller,
-    Path((id, op)): Path<(i64, String)>,
+    id: i64,
+    op: &'static str,
     body: axum::body::Bytes,
 ) -> Result<Response, AppError> {
-    if !matches!(op.as_str(), "mkdir" | "rename" | "delete" | "extract") {
-        return Err(AppError::NotFound(format!(
-            "no file operation '{op}' (mkdir, rename, delete, extract)"
-        )));
-    }
     let client = agent_for(&st, &caller.0, id).await?;
     tracing::info!(server = id, user = %caller.0.username, op = %op, "file operation");
-    let resp = file_op(&client, &op, body).await?;
+    let resp = file_op(&client, op, body).await?;
     Ok(relay(resp))
+}
+
+async fn mkdir(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    body: axum::body::Bytes,
+) -> Result<Response, AppError> {
+    operation(st, caller, id, "mkdir", body).await
+}
+
+async fn rename(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    body: axum::body::Bytes,
+) -> Result<Response, AppError> {
+    operation(st, caller, id, "rename", body).await
+}
+
+async fn delete(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    body: axum::body::Bytes,
+) -> Result<Response, AppError> {
+    operation(st, caller, id, "delete", body).await
+}
+
+async fn extract(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    body: axum::body::Bytes,
+) -> Result<Response, AppError> {
+    operation(st, caller, id, "extract", body).await
 }
 
 pub async fn file_op(
