@@ -182,7 +182,7 @@ fn actions_on_a_running_server_reach_the_console_and_the_lists() {
     assert!(console(&api, id).len() >= before.len());
 
     // Another user's server: 404, nothing sent.
-    let bob = other_user_token(&api);
+    let bob = api.user_token("bob");
     for (method, path) in [
         ("GET", format!("/api/v1/servers/{id}/players")),
         ("POST", format!("/api/v1/servers/{id}/players/Mallory/op")),
@@ -262,27 +262,6 @@ fn actions_on_a_stopped_server_apply_once_at_the_next_start() {
     let text = console(&api, id);
     assert_eq!(text.matches("> whitelist add Zed").count(), 1, "{text}");
     assert_eq!(text.matches("> op Zed").count(), 1, "{text}");
-}
-
-/// A token of a new non-admin user.
-fn other_user_token(api: &Api) -> String {
-    let data = &api.served.data_dir;
-    let out = support::zlh(data.parent().unwrap())
-        .args(["user", "add", "bob", "--data-dir"])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = support::zlh(data.parent().unwrap())
-        .args(["token", "create", "--user", "bob", "--data-dir"])
-        .arg(data)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn as_user(api: &Api, token: &str, method: &str, path: &str) -> u16 {

@@ -230,7 +230,7 @@ fn editing_two_keys_keeps_every_other_byte_names_bad_keys_and_asks_for_a_restart
     );
 
     // Another user's server: 404, nothing changed.
-    let bob = other_user_token(&api);
+    let bob = api.user_token("bob");
     let before = std::fs::read_to_string(&path).unwrap();
     for (method, body) in [("GET", None), ("PUT", Some(json!({"motd": "mine"})))] {
         let code = as_user(
@@ -260,27 +260,6 @@ pub fn ui_csrf(api: &Api, session: &str, path: &str) -> String {
     });
     let at = page.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
     page[at..].split('"').next().unwrap().to_string()
-}
-
-/// A token of a new non-admin user.
-pub fn other_user_token(api: &Api) -> String {
-    let data = &api.served.data_dir;
-    let out = support::zlh(data.parent().unwrap())
-        .args(["user", "add", "bob", "--data-dir"])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = support::zlh(data.parent().unwrap())
-        .args(["token", "create", "--user", "bob", "--data-dir"])
-        .arg(data)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 pub fn as_user(api: &Api, token: &str, method: &str, path: &str, body: Option<Value>) -> u16 {

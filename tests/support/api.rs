@@ -25,6 +25,27 @@ pub struct Http {
 }
 
 impl Api {
+    /// An API token of a new non-admin user `name` (for the owner/admin rule).
+    pub fn user_token(&self, name: &str) -> String {
+        let data = &self.served.data_dir;
+        let run = |args: &[&str]| {
+            let out = zlh(data.parent().unwrap_or(data))
+                .args(args)
+                .arg("--data-dir")
+                .arg(data)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        run(&["user", "add", name]);
+        run(&["token", "create", "--user", name])
+    }
+
     pub fn start(tmp: &Path) -> Api {
         let served = Served::start_with_env(
             tmp,
