@@ -128,8 +128,9 @@ pub fn request(
     let job = NewJob::new(JOB_VERSION, json!(payload))
         .lane(servers::lane(server_id))
         .unique_key(format!("server:{server_id}:version:{}", req.version))
-        // Never replayed blindly: a second run would back up the new world over the old.
-        .max_attempts(1);
+        // A run cut short (zlh killed mid-change) resumes from the job's checkpoint:
+        // the first run's backup is reused, never a second one of the new world.
+        .max_attempts(3);
     let id = queue::enqueue(tx, &job, now_ms())?.id;
     let mut note = format!(
         "version change requested: {} → {}",

@@ -15,7 +15,7 @@ use super::servers::{
 };
 use super::worlds::{protected_backup, remove_leftover, sibling, unpack_checked};
 use crate::agent::client::AgentClient;
-use crate::domain::backups::Backup;
+use crate::domain::backups::{self, Backup, BackupState};
 use crate::domain::servers::{self, ServerStatus};
 use crate::domain::versions::{self, JOB_VERSION, VersionJob};
 use crate::jobs::services::Services;
@@ -42,7 +42,12 @@ async fn run(payload: Value, w: &mut Work) -> JobResult {
     if w.server.deleted_at.is_some() {
         return Ok(Outcome::Complete);
     }
-    if w.server.version != job.from {
+    // A run cut short (zlh killed mid-change) left the backup it took and whether the
+    // server was running in the job's checkpoint: this run goes on from there.
+    let prior = w.ctx.checkpoint.clone().unwrap_or(Value::Null);
+    let prior_backup = prior["backup_id"].as_i64();
+    let resumable = prior_backup.is_some() && w.server.version == job.to;
+    if w.server.version != job.from && !resumable {
         let m = format!(
             "version change to {} skipped: the server runs {} now, not {}",
             job.to, w.server.version, job.from
@@ -53,22 +58,57 @@ async fn run(payload: Value, w: &mut Work) -> JobResult {
     let Some(url) = w.agent_url() else {
         return Err(JobFailure::fatal("the server has no agent yet".to_string()));
     };
-    let was_running = w.server.status == ServerStatus::Running;
-    // 1. The world, protected, before anything changes.
-    w.note(format!(
-        "backing up the world before the upgrade to {}",
-        job.to
-    ))
-    .await;
-    let backup = match protected_backup(w, format!("before upgrade to {}", job.to)).await {
-        Ok(b) => b,
-        Err(e) => {
-            let m = format!(
-                "version change to {} not started: the world backup failed ({e}); nothing changed",
+    let was_running = prior["was_running"]
+        .as_bool()
+        .unwrap_or(w.server.status == ServerStatus::Running);
+    let backup = match prior_backup {
+        Some(id) => {
+            let found = w
+                .svc
+                .db
+                .call(move |c| backups::get(c, id))
+                .await
+                .map_err(|e| JobFailure::retry(format!("reading world backup {id}: {e}")))?;
+            let Some(b) = found.filter(|b| b.state == BackupState::Completed) else {
+                let m = format!(
+                    "version change to {} cannot resume: its world backup {id} is gone or incomplete",
+                    job.to
+                );
+                w.event(m.clone()).await;
+                return Err(JobFailure::fatal(m));
+            };
+            w.event(format!(
+                "zlh restarted during the version change to {}: resuming with world backup {id}",
                 job.to
-            );
-            w.event(m.clone()).await;
-            return Err(JobFailure::fatal(m));
+            ))
+            .await;
+            b
+        }
+        None => {
+            // 1. The world, protected, before anything changes.
+            w.note(format!(
+                "backing up the world before the upgrade to {}",
+                job.to
+            ))
+            .await;
+            let b = match protected_backup(w, format!("before upgrade to {}", job.to)).await {
+                Ok(b) => b,
+                Err(e) => {
+                    let m = format!(
+                        "version change to {} not started: the world backup failed ({e}); nothing changed",
+                        job.to
+                    );
+                    w.event(m.clone()).await;
+                    return Err(JobFailure::fatal(m));
+                }
+            };
+            w.ctx
+                .checkpoint(json!({"backup_id": b.id, "was_running": was_running}))
+                .await
+                .map_err(|e| {
+                    JobFailure::retry(format!("recording the version change's backup: {e}"))
+                })?;
+            b
         }
     };
     // 2–4. Install the new version (the agent stops the game first and keeps the

@@ -290,3 +290,80 @@ fn a_stopped_server_is_upgraded_and_left_stopped() {
     assert_eq!(starts.lines().count(), 2, "{starts}");
     assert!(events(&api, id).contains("version changed: 1.0 → 1.1"));
 }
+
+/// `zlh serve` SIGKILLed while a version change waits for the new version: the next
+/// start resumes the job with the backup the first run took (no second backup of the
+/// half-changed server) and finishes it — here by rolling back, as the new version never
+/// becomes ready — so nothing is left half-done.
+#[test]
+fn a_version_change_cut_short_by_sigkill_resumes_with_its_backup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut api = Api::start(tmp.path());
+    add_version(
+        &api,
+        tmp.path(),
+        "9.9",
+        "import sys, time\nprint('broken build: loading forever', flush=True)\n\
+         for line in sys.stdin:\n    if line.strip() == 'stop':\n        sys.exit(0)\n\
+         time.sleep(1e9)\n",
+    );
+    let (code, body) = api.call(
+        "POST",
+        "/api/v1/servers",
+        Some(json!({"name": "cutshort", "template": "standin", "version": "1.0", "eula": true})),
+    );
+    assert_eq!(code, 202, "{body}");
+    let id = body["server"]["id"].as_i64().unwrap();
+    api.wait_status(id, "running");
+    let world = game_dir(&api, id).join("world");
+    std::fs::write(world.join("marker.txt"), "built on 1.0").unwrap();
+
+    let (code, out) = change(
+        &api,
+        id,
+        json!({"version": "9.9", "ready_deadline_secs": 15}),
+    );
+    assert_eq!(code, 202, "{out}");
+    let job = out["job"]["id"].clone();
+    // Killed while the new version is installed and waited for.
+    wait_for(
+        "the new version to be starting",
+        Duration::from_secs(60),
+        || {
+            let s = api.server(id);
+            (s["version"] == "9.9" && s["status"] == "starting").then_some(())
+        },
+    );
+    api.served.keep_agents = true;
+    api.served.signal_and_wait(libc::SIGKILL);
+    let data = api.served.data_dir.clone();
+    api.served = support::Served::start_with_env(
+        tmp.path(),
+        &data,
+        &[],
+        &[("ZLH_ARTIFACTS_UPSTREAM", "false")],
+    );
+
+    let done = wait_job(&api, &job);
+    assert_eq!(done["state"], "discarded", "{done}");
+    assert!(
+        done["errors"].to_string().contains("rolled back to 1.0"),
+        "{done}"
+    );
+    let server = api.wait_status(id, "running");
+    assert_eq!(server["version"], "1.0", "{server}");
+    assert_eq!(
+        std::fs::read_to_string(world.join("marker.txt")).unwrap(),
+        "built on 1.0"
+    );
+    let ev = events(&api, id);
+    assert!(ev.contains("resuming with world backup"), "{ev}");
+    let (_, backups) = api.call("GET", &format!("/api/v1/servers/{id}/backups"), None);
+    let taken = backups["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["note"] == "before upgrade to 9.9")
+        .count();
+    assert_eq!(taken, 1, "one backup, reused by the resumed run: {backups}");
+}
